@@ -1,0 +1,3 @@
+from matryoshka.cli import main
+
+main()

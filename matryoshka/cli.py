@@ -1,0 +1,156 @@
+"""The `matryoshka` command line: one click group, every heavy import done lazily.
+
+DESIGN.md, "Errors": a user's mistake prints one `error: ...` line and exits 2, with no
+traceback. `matryoshka predict` must run where torch is not installed, so nothing here imports
+torch at module level.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from matryoshka import __version__
+from matryoshka.errors import MatryoshkaError
+
+DEMO_CHECKPOINT = "artifacts/demo/checkpoint"
+DEMO_EXPORT = "artifacts/demo/export"
+
+
+class _Group(click.Group):
+    """A click group whose every error, click's own included, is one `error:` line."""
+
+    def main(self, args=None, prog_name=None, **extra):  # noqa: D102
+        try:
+            rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as e:
+            click.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(2)
+        except MatryoshkaError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class _LevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LevelFormatter())
+    root = logging.getLogger("matryoshka")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.propagate = False
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="matryoshka")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+def cli(verbose: bool) -> None:
+    """Train one nested-width Transformer, export one ONNX graph per level, run the cascade."""
+    _setup_logging(verbose)
+
+
+def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"needs comma-separated numbers, got {text!r}",
+                                 param_hint=what) from None
+
+
+@cli.command()
+@click.option("--preset", "preset_name", default="demo", show_default=True,
+              help="Named architecture: demo or tiny.")
+@click.option("--data", default="demo", show_default=True,
+              help="'demo' (bundled digits) or a .npz with x_/y_ train, val and test.")
+@click.option("--out", default=DEMO_CHECKPOINT, show_default=True,
+              help="Checkpoint folder to write.")
+@click.option("--levels", default=None, help="Nested widths, e.g. 64,128,256,512 "
+              "(default: the preset's). The last must equal d_model.")
+@click.option("--epochs", type=int, default=None, help="Passes over the training split [40].")
+@click.option("--batch-size", type=int, default=None, help="Samples per step [32].")
+@click.option("--schedule", type=click.Choice(["joint", "progressive", "sampled"]),
+              default="joint", show_default=True)
+@click.option("--alpha", default=None, help="CE weight per level, comma-separated [1 each].")
+@click.option("--beta", type=float, default=None, help="Consistency weight L_reg [0].")
+@click.option("--gamma", type=float, default=None, help="Distillation weight L_distill [0.5].")
+@click.option("--temperature", type=float, default=None, help="Distillation T [2].")
+@click.option("--lr", type=float, default=None, help="Base learning rate eta0 [1e-3].")
+@click.option("--lr-scale", default=None,
+              help="lambda_i per level, comma-separated [1 each]; "
+              "eta_i = eta0*sqrt(d/d_i)*lambda_i.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--init-from", default=None, help="Start from this checkpoint's config and "
+              "weights (fine-tuning); --preset and --levels are then ignored.")
+@click.option("--force", is_flag=True, help="Replace an existing --out.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def train(preset_name, data, out, levels, epochs, batch_size, schedule, alpha, beta, gamma,
+          temperature, lr, lr_scale, seed, init_from, force, no_progress) -> None:
+    """Train a Matryoshka Transformer and write its checkpoint folder.
+
+    Example: matryoshka train --preset demo --data demo --out artifacts/demo/checkpoint
+    """
+    from matryoshka.data import load_dataset
+    from matryoshka.io import check_out_dir
+    from matryoshka.model import parse_levels, preset
+    from matryoshka.training import TrainConfig, config_for_data
+    from matryoshka.training import train as run_training
+
+    check_out_dir(out, force)
+    overrides = {}
+    if levels is not None:
+        overrides["levels"] = parse_levels(levels)
+    init = None
+    if init_from is not None:
+        from matryoshka.model.checkpoint import load_checkpoint
+
+        init, _ = load_checkpoint(init_from)
+        cfg = init.config
+    else:
+        cfg = preset(preset_name, **overrides)
+    fields = dict(epochs=epochs, batch_size=batch_size, beta=beta, gamma=gamma,
+                  temperature=temperature, lr=lr, alpha=_floats(alpha, "--alpha"),
+                  lr_scale=_floats(lr_scale, "--lr-scale"))
+    tcfg = TrainConfig(schedule=schedule, seed=seed,
+                       **{k: v for k, v in fields.items() if v is not None})
+    tcfg.alphas(cfg.levels)
+    if tcfg.lr_scale is not None and len(tcfg.lr_scale) != len(cfg.levels):
+        raise click.BadParameter(f"needs {len(cfg.levels)} values, one per level",
+                                 param_hint="--lr-scale")
+    dataset = load_dataset(data)
+    if init is None:
+        cfg = config_for_data(cfg, dataset)
+    metrics = run_training(cfg, dataset, tcfg, out, force=force, progress=not no_progress,
+                           data_name=str(data), init=init)
+    click.echo(level_table(metrics))
+    click.echo(f"checkpoint written to {out} ({metrics['train_seconds']:.0f} s of training)")
+
+
+def level_table(metrics: dict) -> str:
+    """Per-level table of params, MFLOPs and accuracy from a metrics.json dict."""
+    rows = [f"{'level':>6} {'params':>10} {'MFLOPs':>8} {'val acc':>8} {'test acc':>8}"]
+    for d in metrics["levels"]:
+        k = str(d)
+        rows.append(f"{d:>6} {metrics['params'][k]:>10,} "
+                    f"{metrics['flops_per_sample'][k] / 1e6:>8.2f} "
+                    f"{metrics['val_accuracy'][k]:>8.4f} {metrics['test_accuracy'][k]:>8.4f}")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

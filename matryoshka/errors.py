@@ -1,0 +1,33 @@
+"""The one exception family every part of matryoshka raises for a user's mistake.
+
+DESIGN.md, "Errors": the CLI turns any of these into one `error: ...` line and exit 2.
+This module imports nothing, so the runtime may use it without pulling in torch.
+"""
+
+
+class MatryoshkaError(Exception):
+    """Base of every user-facing error in matryoshka."""
+
+    exit_code = 2  # what the CLI exits with: a user's mistake
+
+
+class ConfigError(MatryoshkaError, ValueError):
+    """A configuration or argument that cannot be used (bad levels, bad option)."""
+
+
+class DataError(MatryoshkaError, ValueError):
+    """Input data of the wrong kind: a missing key, a wrong shape or dtype, NaN."""
+
+
+class ArtifactError(MatryoshkaError):
+    """A checkpoint or export folder that is incomplete or corrupt."""
+
+
+class MissingArtifactError(ArtifactError, FileNotFoundError):
+    """A checkpoint, export folder or data file that does not exist."""
+
+
+class ValidationError(MatryoshkaError):
+    """An exported graph disagrees with torch beyond tolerance: the export fails."""
+
+    exit_code = 1  # not a usage mistake: the export itself failed

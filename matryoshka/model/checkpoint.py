@@ -1,0 +1,78 @@
+"""Checkpoint folders: config.json + model.safetensors + metrics.json, never pickles.
+
+DESIGN.md, "Data flow". `load_checkpoint` checks the folder and fails with one clear message
+on a missing or corrupt file or a config that does not match the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from matryoshka.errors import ArtifactError, MatryoshkaError, MissingArtifactError
+from matryoshka.io import sha256_file, write_json_atomic
+from matryoshka.model.config import MatryoshkaConfig
+from matryoshka.model.transformer import MatryoshkaTransformer
+
+CONFIG, WEIGHTS, METRICS = "config.json", "model.safetensors", "metrics.json"
+TRAIN_HINT = "matryoshka train --preset demo --data demo --out artifacts/demo/checkpoint"
+
+
+def save_checkpoint(folder: str | Path, model: MatryoshkaTransformer, metrics: dict) -> None:
+    """Write the three files into `folder` (the caller makes the folder itself atomic)."""
+    folder = Path(folder)
+    write_json_atomic(folder / CONFIG, model.config.to_dict())
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS), metadata={"format": "pt", "name": model.config.name})
+    write_json_atomic(folder / METRICS, metrics)
+
+
+def load_checkpoint(folder: str | Path) -> tuple[MatryoshkaTransformer, dict]:
+    """The model (in eval mode) and its metrics.json.
+
+    >>> model, metrics = load_checkpoint("artifacts/demo/checkpoint")  # doctest: +SKIP
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MissingArtifactError(f"checkpoint folder not found: {folder}; make one with: "
+                                   f"{TRAIN_HINT}")
+    for name in (CONFIG, WEIGHTS, METRICS):
+        if not (folder / name).is_file():
+            raise MissingArtifactError(f"checkpoint {folder} lacks {name}")
+    config = MatryoshkaConfig.from_dict(_read_json(folder / CONFIG))
+    metrics = _read_json(folder / METRICS)
+    try:
+        state = load_file(str(folder / WEIGHTS))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ArtifactError(f"{folder / WEIGHTS} is corrupt or not a safetensors file ({e})"
+                            ) from None
+    model = MatryoshkaTransformer(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != got:
+        diff = sorted(set(expected.items()) ^ set(got.items()))[:3]
+        raise ArtifactError(f"{folder}: the weights do not match config.json (first "
+                            f"differences: {diff})")
+    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
+    return model.eval(), metrics
+
+
+def checkpoint_sha256(folder: str | Path) -> str:
+    return sha256_file(Path(folder) / WEIGHTS)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ArtifactError(f"{path} must hold a JSON object")
+    return obj
+
+
+__all__ = ["load_checkpoint", "save_checkpoint", "checkpoint_sha256", "MatryoshkaError"]

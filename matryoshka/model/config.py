@@ -1,0 +1,169 @@
+"""The model's configuration: one dataclass, validated on construction, plus named presets.
+
+DESIGN.md, "The model, made precise". Pure Python, so the exporter and the CLI can read a
+config without building a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from matryoshka.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MatryoshkaConfig:
+    d_model: int = 512  # full hidden width d = d_k
+    levels: tuple[int, ...] = (64, 128, 256, 512)  # nested widths d_1 < ... < d_k = d_model
+    n_layers: int = 2  # transformer blocks
+    head_dim: int = 32  # width of one attention head; level i has d_i / head_dim heads
+    d_mid: int = 1024  # FFN width at full level (fixed: every level; proportional: scaled by d_i/d)
+    ffn_nesting: str = "proportional"  # "fixed" (seed: m_i = d_mid) | "proportional" (MatFormer)
+    norm: str = "per_level"  # "per_level": own gamma_i, beta_i | "shared": one prefixed
+    pos_encoding: str = "sinusoidal_per_level"  # PE^(i) computed with d_i | "learned" prefix table
+    input_kind: str = "image"  # "image" (float pixels, patchified) | "tokens" (int64 ids)
+    image_size: int = 8  # square image side, pixels (images only)
+    patch_size: int = 4  # square patch side; image_size must be a multiple (images only)
+    pixel_scale: float = 16.0  # raw pixel value of full intensity; the graph divides by it
+    vocab_size: int = 0  # token vocabulary (tokens only)
+    max_len: int = 0  # longest token sequence (tokens only)
+    n_classes: int = 10  # output classes
+    dropout: float = 0.0  # dropout on attention output and FFN output, training only
+    name: str = "matryoshka"  # model name written into exported graphs
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "levels", tuple(int(d) for d in self.levels))
+        validate_levels(self.levels, self.head_dim, self.d_model, trained=True)
+        _check_choice("ffn_nesting", self.ffn_nesting, ("fixed", "proportional"))
+        _check_choice("norm", self.norm, ("per_level", "shared"))
+        _check_choice("pos_encoding", self.pos_encoding, ("sinusoidal_per_level", "learned"))
+        _check_choice("input_kind", self.input_kind, ("image", "tokens"))
+        for name in ("n_layers", "head_dim", "d_mid", "n_classes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.input_kind == "image":
+            if self.patch_size < 1 or self.image_size % self.patch_size:
+                raise ConfigError(
+                    f"image_size {self.image_size} is not a multiple of "
+                    f"patch_size {self.patch_size}"
+                )
+        else:
+            if self.vocab_size < 1 or self.max_len < 1:
+                raise ConfigError("token input needs vocab_size >= 1 and max_len >= 1")
+        if self.pos_encoding == "sinusoidal_per_level" and any(d % 2 for d in self.levels):
+            raise ConfigError("sinusoidal positional encoding needs every level to be even")
+        for d in self.levels:
+            self.ffn_width(d)  # raises when d_mid * d / d_model is not a whole number
+
+    @property
+    def n_tokens(self) -> int:
+        """Sequence length for images; the longest allowed sequence for tokens."""
+        if self.input_kind == "image":
+            return (self.image_size // self.patch_size) ** 2
+        return self.max_len
+
+    def ffn_width(self, dim: int) -> int:
+        """m_i, the FFN hidden width used at level width `dim`."""
+        if self.ffn_nesting == "fixed":
+            return self.d_mid
+        width, rem = divmod(self.d_mid * dim, self.d_model)
+        if rem:
+            raise ConfigError(
+                f"proportional FFN needs d_mid * {dim} / d_model to be whole; "
+                f"d_mid={self.d_mid}, d_model={self.d_model}"
+            )
+        return width
+
+    def for_level(self, dim: int) -> MatryoshkaConfig:
+        """The config of the standalone model that level `dim` becomes when cut out."""
+        validate_levels((dim,), self.head_dim, self.d_model, trained=False)
+        return dataclasses.replace(
+            self, d_model=dim, levels=(dim,), d_mid=self.ffn_width(dim)
+        )
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["levels"] = list(self.levels)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MatryoshkaConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def validate_levels(
+    levels: tuple[int, ...] | list[int], head_dim: int, d_model: int, *, trained: bool
+) -> None:
+    """Check a list of level widths; `trained` also requires the last to equal d_model."""
+    if not levels:
+        raise ConfigError("at least one level is needed")
+    for d in levels:
+        if d < 1:
+            raise ConfigError(f"level {d} must be a positive integer")
+        if d % head_dim:
+            raise ConfigError(f"level {d} is not a multiple of head_dim {head_dim}")
+        if d > d_model:
+            raise ConfigError(f"level {d} is larger than d_model {d_model}")
+    for a, b in zip(levels, levels[1:]):
+        if b <= a:
+            raise ConfigError(
+                f"levels must be strictly increasing; got {a} before {b} "
+                f"(in {','.join(map(str, levels))})"
+            )
+    if trained and levels[-1] != d_model:
+        raise ConfigError(f"the last level must equal d_model {d_model}; got {levels[-1]}")
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    """Parse '64,128,256' into a tuple, with a clear message for anything else."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise ConfigError(f"--levels needs comma-separated integers, got {text!r}")
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"--levels needs comma-separated integers, got {text!r}") from None
+
+
+PRESETS: dict[str, dict] = {
+    # The demo: 8x8 handwritten digits, four 4x4 patches, widths 64..512.
+    "demo": dict(
+        d_model=512, levels=(64, 128, 256, 512), n_layers=2, head_dim=32, d_mid=1024,
+        image_size=8, patch_size=4, n_classes=10, name="digits-demo",
+    ),
+    # Test-sized: trains and exports in well under a second.
+    "tiny": dict(
+        d_model=64, levels=(16, 32, 64), n_layers=2, head_dim=8, d_mid=96,
+        image_size=8, patch_size=4, n_classes=10, name="tiny",
+    ),
+}
+
+
+def preset(name: str, **overrides) -> MatryoshkaConfig:
+    """A named preset, optionally with some fields replaced.
+
+    >>> preset("tiny").levels
+    (16, 32, 64)
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return MatryoshkaConfig(**{**PRESETS[name], **overrides})
+
+
+__all__ = ["MatryoshkaConfig", "PRESETS", "preset", "parse_levels", "validate_levels"]

@@ -1,0 +1,169 @@
+"""Nested layers: every weight is read through the prefix that a level of width `dim` owns.
+
+DESIGN.md, "The model, made precise". Each layer has `forward(x, dim)`, which runs the matrix
+products on the sliced tensors, and `view(dim)`, which names exactly the slices it reads; the
+exporter copies those slices and the optimiser derives per-level shells from them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# An axis is "d" (scales with the level width), "ffn" (scales with the level's FFN width)
+# or None (the same at every level).
+Width = Callable[[str | None, int], int]
+View = dict[str, tuple[str, tuple[slice, ...]]]
+
+
+def prefix(p: torch.Tensor, *sizes: int) -> torch.Tensor:
+    """The leading block p[:sizes[0], :sizes[1], ...]; p itself when nothing is cut."""
+    if tuple(p.shape[: len(sizes)]) == tuple(sizes):
+        return p
+    return p[tuple(slice(0, s) for s in sizes)]
+
+
+class NestedLinear(nn.Module):
+    """y = x W[:out(dim), :in(dim)]^T + b[:out(dim)]."""
+
+    def __init__(self, in_kind: str | None, out_kind: str | None, width: Width, full: int):
+        super().__init__()
+        self.in_kind, self.out_kind, self.width = in_kind, out_kind, width
+        self.weight = nn.Parameter(torch.empty(width(out_kind, full), width(in_kind, full)))
+        self.bias = nn.Parameter(torch.zeros(width(out_kind, full)))
+        nn.init.normal_(self.weight, std=1.0 / math.sqrt(self.weight.shape[1]))
+
+    def sizes(self, dim: int) -> tuple[int, int]:
+        return self.width(self.out_kind, dim), self.width(self.in_kind, dim)
+
+    def forward(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        out, inp = self.sizes(dim)
+        return F.linear(x, prefix(self.weight, out, inp), prefix(self.bias, out))
+
+    def view(self, dim: int) -> View:
+        out, inp = self.sizes(dim)
+        return {
+            "weight": ("weight", (slice(0, out), slice(0, inp))),
+            "bias": ("bias", (slice(0, out),)),
+        }
+
+
+class NestedLayerNorm(nn.Module):
+    """LayerNorm over the first `dim` features (DESIGN.md, seed layer-wise section 2).
+
+    per_level: level i owns its own gamma_i, beta_i in R^{d_i}. A width that was not trained
+    borrows the prefix of the next larger trained level's parameters.
+    shared: every level reads the prefix of one gamma, beta in R^d.
+    """
+
+    def __init__(self, levels: tuple[int, ...], per_level: bool):
+        super().__init__()
+        self.levels = levels
+        sizes = levels if per_level else levels[-1:]
+        self.weight = nn.ParameterList([nn.Parameter(torch.ones(d)) for d in sizes])
+        self.bias = nn.ParameterList([nn.Parameter(torch.zeros(d)) for d in sizes])
+
+    def _index(self, dim: int) -> int:
+        if len(self.weight) == 1:
+            return 0
+        return next(i for i, d in enumerate(self.levels) if d >= dim)
+
+    def forward(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        i = self._index(dim)
+        w, b = prefix(self.weight[i], dim), prefix(self.bias[i], dim)
+        return F.layer_norm(x, (dim,), w, b, eps=1e-5)
+
+    def view(self, dim: int) -> View:
+        i = self._index(dim)
+        return {
+            "weight.0": (f"weight.{i}", (slice(0, dim),)),
+            "bias.0": (f"bias.{i}", (slice(0, dim),)),
+        }
+
+
+class NestedAttention(nn.Module):
+    """Multi-scale attention: level dim uses the first dim/head_dim heads (seed section 2)."""
+
+    def __init__(self, width: Width, d_model: int, head_dim: int, dropout: float):
+        super().__init__()
+        self.head_dim = head_dim
+        self.q = NestedLinear("d", "d", width, d_model)
+        self.k = NestedLinear("d", "d", width, d_model)
+        self.v = NestedLinear("d", "d", width, d_model)
+        self.o = NestedLinear("d", "d", width, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        b, n, _ = x.shape
+        heads = dim // self.head_dim
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(b, n, heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = split(self.q(x, dim)), split(self.k(x, dim)), split(self.v(x, dim))
+        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
+        ctx = torch.matmul(torch.softmax(scores, dim=-1), v)
+        ctx = ctx.transpose(1, 2).reshape(b, n, dim)
+        return self.drop(self.o(ctx, dim))
+
+    def view(self, dim: int) -> View:
+        return _merge(dim, q=self.q, k=self.k, v=self.v, o=self.o)
+
+
+class NestedFFN(nn.Module):
+    """FFN^(i)(x) = max(0, x W1^(i) + b1^(i)) W2^(i) + b2^(i) (seed layer-wise section 1)."""
+
+    def __init__(self, width: Width, d_model: int, dropout: float):
+        super().__init__()
+        self.w1 = NestedLinear("d", "ffn", width, d_model)
+        self.w2 = NestedLinear("ffn", "d", width, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        return self.drop(self.w2(torch.relu(self.w1(x, dim)), dim))
+
+    def view(self, dim: int) -> View:
+        return _merge(dim, w1=self.w1, w2=self.w2)
+
+
+class NestedBlock(nn.Module):
+    """Pre-norm transformer block: h + Attn(LN(h)), then h + FFN(LN(h))."""
+
+    def __init__(self, width: Width, levels: tuple[int, ...], head_dim: int,
+                 per_level_norm: bool, dropout: float):
+        super().__init__()
+        d_model = levels[-1]
+        self.ln1 = NestedLayerNorm(levels, per_level_norm)
+        self.attn = NestedAttention(width, d_model, head_dim, dropout)
+        self.ln2 = NestedLayerNorm(levels, per_level_norm)
+        self.ffn = NestedFFN(width, d_model, dropout)
+
+    def forward(self, h: torch.Tensor, dim: int) -> torch.Tensor:
+        h = h + self.attn(self.ln1(h, dim), dim)
+        return h + self.ffn(self.ln2(h, dim), dim)
+
+    def view(self, dim: int) -> View:
+        return _merge(dim, ln1=self.ln1, attn=self.attn, ln2=self.ln2, ffn=self.ffn)
+
+
+def sinusoid(n: int, dim: int) -> torch.Tensor:
+    """PE^(i)(pos, 2j) = sin(pos / 10000^(2j/d_i)), cos at 2j+1, computed with d_i itself."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.pow(10000.0, -torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    pe = torch.zeros(n, dim)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq)
+    return pe
+
+
+def _merge(dim: int, **children: nn.Module) -> View:
+    """Prefix every child's view with the child's attribute name."""
+    out: View = {}
+    for name, child in children.items():
+        for tgt, (src, sl) in child.view(dim).items():
+            out[f"{name}.{tgt}"] = (f"{name}.{src}", sl)
+    return out

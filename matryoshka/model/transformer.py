@@ -1,0 +1,146 @@
+"""The Matryoshka Transformer: one weight set, a forward pass at any nested width, and
+`extract_level`, which cuts a width out into a standalone model. DESIGN.md, "The model".
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from matryoshka.errors import ConfigError
+from matryoshka.model.config import MatryoshkaConfig, validate_levels
+from matryoshka.model.layers import (
+    NestedBlock,
+    NestedLayerNorm,
+    NestedLinear,
+    View,
+    _merge,
+    prefix,
+    sinusoid,
+)
+
+
+class MatryoshkaTransformer(nn.Module):
+    """Nested-width transformer classifier that takes the raw input.
+
+    >>> from matryoshka.model import preset
+    >>> m = MatryoshkaTransformer(preset("tiny"))
+    >>> m(torch.zeros(2, 8, 8), level=16).shape
+    torch.Size([2, 10])
+    """
+
+    def __init__(self, config: MatryoshkaConfig):
+        super().__init__()
+        self.config = c = config
+        width = self._width
+        if c.input_kind == "image":
+            self.embed = NestedLinear(None, "d", lambda k, n: c.patch_size**2 if k is None else
+                                      width(k, n), c.d_model)
+        else:
+            self.embed = nn.Embedding(c.vocab_size, c.d_model)
+            nn.init.normal_(self.embed.weight, std=1.0)
+        if c.pos_encoding == "learned":
+            self.pos = nn.Parameter(torch.randn(c.n_tokens, c.d_model) * 0.02)
+        per_level = c.norm == "per_level"
+        self.blocks = nn.ModuleList(
+            NestedBlock(width, c.levels, c.head_dim, per_level, c.dropout)
+            for _ in range(c.n_layers)
+        )
+        self.ln_f = NestedLayerNorm(c.levels, per_level)
+        self.head = NestedLinear("d", None, lambda k, n: c.n_classes if k is None else
+                                 width(k, n), c.d_model)
+
+    def _width(self, kind: str | None, dim: int) -> int:
+        return self.config.ffn_width(dim) if kind == "ffn" else dim
+
+    def check_level(self, level: int | None) -> int:
+        """The width to run: `level` itself after checking it, or d_model when None."""
+        if level is None:
+            return self.config.d_model
+        validate_levels((int(level),), self.config.head_dim, self.config.d_model, trained=False)
+        return int(level)
+
+    def tokens(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """Preprocess the raw input and embed it at width dim: [batch, n, dim]."""
+        c = self.config
+        if c.input_kind == "image":
+            b = x.shape[0]
+            g, p = c.image_size // c.patch_size, c.patch_size
+            x = x.to(torch.float32) * (1.0 / c.pixel_scale)
+            x = x.reshape(b, g, p, g, p).permute(0, 1, 3, 2, 4).reshape(b, g * g, p * p)
+            h = self.embed(x, dim)
+        else:
+            h = F.embedding(x, prefix(self.embed.weight, c.vocab_size, dim))
+        n = h.shape[1]
+        if c.pos_encoding == "learned":
+            return h + prefix(self.pos, c.n_tokens, dim)[:n]
+        return h + sinusoid(c.n_tokens, dim)[:n]
+
+    def forward(self, x: torch.Tensor, level: int | None = None, return_hidden: bool = False):
+        """Logits [batch, n_classes] at width `level` (default d_model).
+
+        With return_hidden, also the list of every block's output h^(l,i), [batch, n, dim].
+        """
+        dim = self.check_level(level)
+        h = self.tokens(x, dim)
+        hidden = []
+        for block in self.blocks:
+            h = block(h, dim)
+            hidden.append(h)
+        logits = self.head(self.ln_f(h, dim).mean(dim=1), dim)
+        return (logits, hidden) if return_hidden else logits
+
+    def view(self, dim: int) -> View:
+        """Map each parameter of the standalone width-`dim` model to (own name, slices)."""
+        c = self.config
+        out = _merge(dim, ln_f=self.ln_f, head=self.head,
+                     **{f"blocks.{i}": b for i, b in enumerate(self.blocks)})
+        if c.input_kind == "image":
+            out.update(_merge(dim, embed=self.embed))
+        else:
+            out["embed.weight"] = ("embed.weight", (slice(None), slice(0, dim)))
+        if c.pos_encoding == "learned":
+            out["pos"] = ("pos", (slice(None), slice(0, dim)))
+        return out
+
+
+def extract_level(model: MatryoshkaTransformer, dim: int) -> MatryoshkaTransformer:
+    """A standalone model of width `dim` whose parameters are copies of the prefixes.
+
+    >>> from matryoshka.model import preset
+    >>> m = MatryoshkaTransformer(preset("tiny"))
+    >>> small = extract_level(m, 16)
+    >>> max(max(p.shape) for p in small.parameters()) < 64
+    True
+    """
+    dim = model.check_level(dim)
+    small = MatryoshkaTransformer(model.config.for_level(dim))
+    source = dict(model.named_parameters())
+    view = model.view(dim)
+    state = {}
+    for name, param in small.named_parameters():
+        if name not in view:
+            raise ConfigError(f"internal: no source slice for parameter {name}")
+        src, sl = view[name]
+        piece = source[src].detach()[sl]
+        if piece.shape != param.shape:
+            raise ConfigError(f"internal: {name} slice {tuple(piece.shape)} != "
+                              f"{tuple(param.shape)}")
+        state[name] = piece.clone()
+    small.load_state_dict(state, strict=True)
+    small.train(model.training)
+    return small
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_sample(config: MatryoshkaConfig, dim: int) -> int:
+    """Multiply-adds x2 of the matrix products at width dim, for one sample of full length."""
+    n, m, c = config.n_tokens, config.ffn_width(dim), config.n_classes
+    embed = n * config.patch_size**2 * dim if config.input_kind == "image" else 0
+    attn = 4 * n * dim * dim + 2 * n * n * dim  # q, k, v, o projections; scores and context
+    ffn = 2 * n * dim * m
+    return 2 * (embed + config.n_layers * (attn + ffn) + dim * c)

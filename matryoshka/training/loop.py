@@ -1,0 +1,246 @@
+"""The training loop: schedules, warmup + cosine, evaluation of every level, best checkpoint.
+
+DESIGN.md, "The objective" (schedules) and "Data flow" (checkpoint folder). Seeded, so two
+runs with the same arguments give the same weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from matryoshka.data import Dataset
+from matryoshka.errors import ConfigError, DataError
+from matryoshka.io import atomic_dir
+from matryoshka.model import (
+    MatryoshkaConfig,
+    MatryoshkaTransformer,
+    count_params,
+    extract_level,
+    flops_per_sample,
+)
+from matryoshka.model.checkpoint import save_checkpoint
+from matryoshka.training.objective import LevelOutput, total_loss
+from matryoshka.training.optim import make_optimizer
+
+log = logging.getLogger(__name__)
+SCHEDULES = ("joint", "progressive", "sampled")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 40  # passes over the training split
+    batch_size: int = 32  # samples per step
+    lr: float = 1e-3  # eta0, the base learning rate of the largest level's shell
+    weight_decay: float = 0.05  # AdamW decoupled decay, matrices only
+    warmup: float = 0.05  # fraction of steps with a linear warmup, then cosine to 0
+    schedule: str = "joint"  # joint | progressive | sampled
+    alpha: tuple[float, ...] | None = None  # CE weight per level; None: 1 each
+    beta: float = 0.0  # consistency weight L_reg
+    gamma: float = 0.5  # distillation weight L_distill
+    temperature: float = 2.0  # distillation temperature T
+    distill_direction: str = "seed"  # "seed": KL(p_i||p_k) | "teacher": KL(p_k||p_i)
+    reg_layers: tuple[int, ...] | None = None  # blocks where L_reg applies; None: all
+    lr_scale: tuple[float, ...] | None = None  # lambda_i per level; None: 1 each
+    augment: bool = True  # images only: random shifts of up to one pixel
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}; "
+                              f"got {self.schedule!r}")
+        if self.distill_direction not in ("seed", "teacher"):
+            raise ConfigError("distill_direction must be 'seed' or 'teacher'")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("--epochs and the batch size must be at least 1")
+        if self.lr <= 0 or self.temperature <= 0:
+            raise ConfigError("--lr and --temperature must be positive")
+        if min(self.beta, self.gamma) < 0:
+            raise ConfigError("--beta and --gamma must be non-negative")
+
+    def alphas(self, levels: tuple[int, ...]) -> dict[int, float]:
+        a = self.alpha if self.alpha is not None else (1.0,) * len(levels)
+        if len(a) != len(levels):
+            raise ConfigError(f"--alpha needs {len(levels)} values, one per level; got {len(a)}")
+        return dict(zip(levels, a))
+
+
+def check_data_fits(cfg: MatryoshkaConfig, data: Dataset) -> None:
+    """Raise a DataError when the data set's shapes or labels cannot feed this model."""
+    x, _ = data["train"]
+    if cfg.input_kind == "image":
+        want = (cfg.image_size, cfg.image_size)
+        if x.shape[1:] != want:
+            raise DataError(f"the model takes images of shape {want}; the data has "
+                            f"{tuple(x.shape[1:])}")
+    elif x.ndim != 2 or x.shape[1] > cfg.max_len:
+        raise DataError(f"the model takes token ids [n, <= {cfg.max_len}]; the data has "
+                        f"{tuple(x.shape)}")
+    top = max(int(y.max()) for _, y in data.values())
+    if top >= cfg.n_classes:
+        raise DataError(f"labels go up to {top} but the model has {cfg.n_classes} classes")
+
+
+def config_for_data(cfg: MatryoshkaConfig, data: Dataset) -> MatryoshkaConfig:
+    """The preset adapted to the data: image size or vocabulary, classes, pixel scale."""
+    x = data["train"][0]
+    n_classes = max(int(y.max()) for _, y in data.values()) + 1
+    if np.issubdtype(x.dtype, np.integer) and x.ndim == 2:
+        vocab = max(int(v[0].max()) for v in data.values()) + 1
+        return dataclasses.replace(cfg, input_kind="tokens", vocab_size=vocab,
+                                   max_len=x.shape[1], n_classes=n_classes)
+    if x.ndim == 3 and x.shape[1] == x.shape[2]:
+        scale = float(max(float(np.abs(v[0]).max()) for v in data.values())) or 1.0
+        return dataclasses.replace(cfg, image_size=x.shape[1], pixel_scale=scale,
+                                   n_classes=n_classes)
+    raise DataError(f"cannot tell the input kind of samples shaped {tuple(x.shape[1:])}: "
+                    "images must be [n, side, side], token ids [n, length] integers")
+
+
+def levels_for_step(schedule: str, levels: tuple[int, ...], epoch: int, epochs: int,
+                    rng: np.random.Generator) -> list[int]:
+    """Which levels a step trains. progressive: stage s of k trains levels 1..s."""
+    if schedule == "joint":
+        return list(levels)
+    if schedule == "sampled":
+        return [levels[int(rng.integers(len(levels)))]]
+    stage = min(len(levels) - 1, epoch * len(levels) // epochs)
+    return list(levels[: stage + 1])
+
+
+def lr_at(step: int, total: int, base: float, warmup: float) -> float:
+    """Linear warmup over the first `warmup` fraction, then cosine decay to zero."""
+    w = max(1, int(total * warmup))
+    if step < w:
+        return base * (step + 1) / w
+    return base * 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
+
+
+def shift_images(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Shift each image by -1, 0 or +1 pixels on each axis, filling with zeros."""
+    b, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    dy = torch.randint(0, 3, (b,), generator=gen)
+    dx = torch.randint(0, 3, (b,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, :, None].expand(b, h, w)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, :].expand(b, h, w)
+    return padded[torch.arange(b)[:, None, None], rows, cols]
+
+
+@torch.no_grad()
+def evaluate(model: MatryoshkaTransformer, x: np.ndarray, y: np.ndarray,
+             levels: tuple[int, ...] | None = None, batch: int = 512) -> dict[int, dict]:
+    """Accuracy and mean cross-entropy of every level on (x, y)."""
+    was = model.training
+    model.eval()
+    out = {}
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y, dtype=torch.long)
+    for d in levels or model.config.levels:
+        logits = torch.cat([model(xt[i:i + batch], level=d) for i in range(0, len(xt), batch)])
+        out[d] = {
+            "accuracy": float((logits.argmax(-1) == yt).float().mean()),
+            "loss": float(torch.nn.functional.cross_entropy(logits, yt)),
+        }
+    model.train(was)
+    return out
+
+
+def train(cfg: MatryoshkaConfig, data: Dataset, tcfg: TrainConfig, out: str | Path,
+          force: bool = False, progress: bool = True, data_name: str = "",
+          init: MatryoshkaTransformer | None = None) -> dict:
+    """Train a model and write its checkpoint folder to `out` atomically; returns metrics.
+
+    `init` starts from another model's weights (same config) instead of a random draw.
+    """
+    check_data_fits(cfg, data)
+    alphas = tcfg.alphas(cfg.levels)
+    with atomic_dir(out, force) as tmp:
+        torch.manual_seed(tcfg.seed)
+        rng = np.random.default_rng(tcfg.seed)
+        gen = torch.Generator().manual_seed(tcfg.seed)
+        model = MatryoshkaTransformer(cfg)
+        if init is not None:
+            model.load_state_dict(init.state_dict())
+        opt = make_optimizer(model, tcfg.lr, tcfg.weight_decay, tcfg.lr_scale)
+        x = torch.as_tensor(data["train"][0]).to(torch.float32 if cfg.input_kind == "image"
+                                                 else torch.long)
+        y = torch.as_tensor(data["train"][1], dtype=torch.long)
+        steps_per_epoch = math.ceil(len(x) / tcfg.batch_size)
+        total = steps_per_epoch * tcfg.epochs
+        best, best_key, history = None, None, []
+        start, step = time.perf_counter(), 0
+        bar = tqdm(total=total, desc="train", unit="step", disable=not progress, leave=False)
+        with open(tmp / "metrics.jsonl", "w") as logf:
+            for epoch in range(tcfg.epochs):
+                model.train()
+                order = torch.as_tensor(rng.permutation(len(x)))
+                sums: dict[str, float] = {"ce": 0.0, "reg": 0.0, "distill": 0.0, "total": 0.0}
+                for b in range(steps_per_epoch):
+                    idx = order[b * tcfg.batch_size:(b + 1) * tcfg.batch_size]
+                    xb, yb = x[idx], y[idx]
+                    if tcfg.augment and cfg.input_kind == "image":
+                        xb = shift_images(xb, gen)
+                    active = levels_for_step(tcfg.schedule, cfg.levels, epoch, tcfg.epochs, rng)
+                    outs = [LevelOutput(d, *model(xb, level=d, return_hidden=True))
+                            for d in active]
+                    terms = total_loss(outs, yb, alphas=alphas, beta=tcfg.beta,
+                                       gamma=tcfg.gamma, temperature=tcfg.temperature,
+                                       reg_layers=list(tcfg.reg_layers) if tcfg.reg_layers
+                                       is not None else None,
+                                       direction=tcfg.distill_direction)
+                    lr = lr_at(step, total, tcfg.lr, tcfg.warmup)
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+                    opt.zero_grad(set_to_none=True)
+                    terms["total"].backward()
+                    opt.step()
+                    for k in sums:
+                        sums[k] += float(terms[k].detach()) / steps_per_epoch
+                    step += 1
+                    bar.update(1)
+                val = evaluate(model, *data["val"])
+                mean_acc = float(np.mean([v["accuracy"] for v in val.values()]))
+                mean_loss = float(np.mean([v["loss"] for v in val.values()]))
+                key = (mean_acc, -mean_loss)
+                if best_key is None or key > best_key:
+                    best_key = key
+                    best = {k: v.clone() for k, v in model.state_dict().items()}
+                    best_epoch = epoch
+                rec = {"epoch": epoch, "lr": lr, "seconds": time.perf_counter() - start,
+                       "train": sums,
+                       "val_accuracy": {str(d): v["accuracy"] for d, v in val.items()},
+                       "val_loss": {str(d): v["loss"] for d, v in val.items()}}
+                history.append(rec)
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+                bar.set_postfix(val_acc=f"{mean_acc:.3f}")
+        bar.close()
+        train_seconds = time.perf_counter() - start
+        model.load_state_dict(best)
+        model.eval()
+        test = evaluate(model, *data["test"])
+        val = evaluate(model, *data["val"])
+        metrics = {
+            "model": cfg.name,
+            "data": data_name,
+            "levels": list(cfg.levels),
+            "test_accuracy": {str(d): v["accuracy"] for d, v in test.items()},
+            "val_accuracy": {str(d): v["accuracy"] for d, v in val.items()},
+            "params": {str(d): count_params(extract_level(model, d)) for d in cfg.levels},
+            "flops_per_sample": {str(d): flops_per_sample(cfg, d) for d in cfg.levels},
+            "best_epoch": best_epoch,
+            "train_seconds": round(train_seconds, 2),
+            "train_config": dataclasses.asdict(tcfg),
+            "torch_version": torch.__version__,
+        }
+        save_checkpoint(tmp, model, metrics)
+    return metrics

@@ -1,0 +1,79 @@
+"""The nested objective: L_total = sum_i alpha_i CE(f_i(x), y) + L_reg + L_distill.
+
+DESIGN.md, "The objective". Pure functions of logits and hidden states, so each term can be
+tested on hand-made tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class LevelOutput:
+    dim: int
+    logits: torch.Tensor  # [batch, n_classes]
+    hidden: list[torch.Tensor]  # per block, [batch, n, dim]
+
+
+def nested_ce(outputs: list[LevelOutput], y: torch.Tensor,
+              alphas: dict[int, float]) -> torch.Tensor:
+    """sum_i alpha_i * CE(f_i(x), y), over the levels present in `outputs`."""
+    return sum(alphas[o.dim] * F.cross_entropy(o.logits, y) for o in outputs)
+
+
+def consistency(outputs: list[LevelOutput], beta: float, layers: list[int] | None) -> torch.Tensor:
+    """L_reg = sum_{i<k} beta * ||h^(l,i+1)[:d_i] - h^(l,i)||^2, summed over features,
+    averaged over tokens and batch, summed over the chosen layers (None: all)."""
+    zero = outputs[0].logits.new_zeros(())
+    if beta == 0 or len(outputs) < 2:
+        return zero
+    total = zero
+    for small, big in zip(outputs, outputs[1:]):
+        chosen = range(len(small.hidden)) if layers is None else layers
+        for l in chosen:
+            diff = big.hidden[l][..., : small.dim] - small.hidden[l]
+            total = total + diff.pow(2).sum(-1).mean()
+    return beta * total
+
+
+def distillation(outputs: list[LevelOutput], gamma: float, temperature: float,
+                 direction: str = "seed") -> torch.Tensor:
+    """L_distill = sum_{i<k} gamma * T^2 * KL(., .) between softmax(z_i/T) and softmax(z_k/T).
+
+    z_k is detached: the largest level teaches, it does not learn from the students.
+    direction "seed" is the seed's argument order KL(p_i || p_k); "teacher" is Hinton's
+    KL(p_k || p_i).
+    """
+    zero = outputs[0].logits.new_zeros(())
+    if gamma == 0 or len(outputs) < 2:
+        return zero
+    t = temperature
+    teacher = F.log_softmax(outputs[-1].logits.detach() / t, dim=-1)
+    total = zero
+    for o in outputs[:-1]:
+        student = F.log_softmax(o.logits / t, dim=-1)
+        if direction == "seed":
+            kl = (student.exp() * (student - teacher)).sum(-1).mean()
+        else:
+            kl = (teacher.exp() * (teacher - student)).sum(-1).mean()
+        total = total + kl
+    return gamma * t * t * total
+
+
+def total_loss(outputs: list[LevelOutput], y: torch.Tensor, *, alphas: dict[int, float],
+               beta: float, gamma: float, temperature: float, reg_layers: list[int] | None = None,
+               direction: str = "seed") -> dict[str, torch.Tensor]:
+    """Every term and their sum, as a dict with keys ce, reg, distill, total.
+
+    The distillation term needs the largest level among the outputs; a step that did not run
+    it (a sampled or early progressive step) has no teacher and the term is 0.
+    """
+    ce = nested_ce(outputs, y, alphas)
+    reg = consistency(outputs, beta, reg_layers)
+    teacher_present = outputs[-1].dim == max(alphas)
+    dist = distillation(outputs, gamma, temperature, direction) if teacher_present else ce * 0
+    return {"ce": ce, "reg": reg, "distill": dist, "total": ce + reg + dist}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command of the README: make a virtual environment, install, lint, run the suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt \
+    -e ".[train,cpu,plot,dev]" > .venv/pip.log 2>&1; then
+  cat .venv/pip.log >&2
+  exit 1
+fi
+.venv/bin/python -m ruff check matryoshka tests
+.venv/bin/python -m pytest tests "$@"

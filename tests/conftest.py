@@ -1,0 +1,35 @@
+"""Shared fixtures: test-sized models and a tiny trained checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def demo_data():
+    from matryoshka.data import load_dataset
+
+    return load_dataset("demo")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, demo_data):
+    """A `tiny` model trained for 2 epochs on the demo digits: small, real weights."""
+    from matryoshka.model import preset
+    from matryoshka.training import TrainConfig, config_for_data, train
+
+    out = tmp_path_factory.mktemp("ckpt") / "checkpoint"
+    cfg = config_for_data(preset("tiny"), demo_data)
+    train(cfg, demo_data, TrainConfig(epochs=2, batch_size=64), out, progress=False,
+          data_name="demo")
+    return out
+
+
+def tree_bytes(root) -> dict:
+    """Every file under root with its bytes, to prove that nothing changed."""
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def random_images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 16, size=(n, 8, 8)).astype(np.float32)
