@@ -19,22 +19,32 @@ DEMO_CHECKPOINT = "artifacts/demo/checkpoint"
 DEMO_EXPORT = "artifacts/demo/export"
 
 
-class _Group(click.Group):
-    """A click group whose every error, click's own included, is one `error:` line."""
+def _standalone(command: click.Command, args, prog_name, extra) -> None:
+    """Run a click command so that every error, click's own included, is one `error:` line."""
+    try:
+        rv = click.Command.main(command, args=args, prog_name=prog_name, standalone_mode=False,
+                                **extra)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(2)
+    except MatryoshkaError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
+
+class _Group(click.Group):
     def main(self, args=None, prog_name=None, **extra):  # noqa: D102
-        try:
-            rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
-        except click.exceptions.Abort:
-            click.echo("error: aborted", err=True)
-            sys.exit(130)
-        except click.ClickException as e:
-            click.echo(f"error: {e.format_message()}", err=True)
-            sys.exit(2)
-        except MatryoshkaError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
-        sys.exit(rv if isinstance(rv, int) else 0)
+        _standalone(self, args, prog_name, extra)
+
+
+class _Command(click.Command):
+    def main(self, args=None, prog_name=None, **extra):  # noqa: D102
+        _setup_logging(False)
+        _standalone(self, args, prog_name, extra)
 
 
 class _LevelFormatter(logging.Formatter):
@@ -148,8 +158,73 @@ def level_table(metrics: dict) -> str:
     return "\n".join(rows)
 
 
+def _export_options(f):
+    options = [
+        click.option("--levels", default=None,
+                     help="Widths to export, e.g. 64,128,256,512 [the trained levels]."),
+        click.option("--checkpoint", default=DEMO_CHECKPOINT, show_default=True,
+                     help="Checkpoint folder from `matryoshka train`."),
+        click.option("--out", default=DEMO_EXPORT, show_default=True,
+                     help="Export folder to write."),
+        click.option("--opset", type=int, default=17, show_default=True),
+        click.option("--no-simplify", is_flag=True, help="Skip onnxsim."),
+        click.option("--atol", type=float, default=1e-4, show_default=True,
+                     help="Absolute tolerance of the parity check against torch."),
+        click.option("--rtol", type=float, default=1e-3, show_default=True,
+                     help="Relative tolerance of the parity check against torch."),
+        click.option("--quantize", type=click.Choice(["none", "dynamic"]), default="none",
+                     show_default=True, help="Also write level-XXXX.int8.onnx (dynamic INT8)."),
+        click.option("--data", default=None,
+                     help="Validation data [the data the checkpoint was trained on]."),
+        click.option("--force", is_flag=True, help="Replace an existing --out."),
+        click.option("--no-progress", is_flag=True, help="Hide the progress bar."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _run_export(levels, checkpoint, out, opset, no_simplify, atol, rtol, quantize, data,
+                force, no_progress) -> None:
+    from matryoshka.model import parse_levels
+
+    parsed = parse_levels(levels) if levels is not None else None
+    from matryoshka.exporter import export as run_export
+    from matryoshka.exporter import export_table
+
+    manifest = run_export(checkpoint, out, parsed, opset=opset, simplify=not no_simplify,
+                          atol=atol, rtol=rtol, quantize=quantize, force=force, data=data,
+                          progress=not no_progress)
+    click.echo(export_table(manifest))
+    click.echo(f"{len(manifest['levels'])} graphs and manifest.json written to {out}")
+
+
+@cli.command("export")
+@_export_options
+def export_cmd(**kwargs) -> None:
+    """Export one validated ONNX graph per level (also installed as `mexport`).
+
+    Example: mexport --levels 64,128,256,512
+    """
+    _run_export(**kwargs)
+
+
+@click.command("mexport", cls=_Command)
+@_export_options
+def mexport(**kwargs) -> None:
+    """Export one validated ONNX graph per level of a checkpoint.
+
+    Example: mexport --levels 64,128,256,512
+    """
+    _run_export(**kwargs)
+
+
 def main() -> None:
     cli()
+
+
+def mexport_main() -> None:
+    mexport()
 
 
 if __name__ == "__main__":

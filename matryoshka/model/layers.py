@@ -154,10 +154,9 @@ def sinusoid(n: int, dim: int) -> torch.Tensor:
     """PE^(i)(pos, 2j) = sin(pos / 10000^(2j/d_i)), cos at 2j+1, computed with d_i itself."""
     pos = torch.arange(n, dtype=torch.float32)[:, None]
     freq = torch.pow(10000.0, -torch.arange(0, dim, 2, dtype=torch.float32) / dim)
-    pe = torch.zeros(n, dim)
-    pe[:, 0::2] = torch.sin(pos * freq)
-    pe[:, 1::2] = torch.cos(pos * freq)
-    return pe
+    # interleave sin (even features) and cos (odd) without in-place writes, which would
+    # export as ScatterND instead of folding into one constant
+    return torch.stack([torch.sin(pos * freq), torch.cos(pos * freq)], dim=-1).reshape(n, dim)
 
 
 def _merge(dim: int, **children: nn.Module) -> View:

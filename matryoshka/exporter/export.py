@@ -1,0 +1,168 @@
+"""mexport: one validated, standalone ONNX graph per nesting level, plus manifest.json.
+
+DESIGN.md, "The artifact folder" and "Conventions". Everything is built in a temporary folder
+beside --out and renamed into place only when every level has passed validation.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import platform
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from tqdm import tqdm
+
+from matryoshka import __version__
+from matryoshka.data import dataset_sha256, load_dataset
+from matryoshka.errors import ConfigError, DataError
+from matryoshka.exporter.graph import input_spec, to_onnx
+from matryoshka.exporter.validate import cpu_session, run_graph, validate_level
+from matryoshka.io import atomic_dir, check_out_dir, sha256_file, write_json_atomic
+from matryoshka.model import count_params, extract_level, flops_per_sample, validate_levels
+from matryoshka.model.checkpoint import checkpoint_sha256, load_checkpoint
+from matryoshka.runtime.manifest import MANIFEST, SCHEMA_VERSION, level_file
+
+log = logging.getLogger(__name__)
+EXPORTER = "torchscript"
+
+
+def check_export_levels(levels: tuple[int, ...], head_dim: int, d_model: int,
+                        trained: tuple[int, ...]) -> list[int]:
+    """Validate the requested levels; return those that were not trained (to warn about)."""
+    validate_levels(levels, head_dim, d_model, trained=False)
+    return [d for d in levels if d not in trained]
+
+
+def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | None = None,
+           opset: int = 17, simplify: bool = True, atol: float = 1e-4, rtol: float = 1e-3,
+           quantize: str = "none", force: bool = False, data: str | None = None,
+           progress: bool = True) -> dict:
+    """Export every level of a checkpoint to `out`; returns the manifest.
+
+    >>> manifest = export("artifacts/demo/checkpoint", "artifacts/demo/export",
+    ...                   levels=(64, 128, 256, 512), force=True)  # doctest: +SKIP
+    >>> [lv["file"] for lv in manifest["levels"]]  # doctest: +SKIP
+    ['level-0064.onnx', 'level-0128.onnx', 'level-0256.onnx', 'level-0512.onnx']
+    """
+    if quantize not in ("none", "dynamic"):
+        raise ConfigError(f"--quantize must be none or dynamic, got {quantize!r}")
+    if atol < 0 or rtol < 0:
+        raise ConfigError("--atol and --rtol must be non-negative")
+    check_out_dir(out, force)
+    model, metrics = load_checkpoint(checkpoint)
+    cfg = model.config
+    levels = tuple(levels) if levels else cfg.levels
+    for d in check_export_levels(levels, cfg.head_dim, cfg.d_model, cfg.levels):
+        log.warning("level %d was not trained (trained: %s); its accuracy may be poor",
+                    d, ",".join(map(str, cfg.levels)))
+    data_name = data or metrics.get("data") or "demo"
+    dataset = load_dataset(data_name)
+    x_test, y_test = dataset["test"]
+    x_test = _as_input(x_test, cfg.input_kind)
+    expected = tuple(input_spec(model)["shape"][1:])
+    if cfg.input_kind == "image" and x_test.shape[1:] != expected:
+        raise DataError(f"the data's samples are {x_test.shape[1:]}, the model takes {expected}")
+    ck_sha = checkpoint_sha256(checkpoint)
+    manifest = _manifest_head(model, checkpoint, ck_sha, data_name, opset, simplify)
+    with atomic_dir(out, force) as tmp:
+        bar = tqdm(levels, desc="export", unit="level", disable=not progress, leave=False)
+        for dim in bar:
+            bar.set_postfix(level=dim)
+            entry = _export_level(model, dim, levels, tmp, opset, simplify, atol, rtol,
+                                  x_test, y_test, ck_sha)
+            entry["trained"] = dim in cfg.levels
+            entry["accuracy"]["metrics_json"] = metrics.get("test_accuracy", {}).get(str(dim))
+            if quantize == "dynamic":
+                entry["int8"] = _quantize_dynamic(tmp, dim, x_test, y_test)
+            manifest["levels"].append(entry)
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def _as_input(x: np.ndarray, kind: str) -> np.ndarray:
+    return x.astype(np.float32) if kind == "image" else x.astype(np.int64)
+
+
+def _manifest_head(model, checkpoint, ck_sha, data_name, opset, simplify) -> dict:
+    import onnxsim
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"matryoshka": __version__, "torch": torch.__version__,
+                     "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                     "onnxsim": getattr(onnxsim, "__version__", "?"),
+                     "python": platform.python_version()},
+        "checkpoint": {"path": str(checkpoint), "sha256": ck_sha},
+        "data": {"name": str(data_name), "sha256": dataset_sha256(data_name)},
+        "model": model.config.to_dict(),
+        "input": input_spec(model),
+        "output": {"name": "logits", "dtype": "float32",
+                   "shape": ["batch", model.config.n_classes]},
+        "exporter": {"name": EXPORTER, "opset": opset, "simplified": simplify},
+        "levels": [],
+    }
+
+
+def _export_level(model, dim, levels, tmp: Path, opset, simplify, atol, rtol, x, y,
+                  ck_sha) -> dict:
+    small = extract_level(model, dim).eval()
+    path = tmp / level_file(dim)
+    meta = {"matryoshka.level": levels.index(dim), "matryoshka.dim": dim,
+            "matryoshka.levels": ",".join(map(str, levels)),
+            "matryoshka.model": model.config.name, "matryoshka.checkpoint_sha256": ck_sha,
+            "matryoshka.schema_version": SCHEMA_VERSION}
+    to_onnx(small, path, opset, simplify, meta)
+    parity, ort_logits, torch_logits = validate_level(model, dim, path, x, atol, rtol)
+    same = float((ort_logits.argmax(-1) == torch_logits.argmax(-1)).mean())
+    return {
+        "dim": dim, "file": path.name, "sha256": sha256_file(path),
+        "bytes": path.stat().st_size, "params": count_params(small),
+        "flops_per_sample": flops_per_sample(model.config, dim), "opset": opset,
+        "parity": parity,
+        "accuracy": {"onnx": _acc(ort_logits, y), "torch": _acc(torch_logits, y),
+                     "same_argmax": same, "split": "test", "n": int(len(y))},
+    }
+
+
+def _acc(logits: np.ndarray, y: np.ndarray) -> float:
+    return float((logits.argmax(-1) == y).mean())
+
+
+def _quantize_dynamic(tmp: Path, dim: int, x: np.ndarray, y: np.ndarray) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = tmp / level_file(dim), tmp / level_file(dim, "int8")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs an advice line on the root logger
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    logits = run_graph(cpu_session(dst), x)
+    return {"file": dst.name, "sha256": sha256_file(dst), "bytes": dst.stat().st_size,
+            "method": "dynamic", "accuracy": _acc(logits, y)}
+
+
+def export_table(manifest: dict) -> str:
+    """The closing table: level, params, MFLOPs, size, parity error, ONNX and torch accuracy."""
+    int8 = any("int8" in lv for lv in manifest["levels"])
+    head = (f"{'level':>6} {'params':>10} {'MFLOPs':>8} {'size KB':>9} {'max|err|':>9} "
+            f"{'acc onnx':>9} {'acc torch':>9}")
+    if int8:
+        head += f" {'int8 acc':>9} {'int8 KB':>8}"
+    rows = [head]
+    for lv in manifest["levels"]:
+        row = (f"{lv['dim']:>6} {lv['params']:>10,} {lv['flops_per_sample'] / 1e6:>8.2f} "
+               f"{lv['bytes'] / 1024:>9.1f} {lv['parity']['max_abs']:>9.1e} "
+               f"{lv['accuracy']['onnx']:>9.4f} {lv['accuracy']['torch']:>9.4f}")
+        if "int8" in lv:
+            row += f" {lv['int8']['accuracy']:>9.4f} {lv['int8']['bytes'] / 1024:>8.1f}"
+        rows.append(row)
+    return "\n".join(rows)

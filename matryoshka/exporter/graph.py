@@ -1,0 +1,80 @@
+"""One level to one ONNX graph: torch.onnx.export, onnxsim, the full checker, metadata.
+
+DESIGN.md, "Conventions". Pure of file-system policy: the caller decides where files go.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from matryoshka.errors import MatryoshkaError
+from matryoshka.model import MatryoshkaTransformer
+
+INPUT, OUTPUT = "x", "logits"
+# onnxsim can fuse attention into com.microsoft::Attention, an onnxruntime-only contrib op.
+# The graphs stay standard ONNX so that any runtime (and onnx.reference) can run them and so
+# that static INT8 quantization sees plain MatMuls; onnxruntime applies its own fusions when
+# it loads a session.
+PORTABLE_SKIPS = ["fuse_attention", "fuse_qkv", "fuse_gqa"]
+
+
+def sample_input(model: MatryoshkaTransformer, batch: int = 2) -> torch.Tensor:
+    c = model.config
+    if c.input_kind == "image":
+        return torch.zeros(batch, c.image_size, c.image_size, dtype=torch.float32)
+    return torch.zeros(batch, c.max_len, dtype=torch.long)
+
+
+def dynamic_axes(model: MatryoshkaTransformer) -> dict[str, dict[int, str]]:
+    axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}
+    if model.config.input_kind == "tokens":
+        axes[INPUT][1] = "seq"
+    return axes
+
+
+def input_spec(model: MatryoshkaTransformer) -> dict:
+    """The manifest's `input` section: what an application must pass to every graph."""
+    c = model.config
+    if c.input_kind == "image":
+        return {
+            "name": INPUT, "dtype": "float32", "shape": ["batch", c.image_size, c.image_size],
+            "kind": "image",
+            "preprocessing": f"inside the graph: x / {c.pixel_scale:g}, then "
+                             f"{c.patch_size}x{c.patch_size} patches",
+        }
+    return {
+        "name": INPUT, "dtype": "int64", "shape": ["batch", "seq"], "kind": "tokens",
+        "vocab_size": c.vocab_size, "max_len": c.max_len,
+        "preprocessing": "inside the graph: token embedding and positional encoding",
+    }
+
+
+def to_onnx(module: MatryoshkaTransformer, path: Path, opset: int, simplify: bool,
+            metadata: dict[str, str]) -> onnx.ModelProto:
+    """Export, optionally simplify, check fully, stamp metadata, and save to `path`."""
+    with warnings.catch_warnings():
+        # The tracer warns about Python-level shape checks; they are constants by design.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(), (sample_input(module),), str(path), input_names=[INPUT],
+            output_names=[OUTPUT], dynamic_axes=dynamic_axes(module), opset_version=opset,
+            do_constant_folding=True, dynamo=False,
+        )
+    graph = onnx.load(str(path))
+    if simplify:
+        import onnxsim
+
+        graph, ok = onnxsim.simplify(graph, skipped_optimizers=list(PORTABLE_SKIPS))
+        if not ok:
+            raise MatryoshkaError(f"onnxsim could not verify the simplified graph {path.name}; "
+                                  "rerun with --no-simplify")
+    del graph.metadata_props[:]
+    for key, value in metadata.items():
+        graph.metadata_props.add(key=key, value=str(value))
+    onnx.checker.check_model(graph, full_check=True)
+    onnx.save(graph, str(path))
+    return graph
