@@ -219,6 +219,56 @@ def mexport(**kwargs) -> None:
     _run_export(**kwargs)
 
 
+@cli.command()
+@click.argument("export_dir", default=DEMO_EXPORT)
+@click.argument("input_npy")
+@click.option("--level", type=int, default=None, help="Run this one level.")
+@click.option("--thresholds", default=None,
+              help="Cascade thresholds, one per level but the last, e.g. 0.9,0.9,0.9.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="auto",
+              show_default=True)
+@click.option("--variant", type=click.Choice(["fp32", "int8"]), default="fp32",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def predict(export_dir, input_npy, level, thresholds, device, variant, as_json) -> None:
+    """Predict the samples in INPUT_NPY with the graphs in EXPORT_DIR (no torch needed).
+
+    Example: matryoshka predict artifacts/demo/export samples.npy --thresholds 0.9,0.9,0.9
+    """
+    import json as _json
+    from pathlib import Path
+
+    import numpy as np
+
+    from matryoshka.errors import DataError, MissingArtifactError
+    from matryoshka.runtime import Runtime
+
+    path = Path(input_npy)
+    if not path.is_file():
+        raise MissingArtifactError(f"input file not found: {path}")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path} is not a readable .npy array ({e})") from None
+    thr = None
+    if thresholds is not None:
+        thr = list(_floats(thresholds, "--thresholds") or ())
+    rt = Runtime.open(export_dir, device=device, variant=variant)
+    out = rt.predict(x, level=level, thresholds=thr)
+    if as_json:
+        click.echo(_json.dumps({"labels": out.labels.tolist(), "levels": out.levels.tolist(),
+                                "confidence": [round(float(c), 6) for c in out.confidence],
+                                "providers": rt.providers[rt.levels[-1]]}))
+        return
+    click.echo(f"{'row':>5} {'label':>6} {'level':>6} {'confidence':>11}")
+    for i, (lab, lev, conf) in enumerate(zip(out.labels, out.levels, out.confidence)):
+        click.echo(f"{i:>5} {lab:>6} {lev:>6} {conf:>11.4f}")
+    if len(out):
+        dims, counts = np.unique(out.levels, return_counts=True)
+        share = ", ".join(f"{d}: {c}" for d, c in zip(dims, counts))
+        click.echo(f"{len(out)} rows answered by level ({share})")
+
+
 def main() -> None:
     cli()
 

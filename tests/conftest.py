@@ -15,14 +15,25 @@ def demo_data():
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, demo_data):
-    """A `tiny` model trained for 2 epochs on the demo digits: small, real weights."""
+    """A `tiny` model trained for 6 epochs on the demo digits: small, real weights."""
     from matryoshka.model import preset
     from matryoshka.training import TrainConfig, config_for_data, train
 
     out = tmp_path_factory.mktemp("ckpt") / "checkpoint"
     cfg = config_for_data(preset("tiny"), demo_data)
-    train(cfg, demo_data, TrainConfig(epochs=2, batch_size=64), out, progress=False,
+    train(cfg, demo_data, TrainConfig(epochs=6, batch_size=64, lr=3e-3), out, progress=False,
           data_name="demo")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_export_dir(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint exported with fp32 and dynamic int8 graphs. Read-only: copy it
+    before changing anything."""
+    from matryoshka.exporter import export
+
+    out = tmp_path_factory.mktemp("shared-export") / "export"
+    export(tiny_checkpoint, out, quantize="dynamic", progress=False)
     return out
 
 

@@ -19,6 +19,7 @@ from tests.conftest import tree_bytes
 
 @pytest.fixture(scope="module")
 def tiny_export(tiny_checkpoint, tmp_path_factory):
+    """A private export: some tests here replace it."""
     out = tmp_path_factory.mktemp("exp") / "export"
     manifest = export(tiny_checkpoint, out, quantize="dynamic", progress=False)
     return out, manifest

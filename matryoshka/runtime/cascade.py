@@ -1,0 +1,66 @@
+"""The escalation cascade: answer a row at level i when max softmax(z_i / T_i) > tau_i.
+
+DESIGN.md, "Escalation and calibration". Only the rows still undecided are gathered and sent
+to the next level; the last level answers every row it receives. Pure numpy: `run_level` is
+any callable that maps (dim, rows) to logits, so the logic is testable without graphs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Prediction:
+    labels: np.ndarray  # int64 [n], argmax class
+    probs: np.ndarray  # float32 [n, classes], softmax(z / T) at the answering level
+    confidence: np.ndarray  # float32 [n], max of probs
+    levels: np.ndarray  # int64 [n], the width (dim) that answered each row
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits.astype(np.float32) / np.float32(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def empty(n_classes: int) -> Prediction:
+    return Prediction(np.zeros(0, np.int64), np.zeros((0, n_classes), np.float32),
+                      np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+
+def run_cascade(x: np.ndarray, dims: Sequence[int], thresholds: Sequence[float],
+                temperatures: Sequence[float],
+                run_level: Callable[[int, np.ndarray], np.ndarray]) -> Prediction:
+    """Escalate row by row, running each level on the undecided rows only.
+
+    thresholds has one entry per level but the last; with a single level it is empty.
+    """
+    if len(thresholds) != len(dims) - 1 or len(temperatures) != len(dims):
+        raise ValueError("need one threshold per level but the last and one temperature each")
+    n = len(x)
+    labels = np.zeros(n, np.int64)
+    levels = np.zeros(n, np.int64)
+    probs = conf = None
+    todo = np.arange(n)
+    for i, dim in enumerate(dims):
+        p = softmax(run_level(dim, x[todo]), temperatures[i])
+        if probs is None:
+            probs = np.zeros((n, p.shape[1]), np.float32)
+            conf = np.zeros(n, np.float32)
+        c = p.max(axis=1)
+        done = np.ones(len(todo), bool) if i == len(dims) - 1 else c > thresholds[i]
+        rows = todo[done]
+        probs[rows], conf[rows] = p[done], c[done]
+        labels[rows], levels[rows] = p[done].argmax(axis=1), dim
+        todo = todo[~done]
+        if len(todo) == 0:
+            break
+    return Prediction(labels, probs, conf, levels)

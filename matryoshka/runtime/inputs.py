@@ -1,0 +1,60 @@
+"""Input checks against the manifest's `input` spec, before onnxruntime sees the data.
+
+DESIGN.md, "Errors": a wrong rank or shape, an unsafe dtype, NaN/inf and token ids out of
+range each get their own message. numpy only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from matryoshka.errors import DataError
+
+
+class InputError(DataError):
+    """An input that does not fit the exported graphs."""
+
+
+def check_input(x, spec: dict) -> np.ndarray:
+    """Return x as the dtype the graphs take, or raise InputError saying what is wrong.
+
+    >>> check_input(np.zeros((2, 8, 8), np.uint8), {"dtype": "float32",
+    ...     "shape": ["batch", 8, 8], "kind": "image"}).dtype
+    dtype('float32')
+    """
+    x = np.asarray(x)
+    shape = spec["shape"]
+    want = np.dtype(spec["dtype"])
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise InputError(f"input dtype {x.dtype} cannot be converted to {want}")
+    if x.ndim != len(shape):
+        hint = " (one sample? add a batch axis: x[None])" if x.ndim == len(shape) - 1 else ""
+        raise InputError(f"input must have rank {len(shape)} with shape "
+                         f"{_fmt(shape)}; got shape {x.shape}{hint}")
+    for axis, (got, expected) in enumerate(zip(x.shape, shape)):
+        if isinstance(expected, int) and got != expected:
+            raise InputError(f"input axis {axis} must be {expected} (shape {_fmt(shape)}); "
+                             f"got shape {x.shape}")
+    if np.issubdtype(want, np.floating):
+        if np.issubdtype(x.dtype, np.complexfloating):
+            raise InputError(f"input dtype {x.dtype} cannot be converted to {want} safely")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
+            raise InputError(f"input holds NaN or inf in {bad} row(s)")
+        return np.ascontiguousarray(x, dtype=want)
+    # integer token ids
+    if not np.issubdtype(x.dtype, np.integer) or not np.can_cast(x.dtype, want, "safe"):
+        raise InputError(f"token ids must be integers that fit {want}; got dtype {x.dtype}")
+    if spec.get("max_len") and x.ndim >= 2 and x.shape[1] > spec["max_len"]:
+        raise InputError(f"sequence length {x.shape[1]} exceeds max_len {spec['max_len']}")
+    if x.size and x.ndim >= 2 and x.shape[1] == 0:
+        raise InputError("sequences must hold at least one token")
+    vocab = spec.get("vocab_size")
+    if vocab and x.size and (x.min() < 0 or x.max() >= vocab):
+        raise InputError(f"token ids must be in [0, {vocab}); got ids from {int(x.min())} "
+                         f"to {int(x.max())}")
+    return np.ascontiguousarray(x, dtype=want)
+
+
+def _fmt(shape: list) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"

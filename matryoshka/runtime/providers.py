@@ -1,0 +1,60 @@
+"""Execution providers: ask for CUDA or the CPU and prove that is what runs.
+
+DESIGN.md, "Conventions": onnxruntime falls back to the CPU silently when the CUDA libraries
+are missing, so every session's get_providers() is checked after it is created.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnxruntime as ort
+
+from matryoshka.errors import MatryoshkaError
+
+log = logging.getLogger(__name__)
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+DEVICES = ("cpu", "cuda", "auto")
+
+
+class DeviceError(MatryoshkaError):
+    """The requested device cannot be used here."""
+
+
+def requested_providers(device: str) -> list[str]:
+    """The provider list to create sessions with, before any session proves it works."""
+    if device not in DEVICES:
+        raise DeviceError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
+    if device == "cpu":
+        return [CPU]
+    available = ort.get_available_providers()
+    if CUDA in available:
+        return [CUDA, CPU]
+    if device == "cuda":
+        raise DeviceError(
+            "device='cuda' needs onnxruntime's CUDAExecutionProvider, which this onnxruntime "
+            f"{ort.__version__} does not have (it has: {', '.join(available)}); install "
+            "matryoshka[gpu] (onnxruntime-gpu) instead of matryoshka[cpu]")
+    return [CPU]
+
+
+def check_active(session: ort.InferenceSession, device: str, file: str) -> list[str]:
+    """The providers the session really uses; raise when CUDA was required but is not active."""
+    active = session.get_providers()
+    if device == "cuda" and (not active or active[0] != CUDA):
+        raise DeviceError(
+            f"CUDAExecutionProvider is installed but did not become active for {file} "
+            f"(active: {', '.join(active)}); the CUDA or cuDNN libraries that onnxruntime-gpu "
+            "needs are probably missing or of the wrong version")
+    return active
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    if threads is not None:
+        if threads < 1:
+            raise MatryoshkaError(f"threads must be at least 1, got {threads}")
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return opts

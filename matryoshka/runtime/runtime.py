@@ -1,0 +1,200 @@
+"""Runtime: open an export folder, load each level's graph on the asked-for provider, predict.
+
+DESIGN.md, "Who uses it and how" and "Escalation and calibration". numpy and onnxruntime only:
+applications install it with `pip install matryoshka[cpu]` (or `[gpu]`), never torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from matryoshka.errors import ArtifactError, ConfigError, MissingArtifactError
+from matryoshka.io import sha256_file
+from matryoshka.runtime.cascade import Prediction, empty, run_cascade
+from matryoshka.runtime.inputs import check_input
+from matryoshka.runtime.manifest import read_manifest
+from matryoshka.runtime.providers import (
+    CUDA,
+    check_active,
+    requested_providers,
+    session_options,
+)
+
+log = logging.getLogger(__name__)
+VARIANTS = ("fp32", "int8")
+
+
+class Runtime:
+    """The graphs of one export folder, ready to predict.
+
+    >>> rt = Runtime.open("artifacts/demo/export", device="cpu")  # doctest: +SKIP
+    >>> out = rt.predict(x, level=128)                            # doctest: +SKIP
+    >>> out.labels, out.levels                                    # doctest: +SKIP
+    """
+
+    def __init__(self, folder: Path, manifest: dict, device: str, providers: list[str],
+                 threads: int | None, variant: str):
+        self.folder, self.manifest, self.device, self.variant = folder, manifest, device, variant
+        self._providers, self._threads = providers, threads
+        self._entries = {lv["dim"]: lv for lv in manifest["levels"]}
+        self.levels: list[int] = [lv["dim"] for lv in manifest["levels"]]
+        self.input_spec: dict = manifest["input"]
+        self.n_classes: int = manifest["output"]["shape"][-1]
+        self._sessions: dict[int, ort.InferenceSession] = {}
+        self._active: dict[int, list[str]] = {}
+        self._lock = threading.Lock()
+        self._warned = False
+
+    @classmethod
+    def open(cls, folder: str | Path, device: str = "auto", threads: int | None = None,
+             preload: bool = True, variant: str = "fp32") -> Runtime:
+        """Open an export folder: check its manifest and every graph's sha256, then load.
+
+        device: "cpu", "cuda" (CUDA must really be active, or MatryoshkaError) or "auto"
+        (CUDA when it is really active, else the CPU with one warning).
+        preload=False creates each level's session on first use.
+
+        >>> rt = Runtime.open("artifacts/demo/export", device="cpu")  # doctest: +SKIP
+        >>> rt.levels                                                 # doctest: +SKIP
+        [64, 128, 256, 512]
+        """
+        folder = Path(folder)
+        manifest = read_manifest(folder)
+        if variant not in VARIANTS:
+            raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
+        providers = requested_providers(device)
+        rt = cls(folder, manifest, device, providers, threads, variant)
+        for dim in rt.levels:
+            rt._check_file(dim)
+        if device == "auto" and CUDA not in providers:
+            log.warning("device='auto': CUDA is not available here, running on the CPU")
+        if preload:
+            for dim in rt.levels:
+                rt._session(dim)
+        return rt
+
+    # -- files and sessions -------------------------------------------------------------------
+    def file(self, dim: int) -> Path:
+        entry = self._entries[dim]
+        if self.variant == "fp32":
+            return self.folder / entry["file"]
+        if "int8" not in entry:
+            raise ArtifactError(f"{self.folder} has no int8 graph for level {dim}; make one with "
+                                "mexport --quantize dynamic or matryoshka calibrate --int8 "
+                                "static")
+        return self.folder / entry["int8"]["file"]
+
+    def _check_file(self, dim: int) -> None:
+        path = self.file(dim)
+        entry = self._entries[dim] if self.variant == "fp32" else self._entries[dim]["int8"]
+        if not path.is_file():
+            raise MissingArtifactError(f"{path.name} named by the manifest is missing from "
+                                       f"{self.folder}")
+        if sha256_file(path) != entry["sha256"]:
+            raise ArtifactError(f"{path.name} does not match the sha256 in manifest.json; the "
+                                "file is corrupt or was changed after export")
+
+    def _session(self, dim: int) -> ort.InferenceSession:
+        session = self._sessions.get(dim)
+        if session is not None:
+            return session
+        with self._lock:  # one creation per level, however many threads ask at once
+            session = self._sessions.get(dim)
+            if session is None:
+                path = self.file(dim)
+                try:
+                    session = ort.InferenceSession(str(path), session_options(self._threads),
+                                                   providers=self._providers)
+                except Exception as e:  # onnxruntime raises its own untyped errors
+                    raise ArtifactError(f"onnxruntime cannot load {path.name}: {e}") from None
+                device = "cuda" if self.device == "cuda" else "cpu"
+                self._active[dim] = check_active(session, device, path.name)
+                self._sessions[dim] = session
+        return session
+
+    @property
+    def providers(self) -> dict[int, list[str]]:
+        """The providers each level's session really runs on (loads every level)."""
+        for dim in self.levels:
+            self._session(dim)
+        return dict(self._active)
+
+    def run_level(self, dim: int, x: np.ndarray) -> np.ndarray:
+        """Raw logits of level `dim` on an already checked input."""
+        session = self._session(dim)
+        name = self.input_spec["name"]
+        if self._active[dim][0] == CUDA:
+            # io-binding: ORT copies the input to the device once and writes the output
+            # straight into host memory it owns, instead of staging both through run().
+            binding = session.io_binding()
+            binding.bind_cpu_input(name, x)
+            binding.bind_output(session.get_outputs()[0].name, "cpu")
+            session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()[0]
+        return session.run(None, {name: x})[0]
+
+    # -- prediction ---------------------------------------------------------------------------
+    def calibration(self) -> dict | None:
+        """The calibration record of this variant, or None."""
+        return (self.manifest.get("calibration") or {}).get(self.variant)
+
+    def temperatures(self) -> list[float]:
+        cal = self.calibration()
+        return list(cal["temperatures"]) if cal else [1.0] * len(self.levels)
+
+    def predict(self, x, level: int | None = None,
+                thresholds: list[float] | None = None) -> Prediction:
+        """Predict a batch.
+
+        - level=d: run that one level.
+        - thresholds=[t_1..t_{k-1}]: the cascade with these thresholds.
+        - neither: the calibrated cascade when the manifest has one, else the largest level.
+
+        >>> out = rt.predict(x, thresholds=[0.9, 0.9, 0.9])  # doctest: +SKIP
+        >>> out.labels, out.probs, out.confidence, out.levels  # doctest: +SKIP
+        """
+        if level is not None and thresholds is not None:
+            raise ConfigError("give either level or thresholds, not both")
+        x = check_input(x, self.input_spec)
+        temps = self.temperatures()
+        if level is not None:
+            if level not in self._entries:
+                raise ConfigError(f"level {level} is not in this export (levels: "
+                                  f"{', '.join(map(str, self.levels))})")
+            i = self.levels.index(level)
+            dims, thr, temps = [level], [], [temps[i]]
+        elif thresholds is not None:
+            dims, thr = self.levels, self._check_thresholds(thresholds)
+        else:
+            dims, thr, temps = self._default_plan(temps)
+        if len(x) == 0:
+            return empty(self.n_classes)
+        return run_cascade(x, dims, thr, temps, self.run_level)
+
+    def _check_thresholds(self, thresholds) -> list[float]:
+        thr = [float(t) for t in thresholds]
+        if len(thr) != len(self.levels) - 1:
+            raise ConfigError(f"need {len(self.levels) - 1} thresholds, one per level but the "
+                              f"last; got {len(thr)}")
+        if any(not 0.0 <= t <= 1.0 for t in thr):
+            raise ConfigError(f"thresholds must lie in [0, 1]; got {thr}")
+        return thr
+
+    def _default_plan(self, temps: list[float]) -> tuple[list[int], list[float], list[float]]:
+        cal = self.calibration()
+        if cal and cal.get("thresholds") is not None:
+            return self.levels, list(cal["thresholds"]), temps
+        if not self._warned:
+            with self._lock:
+                if not self._warned:
+                    self._warned = True
+                    why = ("its calibration certified no thresholds" if cal else
+                           "it has no calibration (run `matryoshka calibrate`)")
+                    log.warning("%s: %s; predicting with the largest level %d", self.folder,
+                                why, self.levels[-1])
+        return [self.levels[-1]], [], [temps[-1]]

@@ -1,0 +1,198 @@
+"""Runtime on a real (tiny) export: levels, escalation, errors, threads."""
+
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from matryoshka.errors import ArtifactError, ConfigError, MatryoshkaError
+from matryoshka.runtime import DeviceError, InputError, Runtime
+from matryoshka.runtime.inputs import check_input
+
+
+@pytest.fixture(scope="module")
+def rt(tiny_export_dir):
+    return Runtime.open(tiny_export_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def x_test(demo_data):
+    return demo_data["test"][0]
+
+
+@pytest.fixture(scope="module")
+def mid(rt, x_test):
+    """Thresholds at the median confidence of each level, so rows split between levels."""
+    return [float(np.median(rt.predict(x_test, level=d).confidence)) for d in rt.levels[:-1]]
+
+
+def test_levels_and_active_providers(rt):
+    assert rt.levels == [16, 32, 64]
+    assert rt.providers == {d: ["CPUExecutionProvider"] for d in (16, 32, 64)}
+
+
+def test_threshold_zero_answers_at_the_first_level(rt, x_test):
+    out = rt.predict(x_test, thresholds=[0, 0])
+    assert (out.levels == 16).all()
+    np.testing.assert_array_equal(out.labels, rt.predict(x_test, level=16).labels)
+
+
+def test_threshold_one_answers_at_the_last_level(rt, x_test):
+    out = rt.predict(x_test, thresholds=[1.0, 1.0])
+    assert (out.levels == 64).all()
+    np.testing.assert_array_equal(out.labels, rt.predict(x_test, level=64).labels)
+
+
+def test_each_row_is_bit_identical_to_its_answering_level(rt, x_test, mid):
+    out = rt.predict(x_test, thresholds=mid)
+    assert len(set(out.levels.tolist())) >= 2, "the test needs rows at several levels"
+    for d in rt.levels:
+        rows = out.levels == d
+        alone = rt.predict(x_test, level=d)
+        np.testing.assert_array_equal(out.labels[rows], alone.labels[rows])
+        np.testing.assert_array_equal(out.probs[rows], alone.probs[rows])
+
+
+def test_next_session_receives_exactly_the_undecided_rows(tiny_export_dir, x_test, mid):
+    rt = Runtime.open(tiny_export_dir, device="cpu")
+    seen = {}
+    real = rt.run_level
+
+    def spy(dim, rows):
+        seen[dim] = rows.copy()
+        return real(dim, rows)
+
+    rt.run_level = spy
+    out = rt.predict(x_test, thresholds=mid)
+    first = rt.predict(x_test, level=16)
+    undecided = first.confidence <= mid[0]
+    assert 0 < undecided.sum() < len(x_test)
+    np.testing.assert_array_equal(seen[32], x_test[undecided].astype(np.float32))
+    assert (out.levels[~undecided] == 16).all()
+
+
+def test_default_without_calibration_uses_largest_level_and_warns_once(rt, x_test, caplog):
+    fresh = Runtime.open(rt.folder, device="cpu")
+    a = fresh.predict(x_test[:5])
+    fresh.predict(x_test[:5])
+    assert (a.levels == 64).all()
+    assert caplog.text.count("has no calibration") == 1
+
+
+def test_empty_batch(rt):
+    out = rt.predict(np.zeros((0, 8, 8), np.float32), thresholds=[0.5, 0.5])
+    assert out.labels.shape == (0,) and out.probs.shape == (0, 10)
+
+
+def test_cuda_on_a_machine_without_cuda(tiny_export_dir):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(DeviceError, match="CUDAExecutionProvider"):
+        Runtime.open(tiny_export_dir, device="cuda")
+
+
+@pytest.mark.parametrize("bad,fragment", [
+    (np.zeros((3, 8, 7)), "axis 2 must be 8"),
+    (np.zeros((8, 8)), "add a batch axis"),
+    (np.zeros((2, 8, 8), np.complex64), "cannot be converted"),
+    (np.array([["a"] * 8] * 8)[None], "cannot be converted"),
+])
+def test_bad_inputs(rt, bad, fragment):
+    with pytest.raises(InputError, match=fragment):
+        rt.predict(bad)
+
+
+def test_nan_input(rt, x_test):
+    x = x_test[:4].astype(np.float32)
+    x[2, 3, 3] = np.nan
+    with pytest.raises(InputError, match="NaN or inf in 1 row"):
+        rt.predict(x)
+
+
+def test_token_ids_are_checked():
+    spec = {"name": "x", "dtype": "int64", "shape": ["batch", "seq"], "vocab_size": 10,
+            "max_len": 6}
+    assert check_input(np.array([[1, 2, 9]], np.int32), spec).dtype == np.int64
+    with pytest.raises(InputError, match=r"token ids must be in \[0, 10\)"):
+        check_input(np.array([[1, 10]]), spec)
+    with pytest.raises(InputError, match="must be integers"):
+        check_input(np.array([[1.0, 2.0]]), spec)
+    with pytest.raises(InputError, match="exceeds max_len 6"):
+        check_input(np.zeros((1, 7), np.int64), spec)
+
+
+def test_bad_plan_arguments(rt, x_test):
+    with pytest.raises(ConfigError, match="need 2 thresholds"):
+        rt.predict(x_test, thresholds=[0.5])
+    with pytest.raises(ConfigError, match="not in this export"):
+        rt.predict(x_test, level=24)
+    with pytest.raises(ConfigError, match="either level or thresholds"):
+        rt.predict(x_test, level=16, thresholds=[0.5, 0.5])
+
+
+def test_flipped_byte_is_named(tiny_export_dir, tmp_path):
+    bad = tmp_path / "export"
+    shutil.copytree(tiny_export_dir, bad)
+    data = bytearray((bad / "level-0032.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bad / "level-0032.onnx").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="level-0032.onnx does not match the sha256"):
+        Runtime.open(bad, device="cpu")
+
+
+def test_schema_version_is_checked(tiny_export_dir, tmp_path):
+    bad = tmp_path / "export"
+    shutil.copytree(tiny_export_dir, bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    m["schema_version"] = 99
+    (bad / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="schema_version 99"):
+        Runtime.open(bad)
+
+
+def test_int8_variant(tiny_export_dir, x_test):
+    rt8 = Runtime.open(tiny_export_dir, device="cpu", variant="int8")
+    fp = Runtime.open(tiny_export_dir, device="cpu")
+    a, b = rt8.predict(x_test, level=64), fp.predict(x_test, level=64)
+    assert not np.array_equal(a.probs, b.probs), "int8 must be a different graph"
+    assert (a.labels == b.labels).mean() > 0.9
+
+
+def test_threads_give_single_threaded_results(tiny_export_dir, x_test, mid):
+    rt = Runtime.open(tiny_export_dir, device="cpu", preload=False)
+    rng = np.random.default_rng(0)
+    jobs = [[(int(s), int(n)) for s, n in zip(rng.integers(0, 300, 25), rng.integers(1, 60, 25))]
+            for _ in range(8)]
+    results = [[None] * 25 for _ in range(8)]
+    errors = []
+
+    def work(t):
+        try:
+            for j, (s, n) in enumerate(jobs[t]):
+                results[t][j] = rt.predict(x_test[s:s + n], thresholds=mid)
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    single = Runtime.open(tiny_export_dir, device="cpu")
+    for t in range(8):
+        for j, (s, n) in enumerate(jobs[t]):
+            ref = single.predict(x_test[s:s + n], thresholds=mid)
+            np.testing.assert_array_equal(results[t][j].labels, ref.labels)
+            np.testing.assert_array_equal(results[t][j].levels, ref.levels)
+            np.testing.assert_array_equal(results[t][j].probs, ref.probs)
+    assert len(rt._sessions) == 3
+
+
+def test_missing_export_folder(tmp_path):
+    with pytest.raises(MatryoshkaError, match="export folder not found"):
+        Runtime.open(tmp_path / "nope")
