@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command of the README: make a virtual environment, install, lint, run the suite.
+# The test command of the README: make a virtual environment, install, lint, prove the
+# runtime works without torch, run the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -9,5 +10,6 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check -c constrain
   cat .venv/pip.log >&2
   exit 1
 fi
-.venv/bin/python -m ruff check matryoshka tests
+.venv/bin/python -m ruff check matryoshka tests benchmarks examples
+bash scripts/check_runtime_only.sh
 .venv/bin/python -m pytest tests "$@"

@@ -1,0 +1,244 @@
+"""`matryoshka calibrate`: temperatures and certified thresholds written into manifest.json,
+and optional INT8 static quantization. DESIGN.md, "Escalation and calibration".
+
+Everything is computed through the runtime (onnxruntime), on the graphs that will be deployed.
+The export folder is rebuilt beside itself (unchanged files hard-linked) and swapped in whole,
+so a crash never leaves a manifest that names a missing or half-written file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from matryoshka.calibration.thresholds import (
+    TARGETS,
+    fit_temperature,
+    learn_then_test,
+    nll,
+    simulate,
+)
+from matryoshka.data import dataset_sha256, load_dataset
+from matryoshka.errors import ConfigError
+from matryoshka.io import atomic_dir, sha256_file, write_json_atomic
+from matryoshka.runtime import Runtime
+from matryoshka.runtime.inputs import check_input
+from matryoshka.runtime.manifest import MANIFEST, level_file, read_manifest
+
+log = logging.getLogger(__name__)
+INT8_METHODS = ("minmax", "entropy", "percentile")
+
+
+def check_args(target: str, epsilon: float, delta: float, split: str, variant: str,
+               int8: str | None, method: str) -> None:
+    if target not in TARGETS:
+        raise ConfigError(f"--target must be one of {', '.join(TARGETS)}; got {target!r}")
+    for name, v in (("--epsilon", epsilon), ("--delta", delta)):
+        if not 0.0 < v < 1.0:
+            raise ConfigError(f"{name} must lie strictly between 0 and 1; got {v}")
+    if split not in ("train", "val"):
+        raise ConfigError(f"--split must be train or val (test is kept for the report); "
+                          f"got {split!r}")
+    if variant not in ("fp32", "int8"):
+        raise ConfigError(f"--variant must be fp32 or int8; got {variant!r}")
+    if int8 not in (None, "static"):
+        raise ConfigError(f"--int8 must be static; got {int8!r}")
+    if method not in INT8_METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(INT8_METHODS)}; got {method!r}")
+
+
+def calibrate(export_dir: str | Path, data: str = "demo", split: str = "val",
+              target: str = "agreement", epsilon: float = 0.02, delta: float = 0.1,
+              variant: str = "fp32", int8: str | None = None, method: str = "minmax",
+              progress: bool = True) -> dict:
+    """Calibrate an export folder in place (atomically); returns the calibration record.
+
+    >>> rec = calibrate("artifacts/demo/export", epsilon=0.02, delta=0.1)  # doctest: +SKIP
+    >>> rec["thresholds"], rec["test"]["relative_cost"]                    # doctest: +SKIP
+    """
+    check_args(target, epsilon, delta, split, variant, int8, method)
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    dataset = load_dataset(data)
+    spec = manifest["input"]
+    x_cal, y_cal = check_input(dataset[split][0], spec), dataset[split][1]
+    x_test, y_test = check_input(dataset["test"][0], spec), dataset["test"][1]
+    if variant == "int8" and int8 is None and any("int8" not in lv for lv in manifest["levels"]):
+        raise ConfigError("--variant int8 needs int8 graphs: add --int8 static, or export "
+                          "with --quantize dynamic")
+    with atomic_dir(export_dir, force=True) as stage:
+        _link_tree(export_dir, stage)
+        if int8 == "static":
+            _quantize_static(stage, manifest, x_cal, x_test, y_test, method, progress)
+            write_json_atomic(stage / MANIFEST, manifest)
+        rt = Runtime.open(stage, device="cpu", variant=variant)
+        record = _calibrate_thresholds(rt, x_cal, y_cal, x_test, y_test, target, epsilon,
+                                       delta, progress)
+        record.update(variant=variant, split=split, data=str(data),
+                      data_sha256=dataset_sha256(data),
+                      created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        manifest.setdefault("calibration", {})[variant] = record
+        write_json_atomic(stage / MANIFEST, manifest)
+    return record
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link (or copy, across devices) every file of src into the empty folder dst."""
+    for path in src.iterdir():
+        if path.is_file():
+            try:
+                os.link(path, dst / path.name)
+            except OSError:
+                shutil.copy2(path, dst / path.name)
+
+
+def _all_logits(rt: Runtime, x: np.ndarray, batch: int = 256) -> list[np.ndarray]:
+    return [np.concatenate([rt.run_level(d, x[i:i + batch]) for i in range(0, len(x), batch)])
+            for d in rt.levels]
+
+
+def _calibrate_thresholds(rt: Runtime, x_cal, y_cal, x_test, y_test, target, epsilon, delta,
+                          progress) -> dict:
+    dims = rt.levels
+    flops = [float(lv["flops_per_sample"]) for lv in rt.manifest["levels"]]
+    bar = tqdm(total=3, desc="calibrate", disable=not progress, leave=False)
+    cal = _all_logits(rt, x_cal)
+    test = _all_logits(rt, x_test)
+    bar.update(1)
+    temps = [fit_temperature(z, y_cal) for z in cal]
+    bar.update(1)
+    cert = learn_then_test(cal, y_cal, dims, temps, flops, epsilon, delta, target)
+    bar.update(1)
+    bar.close()
+    if cert.thresholds is None:
+        log.warning("no thresholds could be certified for %s <= %g at delta %g on %d samples; "
+                    "the runtime will use the largest level alone", target, epsilon, delta,
+                    len(y_cal))
+    thr = cert.thresholds if cert.thresholds is not None else [1.0] * (len(dims) - 1)
+    out = simulate(test, dims, temps, thr, y_test, flops, target)
+    largest = test[-1].argmax(axis=1)
+    report = {
+        "n": int(len(y_test)),
+        "risk": float(out.loss.mean()),
+        "disagreement": float((out.labels != largest).mean()),
+        "accuracy": float((out.labels == y_test).mean()),
+        "accuracy_largest": float((largest == y_test).mean()),
+        "relative_cost": float(out.cost.mean()),
+        "exit_fractions": [float((out.levels == d).mean()) for d in dims],
+    }
+    return {
+        "temperatures": temps,
+        "nll": {"before": [nll(z, y_cal) for z in cal],
+                "after": [nll(z, y_cal, t) for z, t in zip(cal, temps)]},
+        "thresholds": cert.thresholds,
+        "target": target, "epsilon": epsilon, "delta": delta, "n": int(len(y_cal)),
+        "guarantee": (f"P({target} risk > {epsilon:g}) <= {delta:g} over the calibration draw"
+                      if cert.thresholds is not None else "none certified: largest level only"),
+        "method": "learn-then-test, fixed-sequence, exact binomial p-values, shared threshold",
+        "empirical_risk": cert.empirical_risk, "risk_bound": cert.risk_bound,
+        "p_value": cert.p_value, "n_certified": cert.n_certified,
+        "expected_relative_cost": cert.expected_relative_cost,
+        "exit_fractions": cert.exit_fractions,
+        "test": report,
+    }
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over an array, in batches."""
+
+    def __init__(self, name: str, x: np.ndarray, batch: int = 64):
+        self._batches = iter([{name: x[i:i + batch]} for i in range(0, len(x), batch)])
+
+    def get_next(self):
+        return next(self._batches, None)
+
+    def rewind(self):  # pragma: no cover - ORT only calls this for some methods
+        pass
+
+
+def _quantize_static(stage: Path, manifest: dict, x_cal, x_test, y_test, method: str,
+                     progress: bool) -> None:
+    """INT8 QDQ quantization of every level's MatMul/Gemm, calibrated on the calibration split.
+
+    No fusion first: onnxruntime's maintainers note that static quantization breaks after
+    transformer fusions, and our graphs are exported unfused for that reason.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    reader_cls = type("Reader", (_Reader, CalibrationDataReader), {})
+    name = manifest["input"]["name"]
+    fp32 = Runtime.open(stage, device="cpu")
+    for lv in tqdm(manifest["levels"], desc="int8", disable=not progress, leave=False):
+        dim = lv["dim"]
+        src, dst = stage / lv["file"], stage / level_file(dim, "int8")
+        tmp = dst.with_name(dst.name + ".tmp")
+        if dst.exists():
+            dst.unlink()  # a hard link to the old export: never write through it
+        root = logging.getLogger()
+        old = root.level
+        root.setLevel(logging.ERROR)  # ORT logs advice on the root logger
+        try:
+            quantize_static(str(src), str(tmp), reader_cls(name, x_cal),
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm"],
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=methods[method], per_channel=True)
+        finally:
+            root.setLevel(old)
+        os.replace(tmp, dst)
+        acc_fp32 = _accuracy(fp32.run_level(dim, x_test), y_test)
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+        acc = _accuracy(sess.run(None, {name: x_test})[0], y_test)
+        lv["int8"] = {"file": dst.name, "sha256": sha256_file(dst), "bytes": dst.stat().st_size,
+                      "method": f"static-{method}", "accuracy": acc, "accuracy_fp32": acc_fp32,
+                      "accuracy_change": acc - acc_fp32}
+
+
+def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    return float((logits.argmax(axis=1) == y).mean())
+
+
+def calibration_table(record: dict, manifest: dict) -> str:
+    """The closing report of `matryoshka calibrate`, on the test split."""
+    t = record["test"]
+    dims = [lv["dim"] for lv in manifest["levels"]]
+    lines = [
+        f"calibration ({record['variant']}, target {record['target']}, "
+        f"epsilon {record['epsilon']:g}, delta {record['delta']:g}, n {record['n']})",
+        "  temperatures: " + ", ".join(f"{d}: {x:.3f}" for d, x in
+                                        zip(dims, record["temperatures"])),
+        "  thresholds:   " + (", ".join(f"{x:.4f}" for x in record["thresholds"])
+                              if record["thresholds"] is not None else
+                              "none certified (largest level only)"),
+        f"  guarantee:    {record['guarantee']}",
+        f"  calibration split: empirical risk {record['empirical_risk']:.4f}, expected "
+        f"relative cost {record['expected_relative_cost']:.3f}",
+        f"test split (n {t['n']}, never used to fit):",
+        f"  {record['target']} risk {t['risk']:.4f}; disagreement with level {dims[-1]} "
+        f"{t['disagreement']:.4f}",
+        f"  accuracy {t['accuracy']:.4f} (level {dims[-1]} alone: {t['accuracy_largest']:.4f})",
+        f"  relative FLOPs cost {t['relative_cost']:.3f}; answered per level: "
+        + ", ".join(f"{d}: {f:.1%}" for d, f in zip(dims, t["exit_fractions"])),
+    ]
+    int8 = [lv for lv in manifest["levels"] if "int8" in lv and "accuracy_fp32" in lv["int8"]]
+    for lv in int8:
+        q = lv["int8"]
+        lines.append(f"  int8 level {lv['dim']}: accuracy {q['accuracy']:.4f} "
+                     f"(fp32 {q['accuracy_fp32']:.4f}, change {q['accuracy_change']:+.4f}), "
+                     f"{q['bytes'] / 1024:.0f} KB vs {lv['bytes'] / 1024:.0f} KB")
+    return "\n".join(lines)

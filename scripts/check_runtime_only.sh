@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Proves that the runtime installs and predicts without torch or onnx: a second virtual
+# environment with only `pip install -e .[cpu]` runs `matryoshka predict` on an export that
+# the full environment (.venv, made by scripts/test.sh) produced.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+RT=.venv-runtime
+[ -x $RT/bin/python ] || "$PY" -m venv $RT
+if ! $RT/bin/python -m pip install -q --disable-pip-version-check -e ".[cpu]" > $RT/pip.log 2>&1
+then
+  cat $RT/pip.log >&2
+  exit 1
+fi
+$RT/bin/python - <<'PYEOF'
+import importlib.util
+import sys
+
+for name in ("torch", "onnx"):
+    assert importlib.util.find_spec(name) is None, f"{name} is installed in the runtime venv"
+import matryoshka.runtime  # noqa: F401
+
+loaded = [m for m in ("torch", "onnx") if m in sys.modules]
+assert not loaded, f"import matryoshka.runtime pulled in {loaded}"
+PYEOF
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+.venv/bin/matryoshka train --preset tiny --epochs 1 --out "$tmp/ck" --no-progress > /dev/null
+.venv/bin/mexport --checkpoint "$tmp/ck" --out "$tmp/exp" --no-progress > /dev/null
+.venv/bin/python -c "
+import numpy as np
+from matryoshka.data import load_dataset
+np.save('$tmp/x.npy', load_dataset('demo')['test'][0][:9])"
+$RT/bin/matryoshka predict "$tmp/exp" "$tmp/x.npy" --device cpu --json > "$tmp/rt.json"
+.venv/bin/matryoshka predict "$tmp/exp" "$tmp/x.npy" --device cpu --json > "$tmp/full.json"
+cmp "$tmp/rt.json" "$tmp/full.json"
+$RT/bin/python -c "
+import json; out = json.load(open('$tmp/rt.json')); assert len(out['labels']) == 9, out"
+echo "runtime-only check: torch and onnx absent, matryoshka predict agrees with the full install"
