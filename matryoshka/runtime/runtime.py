@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from matryoshka.errors import ArtifactError, ConfigError, MissingArtifactError
+from matryoshka.errors import ArtifactError, ConfigError, MatryoshkaError, MissingArtifactError
 from matryoshka.io import sha256_file
 from matryoshka.runtime.cascade import Prediction, empty, run_cascade
 from matryoshka.runtime.inputs import check_input
@@ -137,6 +137,28 @@ class Runtime:
             session.run_with_iobinding(binding)
             return binding.copy_outputs_to_cpu()[0]
         return session.run(None, {name: x})[0]
+
+    def select_level(self, budget_ms: float, batch: int = 1, percentile: str = "p90") -> int:
+        """The largest level whose latency measured by `matryoshka bench` on this device and
+        provider fits budget_ms.
+
+        >>> rt.select_level(5.0, batch=1, percentile="p90")  # doctest: +SKIP
+        256
+        """
+        from matryoshka.runtime.bench import choose_level, device_name, read_bench
+
+        provider = self.providers[self.levels[-1]][0]
+        here = device_name()
+        records = [r for r in read_bench(self.folder)["records"]
+                   if r.get("device") == here and r.get("provider") == provider
+                   and r.get("variant", "fp32") == self.variant]
+        if self._threads is not None:
+            records = [r for r in records if r.get("threads") == self._threads] or records
+        if not records:
+            raise MatryoshkaError(f"no bench record for {here} with {provider} in "
+                                  f"{self.folder}; run: matryoshka bench {self.folder}")
+        latest = max(records, key=lambda r: r.get("created", ""))
+        return choose_level(latest["results"], budget_ms, batch, percentile)
 
     # -- prediction ---------------------------------------------------------------------------
     def calibration(self) -> dict | None:

@@ -1,0 +1,368 @@
+"""On-device benchmarking of every level: latency percentiles, throughput, roofline, memory.
+
+DESIGN.md, "Who uses it and how" (bench, select_level). numpy and onnxruntime only. The
+machine is noisy, so every number is a median or percentile over many timed runs after a
+warmup, and ratios are taken between rows of one run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from matryoshka.errors import ArtifactError, ConfigError, MatryoshkaError
+from matryoshka.io import write_bytes_atomic, write_json_atomic
+from matryoshka.runtime.providers import session_options
+
+BENCH_JSON, BENCH_MD = "bench.json", "bench.md"
+PEAK_GRAPH = Path(__file__).with_name("matmul_peak.onnx")
+PERCENTILES = ("p50", "p90", "p99")
+
+
+def device_name() -> str:
+    """A stable name for this machine's processor, e.g. 'Intel(R) Xeon(R) ... (2 cores)'."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({os.cpu_count()} cores)"
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MiB (Linux /proc; 0 where unknown)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def time_call(fn: Callable[[], object], warmup: int, iters: int) -> dict:
+    """Latency percentiles in ms of fn() after `warmup` untimed calls."""
+    if iters < 1:
+        raise ConfigError(f"--iters must be at least 1, got {iters}")
+    if warmup < 0:
+        raise ConfigError(f"--warmup must be non-negative, got {warmup}")
+    for _ in range(warmup):
+        fn()
+    times = np.empty(iters)
+    for i in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times[i] = time.perf_counter() - t0
+    ms = times * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
+
+
+def matmul_peak_gflops(providers: list[str], threads: int | None, sizes=(512, 1024, 2048),
+                       iters: int = 10) -> float:
+    """The best median GFLOP/s of a large fp32 MatMul on the same provider and threads."""
+    session = ort.InferenceSession(str(PEAK_GRAPH), session_options(threads),
+                                   providers=providers)
+    rng = np.random.default_rng(0)
+    best = 0.0
+    for n in sizes:
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
+        t = time_call(lambda a=a, b=b: session.run(None, {"a": a, "b": b}), 2, iters)
+        best = max(best, 2.0 * n**3 / (t["p50_ms"] / 1e3) / 1e9)
+    return best
+
+
+def bench_level(path: Path, providers: list[str], threads: int | None, input_name: str,
+                x: np.ndarray, batches: list[int], warmup: int, iters: int, flops: float,
+                peak: float, dim: int) -> list[dict]:
+    """Load one graph (timing the load and its memory), then time it at every batch size."""
+    before = rss_mb()
+    t0 = time.perf_counter()
+    session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    grown = rss_mb() - before
+    rows = []
+    for b in batches:
+        xb = batch_of(x, b)
+        t = time_call(lambda xb=xb: session.run(None, {input_name: xb}), warmup, iters)
+        gflops = flops * b / (t["p50_ms"] / 1e3) / 1e9
+        rows.append({"level": dim, "batch": b, **t, "throughput": b / (t["p50_ms"] / 1e3),
+                     "gflops": gflops, "roofline": gflops / peak if peak else None,
+                     "load_ms": load_ms, "rss_mb": grown, "bytes": path.stat().st_size,
+                     "providers": session.get_providers()})
+    return rows
+
+
+def batch_of(x: np.ndarray, b: int) -> np.ndarray:
+    """b real samples, cycling through x when it has fewer."""
+    idx = np.arange(b) % len(x)
+    return np.ascontiguousarray(x[idx])
+
+
+# -- bench.json and select_level -------------------------------------------------------------
+def read_bench(folder: Path) -> dict:
+    path = Path(folder) / BENCH_JSON
+    if not path.is_file():
+        return {"records": []}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path} cannot be read as JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+        raise ArtifactError(f"{path} has no 'records' list")
+    return data
+
+
+def store_record(folder: Path, record: dict) -> dict:
+    """Replace the record of the same device, provider and threads; write atomically."""
+    data = read_bench(folder)
+    key = (record["device"], record["provider"], record["threads"])
+    data["records"] = [r for r in data["records"]
+                       if (r.get("device"), r.get("provider"), r.get("threads")) != key]
+    data["records"].append(record)
+    write_json_atomic(Path(folder) / BENCH_JSON, data)
+    write_bytes_atomic(Path(folder) / BENCH_MD, bench_markdown(data).encode())
+    return data
+
+
+def new_record(provider: str, threads: int | None, peak: float) -> dict:
+    return {"device": device_name(), "provider": provider, "threads": threads,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "onnxruntime": ort.__version__, "peak_gflops": peak,
+            "results": [], "baselines": [], "cascade": [], "accuracy": {}}
+
+
+def choose_level(results: list[dict], budget_ms: float, batch: int = 1,
+                 percentile: str = "p90") -> int:
+    """The largest level whose measured latency at `batch` fits `budget_ms`."""
+    if percentile not in PERCENTILES:
+        raise ConfigError(f"percentile must be one of {', '.join(PERCENTILES)}")
+    rows = [r for r in results if r["batch"] == batch]
+    if not rows:
+        raise MatryoshkaError(f"the bench record has no measurement at batch {batch}; run "
+                              f"matryoshka bench --batch {batch}")
+    fits = [r["level"] for r in rows if r[f"{percentile}_ms"] <= budget_ms]
+    if not fits:
+        fastest = min(rows, key=lambda r: r[f"{percentile}_ms"])
+        raise MatryoshkaError(f"no level fits {budget_ms:g} ms at batch {batch} "
+                              f"({percentile}); the fastest, level {fastest['level']}, "
+                              f"takes {fastest[f'{percentile}_ms']:.3f} ms")
+    return max(fits)
+
+
+def bench_markdown(data: dict) -> str:
+    lines = ["# matryoshka bench", ""]
+    for rec in data["records"]:
+        lines += [f"## {rec['device']}, {rec['provider']}, threads {rec['threads']}", "",
+                  f"Measured {rec['created']} with onnxruntime {rec['onnxruntime']}; "
+                  f"MatMul peak {rec['peak_gflops']:.1f} GFLOP/s.", "",
+                  "| level | batch | p50 ms | p90 ms | p99 ms | samples/s | GFLOP/s | roofline "
+                  "| load ms | RSS MB | size KB | accuracy |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rec["results"]:
+            acc = rec.get("accuracy", {}).get(str(r["level"]))
+            lines.append(
+                f"| {r['level']} | {r['batch']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
+                f"{r['p99_ms']:.3f} | {r['throughput']:.0f} | {r['gflops']:.1f} | "
+                f"{r['roofline']:.2f} | {r['load_ms']:.1f} | {r['rss_mb']:.1f} | "
+                f"{r['bytes'] / 1024:.0f} | {'' if acc is None else f'{acc:.4f}'} |")
+        if rec.get("baselines"):
+            lines += ["", "| baseline | level | batch | p50 ms | sliced p50 ms | ratio |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            for b in rec["baselines"]:
+                lines.append(f"| {b['name']} | {b['level']} | {b['batch']} | "
+                             f"{b['p50_ms']:.3f} | {b['sliced_p50_ms']:.3f} | "
+                             f"{b['ratio']:.2f} |")
+        if rec.get("cascade"):
+            lines += ["", "| cascade | batch | accuracy | ms/sample | relative cost | exits |",
+                      "|---|---:|---:|---:|---:|---|"]
+            for c in rec["cascade"]:
+                exits = ", ".join(f"{d}: {f:.0%}" for d, f in zip(c["levels"],
+                                                                   c["exit_fractions"]))
+                lines.append(f"| {c['name']} | {c['batch']} | {c['accuracy']:.4f} | "
+                             f"{c['ms_per_sample']:.4f} | {c['relative_cost']:.3f} | "
+                             f"{exits} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# -- the whole bench ---------------------------------------------------------------------------
+Baseline = Callable[[int, np.ndarray, int, int], dict]  # (level, x batch, warmup, iters)
+
+
+def run_bench(folder: str | Path, device: str = "cpu", batches: list[int] | None = None,
+              warmup: int = 10, iters: int = 100, threads: int | None = None,
+              x: np.ndarray | None = None, y: np.ndarray | None = None,
+              baselines: dict[str, Baseline] | None = None, notes: list[str] | None = None,
+              progress: bool = True) -> dict:
+    """Measure every level of an export on this device; store and return the record.
+
+    >>> rec = run_bench("artifacts/demo/export", x=x_test, y=y_test)  # doctest: +SKIP
+    """
+    from matryoshka.runtime.runtime import Runtime
+
+    batches = batches or [1, 8, 32]
+    if any(b < 1 for b in batches):
+        raise ConfigError(f"--batch sizes must be positive, got {batches}")
+    time_call(lambda: None, 0, iters)  # validates iters and warmup before any work
+    time_call(lambda: None, warmup, 1)
+    rt = Runtime.open(folder, device=device, threads=threads)
+    if x is None:
+        raise ConfigError("bench needs real inputs (--data)")
+    from matryoshka.runtime.inputs import check_input
+
+    x = check_input(x, rt.input_spec)
+    providers = rt._providers
+    active = rt.providers[rt.levels[-1]]
+    record = new_record(active[0], threads, matmul_peak_gflops(providers, threads))
+    record["variant"], record["notes"] = rt.variant, list(notes or [])
+    flops = {lv["dim"]: float(lv["flops_per_sample"]) for lv in rt.manifest["levels"]}
+    steps = len(rt.levels) * (1 + len(baselines or {}))
+    bar = _progress(steps, progress)
+    for dim in rt.levels:
+        record["results"] += bench_level(rt.file(dim), providers, threads,
+                                         rt.input_spec["name"], x, batches, warmup, iters,
+                                         flops[dim], record["peak_gflops"], dim)
+        bar.update(1)
+    sliced = {(r["level"], r["batch"]): r["p50_ms"] for r in record["results"]}
+    for name, fn in (baselines or {}).items():
+        for dim in rt.levels:
+            if name == "padded" and dim == rt.levels[-1]:
+                bar.update(1)
+                continue  # the full level padded to itself is the full level
+            for b in batches:
+                t = fn(dim, batch_of(x, b), warmup, iters)
+                if t is None:
+                    continue
+                record["baselines"].append({"name": name, "level": dim, "batch": b, **t,
+                                            "sliced_p50_ms": sliced[(dim, b)],
+                                            "ratio": t["p50_ms"] / sliced[(dim, b)]})
+            bar.update(1)
+    bar.close()
+    if y is not None:
+        record["accuracy"] = {str(d): float((rt.predict(x, level=d).labels == y).mean())
+                              for d in rt.levels}
+        if rt.calibration() and rt.calibration().get("thresholds") is not None:
+            record["cascade"] = [cascade_row(rt, x, y, b, flops) for b in batches]
+    store_record(Path(folder), record)
+    return record
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    """A tqdm bar where tqdm is installed (it is not a runtime dependency), else nothing."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc="bench", disable=not enabled, leave=False)
+
+
+def cascade_row(rt, x: np.ndarray, y: np.ndarray, batch: int, flops: dict) -> dict:
+    """Run the calibrated cascade over x in batches: accuracy, time per sample, exits, cost."""
+    levels, labels = [], []
+    t0 = time.perf_counter()
+    for i in range(0, len(x), batch):
+        out = rt.predict(x[i:i + batch])
+        levels.append(out.levels)
+        labels.append(out.labels)
+    elapsed = time.perf_counter() - t0
+    lv, lab = np.concatenate(levels), np.concatenate(labels)
+    dims = rt.levels
+    cum = np.cumsum([flops[d] for d in dims]) / flops[dims[-1]]
+    cost = float(cum[np.searchsorted(np.asarray(dims), lv)].mean())
+    return {"name": "cascade", "batch": batch, "accuracy": float((lab == y).mean()),
+            "ms_per_sample": elapsed * 1e3 / len(x), "levels": dims,
+            "exit_fractions": [float((lv == d).mean()) for d in dims], "relative_cost": cost,
+            "thresholds": rt.calibration()["thresholds"]}
+
+
+def bench_table(record: dict) -> str:
+    """The terminal table of one bench record."""
+    rows = [f"{record['device']} | {record['provider']} | threads {record['threads']} | "
+            f"MatMul peak {record['peak_gflops']:.1f} GFLOP/s",
+            f"{'level':>6} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+            f"{'samples/s':>10} {'GFLOP/s':>8} {'roofline':>8} {'load ms':>8} {'RSS MB':>7} "
+            f"{'acc':>7}"]
+    for r in record["results"]:
+        acc = record.get("accuracy", {}).get(str(r["level"]))
+        rows.append(f"{r['level']:>6} {r['batch']:>5} {r['p50_ms']:>9.3f} {r['p90_ms']:>9.3f} "
+                    f"{r['p99_ms']:>9.3f} {r['throughput']:>10.0f} {r['gflops']:>8.1f} "
+                    f"{r['roofline']:>8.2f} {r['load_ms']:>8.1f} {r['rss_mb']:>7.1f} "
+                    f"{'' if acc is None else f'{acc:.4f}':>7}")
+    for b in record.get("baselines", []):
+        rows.append(f"baseline {b['name']:<7} level {b['level']:>4} batch {b['batch']:>3}: "
+                    f"p50 {b['p50_ms']:.3f} ms vs sliced {b['sliced_p50_ms']:.3f} ms "
+                    f"(x{b['ratio']:.2f})")
+    for c in record.get("cascade", []):
+        rows.append(f"cascade batch {c['batch']:>3}: accuracy {c['accuracy']:.4f}, "
+                    f"{c['ms_per_sample']:.4f} ms/sample, relative cost "
+                    f"{c['relative_cost']:.3f}, exits "
+                    + ", ".join(f"{d}: {f:.0%}" for d, f in zip(c["levels"],
+                                                                c["exit_fractions"])))
+    for note in record.get("notes", []):
+        rows.append(f"note: {note}")
+    return "\n".join(rows)
+
+
+def plot_bench(record: dict, out: str | Path) -> Path:
+    """PNG of accuracy against p50 latency per sample: one line per batch size over the
+    levels, and the calibrated cascade as stars. Needs matryoshka[plot] (matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib: pip install matryoshka[plot]") from None
+    acc = record.get("accuracy") or {}
+    if not acc:
+        raise ConfigError("--plot needs labelled data (--data) to place levels by accuracy")
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    batches = sorted({r["batch"] for r in record["results"]})
+    for b in batches:
+        rows = [r for r in record["results"] if r["batch"] == b]
+        xs = [r["p50_ms"] / b for r in rows]
+        ys = [acc[str(r["level"])] for r in rows]
+        (line,) = ax.plot(xs, ys, "o-", label=f"levels, batch {b}")
+        for r, xv, yv in zip(rows, xs, ys):
+            ax.annotate(str(r["level"]), (xv, yv), textcoords="offset points", xytext=(4, -10),
+                        fontsize=8, color=line.get_color())
+    for c in record.get("cascade", []):
+        ax.plot([c["ms_per_sample"]], [c["accuracy"]], "*", markersize=13,
+                label=f"cascade, batch {c['batch']} (cost {c['relative_cost']:.2f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency per sample (ms, log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{record['device']}\n{record['provider']}, threads {record['threads']}",
+                 fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    import os
+
+    os.replace(tmp, out)
+    return out
