@@ -88,14 +88,19 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
               help="Checkpoint folder to write.")
 @click.option("--levels", default=None, help="Nested widths, e.g. 64,128,256,512 "
               "(default: the preset's). The last must equal d_model.")
-@click.option("--epochs", type=int, default=None, help="Passes over the training split [40].")
+@click.option("--epochs", type=int, default=None,
+              help="Passes over the training split [the preset's recipe; demo: 60].")
 @click.option("--batch-size", type=int, default=None, help="Samples per step [32].")
 @click.option("--schedule", type=click.Choice(["joint", "progressive", "sampled"]),
               default="joint", show_default=True)
-@click.option("--alpha", default=None, help="CE weight per level, comma-separated [1 each].")
+@click.option("--alpha", default=None, help="CE weight per level, comma-separated "
+              "[demo: 1,1,1,2; else 1 each].")
 @click.option("--beta", type=float, default=None, help="Consistency weight L_reg [0].")
 @click.option("--gamma", type=float, default=None, help="Distillation weight L_distill [0.5].")
 @click.option("--temperature", type=float, default=None, help="Distillation T [2].")
+@click.option("--distill-direction", type=click.Choice(["seed", "teacher"]), default=None,
+              help="seed: KL(p_i || p_k) as in the seed text; teacher: Hinton's KL(p_k || p_i) "
+              "[the preset's recipe, else seed].")
 @click.option("--lr", type=float, default=None, help="Base learning rate eta0 [1e-3].")
 @click.option("--lr-scale", default=None,
               help="lambda_i per level, comma-separated [1 each]; "
@@ -106,7 +111,8 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train(preset_name, data, out, levels, epochs, batch_size, schedule, alpha, beta, gamma,
-          temperature, lr, lr_scale, seed, init_from, force, no_progress) -> None:
+          temperature, distill_direction, lr, lr_scale, seed, init_from, force,
+          no_progress) -> None:
     """Train a Matryoshka Transformer and write its checkpoint folder.
 
     Example: matryoshka train --preset demo --data demo --out artifacts/demo/checkpoint
@@ -114,7 +120,7 @@ def train(preset_name, data, out, levels, epochs, batch_size, schedule, alpha, b
     from matryoshka.data import load_dataset
     from matryoshka.io import check_out_dir
     from matryoshka.model import parse_levels, preset
-    from matryoshka.training import TrainConfig, config_for_data
+    from matryoshka.training import RECIPES, TrainConfig, config_for_data
     from matryoshka.training import train as run_training
 
     check_out_dir(out, force)
@@ -131,9 +137,12 @@ def train(preset_name, data, out, levels, epochs, batch_size, schedule, alpha, b
         cfg = preset(preset_name, **overrides)
     fields = dict(epochs=epochs, batch_size=batch_size, beta=beta, gamma=gamma,
                   temperature=temperature, lr=lr, alpha=_floats(alpha, "--alpha"),
-                  lr_scale=_floats(lr_scale, "--lr-scale"))
-    tcfg = TrainConfig(schedule=schedule, seed=seed,
-                       **{k: v for k, v in fields.items() if v is not None})
+                  lr_scale=_floats(lr_scale, "--lr-scale"), distill_direction=distill_direction)
+    recipe = dict(RECIPES.get(preset_name, {})) if init_from is None else {}
+    if levels is not None and len(cfg.levels) != len(recipe.get("alpha", cfg.levels)):
+        recipe.pop("alpha", None)  # the recipe's alpha was for the preset's own levels
+    recipe.update({k: v for k, v in fields.items() if v is not None})
+    tcfg = TrainConfig(schedule=schedule, seed=seed, **recipe)
     tcfg.alphas(cfg.levels)
     if tcfg.lr_scale is not None and len(tcfg.lr_scale) != len(cfg.levels):
         raise click.BadParameter(f"needs {len(cfg.levels)} values, one per level",
@@ -328,11 +337,13 @@ def _ints(text: str, what: str) -> list[int]:
 @click.option("--baselines", default="", help="Comma-separated: torch, padded.")
 @click.option("--checkpoint", default=None,
               help="Checkpoint for the torch baseline [the one named in the manifest].")
+@click.option("--variant", type=click.Choice(["fp32", "int8"]), default="fp32",
+              show_default=True, help="Graph set to measure.")
 @click.option("--json", "json_out", default=None, help="Also write the record to this file.")
 @click.option("--plot", "plot_out", default=None, help="Write a PNG (needs matryoshka[plot]).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def bench_cmd(export_dir, device, batch, warmup, iters, threads, data, baselines, checkpoint,
-              json_out, plot_out, no_progress) -> None:
+              variant, json_out, plot_out, no_progress) -> None:
     """Measure every level of EXPORT_DIR on this device; record it in bench.json/.md.
 
     Example: matryoshka bench artifacts/demo/export --batch 1,32 --baselines torch,padded
@@ -372,7 +383,7 @@ def bench_cmd(export_dir, device, batch, warmup, iters, threads, data, baselines
     try:
         record = run_bench(export_dir, device=device, batches=batches, warmup=warmup,
                            iters=iters, threads=threads, x=x, y=y, baselines=timers,
-                           notes=notes, progress=not no_progress)
+                           notes=notes, progress=not no_progress, variant=variant)
     finally:
         for t in timers.values():
             getattr(t, "cleanup", lambda: None)()

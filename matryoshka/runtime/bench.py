@@ -128,9 +128,10 @@ def read_bench(folder: Path) -> dict:
 def store_record(folder: Path, record: dict) -> dict:
     """Replace the record of the same device, provider and threads; write atomically."""
     data = read_bench(folder)
-    key = (record["device"], record["provider"], record["threads"])
-    data["records"] = [r for r in data["records"]
-                       if (r.get("device"), r.get("provider"), r.get("threads")) != key]
+    def key(r: dict) -> tuple:
+        return r.get("device"), r.get("provider"), r.get("threads"), r.get("variant", "fp32")
+
+    data["records"] = [r for r in data["records"] if key(r) != key(record)]
     data["records"].append(record)
     write_json_atomic(Path(folder) / BENCH_JSON, data)
     write_bytes_atomic(Path(folder) / BENCH_MD, bench_markdown(data).encode())
@@ -165,7 +166,8 @@ def choose_level(results: list[dict], budget_ms: float, batch: int = 1,
 def bench_markdown(data: dict) -> str:
     lines = ["# matryoshka bench", ""]
     for rec in data["records"]:
-        lines += [f"## {rec['device']}, {rec['provider']}, threads {rec['threads']}", "",
+        lines += [f"## {rec['device']}, {rec['provider']}, threads {rec['threads']}, "
+                  f"{rec.get('variant', 'fp32')}", "",
                   f"Measured {rec['created']} with onnxruntime {rec['onnxruntime']}; "
                   f"MatMul peak {rec['peak_gflops']:.1f} GFLOP/s.", "",
                   "| level | batch | p50 ms | p90 ms | p99 ms | samples/s | GFLOP/s | roofline "
@@ -206,7 +208,7 @@ def run_bench(folder: str | Path, device: str = "cpu", batches: list[int] | None
               warmup: int = 10, iters: int = 100, threads: int | None = None,
               x: np.ndarray | None = None, y: np.ndarray | None = None,
               baselines: dict[str, Baseline] | None = None, notes: list[str] | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, variant: str = "fp32") -> dict:
     """Measure every level of an export on this device; store and return the record.
 
     >>> rec = run_bench("artifacts/demo/export", x=x_test, y=y_test)  # doctest: +SKIP
@@ -216,9 +218,8 @@ def run_bench(folder: str | Path, device: str = "cpu", batches: list[int] | None
     batches = batches or [1, 8, 32]
     if any(b < 1 for b in batches):
         raise ConfigError(f"--batch sizes must be positive, got {batches}")
-    time_call(lambda: None, 0, iters)  # validates iters and warmup before any work
-    time_call(lambda: None, warmup, 1)
-    rt = Runtime.open(folder, device=device, threads=threads)
+    time_call(lambda: None, warmup, iters)  # validates iters and warmup before any work
+    rt = Runtime.open(folder, device=device, threads=threads, variant=variant)
     if x is None:
         raise ConfigError("bench needs real inputs (--data)")
     from matryoshka.runtime.inputs import check_input
@@ -299,7 +300,7 @@ def cascade_row(rt, x: np.ndarray, y: np.ndarray, batch: int, flops: dict) -> di
 def bench_table(record: dict) -> str:
     """The terminal table of one bench record."""
     rows = [f"{record['device']} | {record['provider']} | threads {record['threads']} | "
-            f"MatMul peak {record['peak_gflops']:.1f} GFLOP/s",
+            f"{record.get('variant', 'fp32')} | MatMul peak {record['peak_gflops']:.1f} GFLOP/s",
             f"{'level':>6} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
             f"{'samples/s':>10} {'GFLOP/s':>8} {'roofline':>8} {'load ms':>8} {'RSS MB':>7} "
             f"{'acc':>7}"]

@@ -25,10 +25,12 @@ class Prediction:
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits.astype(np.float32) / np.float32(temperature)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    z = logits.astype(np.float32, copy=False)
+    if temperature != 1.0:
+        z = z / np.float32(temperature)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    e /= e.sum(axis=1, keepdims=True)
+    return e
 
 
 def empty(n_classes: int) -> Prediction:
@@ -46,17 +48,25 @@ def run_cascade(x: np.ndarray, dims: Sequence[int], thresholds: Sequence[float],
     if len(thresholds) != len(dims) - 1 or len(temperatures) != len(dims):
         raise ValueError("need one threshold per level but the last and one temperature each")
     n = len(x)
+    last = len(dims) - 1
+    # The first level sees x itself (no gather, no copy); while every row it sees is answered
+    # there, the result is returned as is. This keeps a single-level call at the cost of one
+    # session.run plus a softmax.
+    p = softmax(run_level(dims[0], x), temperatures[0])
+    c = p.max(axis=1)
+    done = np.ones(n, bool) if last == 0 else c > thresholds[0]
+    if done.all():
+        return Prediction(p.argmax(axis=1), p, c, np.full(n, dims[0], np.int64))
     labels = np.zeros(n, np.int64)
     levels = np.zeros(n, np.int64)
-    probs = conf = None
+    probs = np.zeros((n, p.shape[1]), np.float32)
+    conf = np.zeros(n, np.float32)
     todo = np.arange(n)
     for i, dim in enumerate(dims):
-        p = softmax(run_level(dim, x[todo]), temperatures[i])
-        if probs is None:
-            probs = np.zeros((n, p.shape[1]), np.float32)
-            conf = np.zeros(n, np.float32)
-        c = p.max(axis=1)
-        done = np.ones(len(todo), bool) if i == len(dims) - 1 else c > thresholds[i]
+        if i > 0:
+            p = softmax(run_level(dim, x[todo]), temperatures[i])
+            c = p.max(axis=1)
+            done = np.ones(len(todo), bool) if i == last else c > thresholds[i]
         rows = todo[done]
         probs[rows], conf[rows] = p[done], c[done]
         labels[rows], levels[rows] = p[done].argmax(axis=1), dim
