@@ -28,12 +28,20 @@ def _standalone(command: click.Command, args, prog_name, extra) -> None:
         click.echo("error: aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:
-        click.echo(f"error: {e.format_message()}", err=True)
+        _say_error(e.format_message())
         sys.exit(2)
     except MatryoshkaError as e:
-        click.echo(f"error: {e}", err=True)
+        _say_error(str(e))
         sys.exit(e.exit_code)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _say_error(message: str) -> None:
+    """Print the error once: under torchrun every rank fails alike, so rank 0 alone speaks."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(f"error: {message}", err=True)
 
 
 class _Group(click.Group):

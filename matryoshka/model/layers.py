@@ -30,11 +30,12 @@ def prefix(p: torch.Tensor, *sizes: int) -> torch.Tensor:
 class NestedLinear(nn.Module):
     """y = x W[:out(dim), :in(dim)]^T + b[:out(dim)]."""
 
-    def __init__(self, in_kind: str | None, out_kind: str | None, width: Width, full: int):
+    def __init__(self, in_kind: str | None, out_kind: str | None, width: Width, full: int,
+                 bias: bool = True):
         super().__init__()
         self.in_kind, self.out_kind, self.width = in_kind, out_kind, width
         self.weight = nn.Parameter(torch.empty(width(out_kind, full), width(in_kind, full)))
-        self.bias = nn.Parameter(torch.zeros(width(out_kind, full)))
+        self.bias = nn.Parameter(torch.zeros(width(out_kind, full))) if bias else None
         nn.init.normal_(self.weight, std=1.0 / math.sqrt(self.weight.shape[1]))
 
     def sizes(self, dim: int) -> tuple[int, int]:
@@ -42,14 +43,15 @@ class NestedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         out, inp = self.sizes(dim)
-        return F.linear(x, prefix(self.weight, out, inp), prefix(self.bias, out))
+        bias = prefix(self.bias, out) if self.bias is not None else None
+        return F.linear(x, prefix(self.weight, out, inp), bias)
 
     def view(self, dim: int) -> View:
         out, inp = self.sizes(dim)
-        return {
-            "weight": ("weight", (slice(0, out), slice(0, inp))),
-            "bias": ("bias", (slice(0, out),)),
-        }
+        view = {"weight": ("weight", (slice(0, out), slice(0, inp)))}
+        if self.bias is not None:
+            view["bias"] = ("bias", (slice(0, out),))
+        return view
 
 
 class NestedLayerNorm(nn.Module):
@@ -92,7 +94,9 @@ class NestedAttention(nn.Module):
         super().__init__()
         self.head_dim = head_dim
         self.q = NestedLinear("d", "d", width, d_model)
-        self.k = NestedLinear("d", "d", width, d_model)
+        # No key bias: it adds q.b to every score of a query alike, which softmax ignores, so
+        # its gradient is exactly zero and Adam would only amplify rounding noise in it.
+        self.k = NestedLinear("d", "d", width, d_model, bias=False)
         self.v = NestedLinear("d", "d", width, d_model)
         self.o = NestedLinear("d", "d", width, d_model)
         self.drop = nn.Dropout(dropout)

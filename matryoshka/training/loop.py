@@ -29,6 +29,7 @@ from matryoshka.model import (
     flops_per_sample,
 )
 from matryoshka.model.checkpoint import save_checkpoint
+from matryoshka.training.distributed import Dist, all_reduce_sum, init_from_env, shutdown, wrap
 from matryoshka.training.objective import LevelOutput, total_loss
 from matryoshka.training.optim import make_optimizer
 
@@ -147,20 +148,53 @@ def shift_images(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: MatryoshkaTransformer, x: np.ndarray, y: np.ndarray,
-             levels: tuple[int, ...] | None = None, batch: int = 512) -> dict[int, dict]:
-    """Accuracy and mean cross-entropy of every level on (x, y)."""
+             levels: tuple[int, ...] | None = None, batch: int = 512,
+             d: Dist = Dist()) -> dict[int, dict]:
+    """Accuracy and mean cross-entropy of every level on (x, y).
+
+    Distributed, each rank evaluates every world-th row and the sums are reduced, so every
+    rank gets the same numbers.
+    """
     was = model.training
     model.eval()
     out = {}
-    xt, yt = torch.as_tensor(x), torch.as_tensor(y, dtype=torch.long)
-    for d in levels or model.config.levels:
-        logits = torch.cat([model(xt[i:i + batch], level=d) for i in range(0, len(xt), batch)])
-        out[d] = {
-            "accuracy": float((logits.argmax(-1) == yt).float().mean()),
-            "loss": float(torch.nn.functional.cross_entropy(logits, yt)),
-        }
+    xt = torch.as_tensor(x[d.rank::d.world])
+    yt = torch.as_tensor(y[d.rank::d.world], dtype=torch.long)
+    for dim in levels or model.config.levels:
+        logits = torch.cat([model(xt[i:i + batch], level=dim)
+                            for i in range(0, len(xt), batch)])
+        correct = float((logits.argmax(-1) == yt).sum())
+        loss = float(torch.nn.functional.cross_entropy(logits, yt, reduction="sum"))
+        correct, loss, n = all_reduce_sum([correct, loss, float(len(yt))], d)
+        out[dim] = {"accuracy": correct / n, "loss": loss / n}
     model.train(was)
     return out
+
+
+def train_step(wrapped: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor,
+               yb: torch.Tensor, active: list[int], tcfg: TrainConfig,
+               alphas: dict[int, float], lr: float) -> dict[str, torch.Tensor]:
+    """One optimisation step: one forward over the active levels, one backward, one update."""
+    outs = [LevelOutput(dim, logits, hidden) for dim, logits, hidden in wrapped(xb, active)]
+    layers = list(tcfg.reg_layers) if tcfg.reg_layers is not None else None
+    terms = total_loss(outs, yb, alphas=alphas, beta=tcfg.beta, gamma=tcfg.gamma,
+                       temperature=tcfg.temperature, reg_layers=layers,
+                       direction=tcfg.distill_direction)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    opt.step()
+    return terms
+
+
+def epoch_order(n: int, epoch: int, rng: np.random.Generator, sampler) -> torch.Tensor:
+    """This rank's sample order for one epoch: a seeded permutation, or the
+    DistributedSampler's shard (set_epoch reshuffles it the same way on every rank)."""
+    if sampler is None:
+        return torch.as_tensor(rng.permutation(n))
+    sampler.set_epoch(epoch)
+    return torch.as_tensor(list(sampler))
 
 
 def train(cfg: MatryoshkaConfig, data: Dataset, tcfg: TrainConfig, out: str | Path,
@@ -169,87 +203,102 @@ def train(cfg: MatryoshkaConfig, data: Dataset, tcfg: TrainConfig, out: str | Pa
     """Train a model and write its checkpoint folder to `out` atomically; returns metrics.
 
     `init` starts from another model's weights (same config) instead of a random draw.
+    Under torchrun the data is sharded over the ranks, gradients are all-reduced by DDP,
+    metrics are reduced, and rank 0 alone writes the checkpoint.
     """
     check_data_fits(cfg, data)
     alphas = tcfg.alphas(cfg.levels)
-    with atomic_dir(out, force) as tmp:
-        torch.manual_seed(tcfg.seed)
-        rng = np.random.default_rng(tcfg.seed)
-        gen = torch.Generator().manual_seed(tcfg.seed)
-        model = MatryoshkaTransformer(cfg)
-        if init is not None:
-            model.load_state_dict(init.state_dict())
-        opt = make_optimizer(model, tcfg.lr, tcfg.weight_decay, tcfg.lr_scale)
-        x = torch.as_tensor(data["train"][0]).to(torch.float32 if cfg.input_kind == "image"
-                                                 else torch.long)
-        y = torch.as_tensor(data["train"][1], dtype=torch.long)
-        steps_per_epoch = math.ceil(len(x) / tcfg.batch_size)
-        total = steps_per_epoch * tcfg.epochs
-        best, best_key, history = None, None, []
-        start, step = time.perf_counter(), 0
-        bar = tqdm(total=total, desc="train", unit="step", disable=not progress, leave=False)
-        with open(tmp / "metrics.jsonl", "w") as logf:
-            for epoch in range(tcfg.epochs):
-                model.train()
-                order = torch.as_tensor(rng.permutation(len(x)))
-                sums: dict[str, float] = {"ce": 0.0, "reg": 0.0, "distill": 0.0, "total": 0.0}
-                for b in range(steps_per_epoch):
-                    idx = order[b * tcfg.batch_size:(b + 1) * tcfg.batch_size]
-                    xb, yb = x[idx], y[idx]
-                    if tcfg.augment and cfg.input_kind == "image":
-                        xb = shift_images(xb, gen)
-                    active = levels_for_step(tcfg.schedule, cfg.levels, epoch, tcfg.epochs, rng)
-                    outs = [LevelOutput(d, *model(xb, level=d, return_hidden=True))
-                            for d in active]
-                    terms = total_loss(outs, yb, alphas=alphas, beta=tcfg.beta,
-                                       gamma=tcfg.gamma, temperature=tcfg.temperature,
-                                       reg_layers=list(tcfg.reg_layers) if tcfg.reg_layers
-                                       is not None else None,
-                                       direction=tcfg.distill_direction)
-                    lr = lr_at(step, total, tcfg.lr, tcfg.warmup)
-                    for g in opt.param_groups:
-                        g["lr"] = lr
-                    opt.zero_grad(set_to_none=True)
-                    terms["total"].backward()
-                    opt.step()
-                    for k in sums:
-                        sums[k] += float(terms[k].detach()) / steps_per_epoch
-                    step += 1
-                    bar.update(1)
-                val = evaluate(model, *data["val"])
-                mean_acc = float(np.mean([v["accuracy"] for v in val.values()]))
-                mean_loss = float(np.mean([v["loss"] for v in val.values()]))
-                key = (mean_acc, -mean_loss)
-                if best_key is None or key > best_key:
-                    best_key = key
-                    best = {k: v.clone() for k, v in model.state_dict().items()}
-                    best_epoch = epoch
-                rec = {"epoch": epoch, "lr": lr, "seconds": time.perf_counter() - start,
-                       "train": sums,
-                       "val_accuracy": {str(d): v["accuracy"] for d, v in val.items()},
-                       "val_loss": {str(d): v["loss"] for d, v in val.items()}}
-                history.append(rec)
+    d = init_from_env()
+    try:
+        if d.main:
+            with atomic_dir(out, force) as tmp:
+                metrics, model = _fit(cfg, data, tcfg, tmp, progress, data_name, init, d,
+                                      alphas)
+                save_checkpoint(tmp, model, metrics)
+        else:
+            metrics, _ = _fit(cfg, data, tcfg, None, False, data_name, init, d, alphas)
+    finally:
+        shutdown(d)
+    return metrics
+
+
+def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, d: Dist, alphas):
+    torch.manual_seed(tcfg.seed)
+    rng = np.random.default_rng(tcfg.seed)  # the same draws on every rank (sampled levels)
+    gen = torch.Generator().manual_seed(tcfg.seed + d.rank)
+    model = MatryoshkaTransformer(cfg)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    wrapped = wrap(model, d, tcfg.schedule)
+    opt = make_optimizer(model, tcfg.lr, tcfg.weight_decay, tcfg.lr_scale)
+    x = torch.as_tensor(data["train"][0]).to(torch.float32 if cfg.input_kind == "image"
+                                             else torch.long)
+    y = torch.as_tensor(data["train"][1], dtype=torch.long)
+    sampler = None
+    if d.enabled:
+        from torch.utils.data import DistributedSampler
+
+        sampler = DistributedSampler(range(len(x)), num_replicas=d.world, rank=d.rank,
+                                     shuffle=True, seed=tcfg.seed)
+    per_rank = len(sampler) if sampler is not None else len(x)
+    steps_per_epoch = math.ceil(per_rank / tcfg.batch_size)
+    total = steps_per_epoch * tcfg.epochs
+    best, best_key, best_epoch = None, None, 0
+    start, step = time.perf_counter(), 0
+    bar = tqdm(total=total, desc="train", unit="step", disable=not progress, leave=False)
+    logf = open(tmp / "metrics.jsonl", "w") if tmp is not None else None
+    try:
+        for epoch in range(tcfg.epochs):
+            model.train()
+            order = epoch_order(len(x), epoch, rng, sampler)
+            sums = {"ce": 0.0, "reg": 0.0, "distill": 0.0, "total": 0.0}
+            for b in range(steps_per_epoch):
+                idx = order[b * tcfg.batch_size:(b + 1) * tcfg.batch_size]
+                xb, yb = x[idx], y[idx]
+                if tcfg.augment and cfg.input_kind == "image":
+                    xb = shift_images(xb, gen)
+                active = levels_for_step(tcfg.schedule, cfg.levels, epoch, tcfg.epochs, rng)
+                lr = lr_at(step, total, tcfg.lr, tcfg.warmup)
+                terms = train_step(wrapped, opt, xb, yb, active, tcfg, alphas, lr)
+                for k in sums:
+                    sums[k] += float(terms[k].detach()) / steps_per_epoch
+                step += 1
+                bar.update(1)
+            val = evaluate(model, *data["val"], d=d)
+            mean_acc = float(np.mean([v["accuracy"] for v in val.values()]))
+            mean_loss = float(np.mean([v["loss"] for v in val.values()]))
+            key = (mean_acc, -mean_loss)
+            if best_key is None or key > best_key:
+                best_key, best_epoch = key, epoch
+                best = {k: v.clone() for k, v in model.state_dict().items()}
+            rec = {"epoch": epoch, "lr": lr, "seconds": time.perf_counter() - start,
+                   "train": sums, "val_accuracy": {str(k): v["accuracy"] for k, v in val.items()},
+                   "val_loss": {str(k): v["loss"] for k, v in val.items()}}
+            if logf is not None:
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
-                bar.set_postfix(val_acc=f"{mean_acc:.3f}")
+            bar.set_postfix(val_acc=f"{mean_acc:.3f}")
+    finally:
         bar.close()
-        train_seconds = time.perf_counter() - start
-        model.load_state_dict(best)
-        model.eval()
-        test = evaluate(model, *data["test"])
-        val = evaluate(model, *data["val"])
-        metrics = {
-            "model": cfg.name,
-            "data": data_name,
-            "levels": list(cfg.levels),
-            "test_accuracy": {str(d): v["accuracy"] for d, v in test.items()},
-            "val_accuracy": {str(d): v["accuracy"] for d, v in val.items()},
-            "params": {str(d): count_params(extract_level(model, d)) for d in cfg.levels},
-            "flops_per_sample": {str(d): flops_per_sample(cfg, d) for d in cfg.levels},
-            "best_epoch": best_epoch,
-            "train_seconds": round(train_seconds, 2),
-            "train_config": dataclasses.asdict(tcfg),
-            "torch_version": torch.__version__,
-        }
-        save_checkpoint(tmp, model, metrics)
-    return metrics
+        if logf is not None:
+            logf.close()
+    train_seconds = time.perf_counter() - start
+    model.load_state_dict(best)
+    model.eval()
+    test = evaluate(model, *data["test"], d=d)
+    val = evaluate(model, *data["val"], d=d)
+    metrics = {
+        "model": cfg.name,
+        "data": data_name,
+        "levels": list(cfg.levels),
+        "test_accuracy": {str(k): v["accuracy"] for k, v in test.items()},
+        "val_accuracy": {str(k): v["accuracy"] for k, v in val.items()},
+        "params": {str(k): count_params(extract_level(model, k)) for k in cfg.levels},
+        "flops_per_sample": {str(k): flops_per_sample(cfg, k) for k in cfg.levels},
+        "best_epoch": best_epoch,
+        "train_seconds": round(train_seconds, 2),
+        "world_size": d.world,
+        "train_config": dataclasses.asdict(tcfg),
+        "torch_version": torch.__version__,
+    }
+    return metrics, model

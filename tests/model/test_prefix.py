@@ -98,7 +98,7 @@ def test_param_count_matches_slices():
     small = extract_level(m, 16)
     # by hand: patch embed, per block 4 attn projections + FFN + 2 norms, final norm, head
     d, mid, p2, n_cls = 16, c.ffn_width(16), c.patch_size**2, c.n_classes
-    block = 4 * (d * d + d) + (d * mid + mid) + (mid * d + d) + 2 * 2 * d
+    block = 4 * d * d + 3 * d + (d * mid + mid) + (mid * d + d) + 2 * 2 * d  # k has no bias
     expected = (p2 * d + d) + c.n_layers * block + 2 * d + (d * n_cls + n_cls)
     assert count_params(small) == expected
 
