@@ -6,8 +6,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 echo "== install (torch pinned to the CPU wheel by constraints.txt)"
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt \
-  -e ".[train,cpu,plot]"
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt \
+    -e ".[train,cpu,plot]" > .venv/pip.log 2>&1; then
+  cat .venv/pip.log >&2
+  exit 1
+fi
 M=.venv/bin/matryoshka
 A=artifacts/demo
 echo "== train"

@@ -107,7 +107,7 @@ def _calibrate_thresholds(rt: Runtime, x_cal, y_cal, x_test, y_test, target, eps
                           progress) -> dict:
     dims = rt.levels
     flops = [float(lv["flops_per_sample"]) for lv in rt.manifest["levels"]]
-    bar = tqdm(total=3, desc="calibrate", disable=not progress, leave=False)
+    bar = tqdm(total=3, desc="calibrate", disable=None if progress else True, leave=False)
     cal = _all_logits(rt, x_cal)
     test = _all_logits(rt, x_test)
     bar.update(1)
@@ -182,7 +182,8 @@ def _quantize_static(stage: Path, manifest: dict, x_cal, x_test, y_test, method:
     reader_cls = type("Reader", (_Reader, CalibrationDataReader), {})
     name = manifest["input"]["name"]
     fp32 = Runtime.open(stage, device="cpu")
-    for lv in tqdm(manifest["levels"], desc="int8", disable=not progress, leave=False):
+    for lv in tqdm(manifest["levels"], desc="int8", disable=None if progress else True,
+                   leave=False):
         dim = lv["dim"]
         src, dst = stage / lv["file"], stage / level_file(dim, "int8")
         tmp = dst.with_name(dst.name + ".tmp")

@@ -70,7 +70,8 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
     ck_sha = checkpoint_sha256(checkpoint)
     manifest = _manifest_head(model, checkpoint, ck_sha, data_name, opset, simplify)
     with atomic_dir(out, force) as tmp:
-        bar = tqdm(levels, desc="export", unit="level", disable=not progress, leave=False)
+        bar = tqdm(levels, desc="export", unit="level", disable=None if progress else True,
+                   leave=False)
         for dim in bar:
             bar.set_postfix(level=dim)
             entry = _export_level(model, dim, levels, tmp, opset, simplify, atol, rtol,

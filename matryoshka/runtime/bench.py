@@ -275,19 +275,26 @@ def _progress(total: int, enabled: bool):
         from tqdm import tqdm
     except ImportError:
         return _NoBar()
-    return tqdm(total=total, desc="bench", disable=not enabled, leave=False)
+    # disable=None: tqdm hides itself when stderr is not a terminal (CI logs, pipes)
+    return tqdm(total=total, desc="bench", disable=None if enabled else True, leave=False)
 
 
-def cascade_row(rt, x: np.ndarray, y: np.ndarray, batch: int, flops: dict) -> dict:
-    """Run the calibrated cascade over x in batches: accuracy, time per sample, exits, cost."""
-    levels, labels = [], []
-    t0 = time.perf_counter()
-    for i in range(0, len(x), batch):
-        out = rt.predict(x[i:i + batch])
-        levels.append(out.levels)
-        labels.append(out.labels)
-    elapsed = time.perf_counter() - t0
-    lv, lab = np.concatenate(levels), np.concatenate(labels)
+def cascade_row(rt, x: np.ndarray, y: np.ndarray, batch: int, flops: dict,
+                repeats: int = 5) -> dict:
+    """Run the calibrated cascade over x in batches: accuracy, time per sample (the median
+    of `repeats` timed passes after one untimed pass), exit fractions and relative cost."""
+
+    def one_pass():
+        outs = [rt.predict(x[i:i + batch]) for i in range(0, len(x), batch)]
+        return np.concatenate([o.levels for o in outs]), np.concatenate([o.labels for o in outs])
+
+    lv, lab = one_pass()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        one_pass()
+        times.append(time.perf_counter() - t0)
+    elapsed = float(np.median(times))
     dims = rt.levels
     cum = np.cumsum([flops[d] for d in dims]) / flops[dims[-1]]
     cost = float(cum[np.searchsorted(np.asarray(dims), lv)].mean())
@@ -333,6 +340,7 @@ def plot_bench(record: dict, out: str | Path) -> Path:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         raise ConfigError("--plot needs matplotlib: pip install matryoshka[plot]") from None
     acc = record.get("accuracy") or {}
@@ -352,10 +360,13 @@ def plot_bench(record: dict, out: str | Path) -> Path:
         ax.plot([c["ms_per_sample"]], [c["accuracy"]], "*", markersize=13,
                 label=f"cascade, batch {c['batch']} (cost {c['relative_cost']:.2f})")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_xlabel("p50 latency per sample (ms, log scale)")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"{record['device']}\n{record['provider']}, threads {record['threads']}",
-                 fontsize=9)
+    threads = record["threads"] or "onnxruntime default"
+    ax.set_title(f"{record['device']}, {record.get('variant', 'fp32')}\n{record['provider']}, "
+                 f"threads: {threads}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -245,7 +245,9 @@ def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, d: Dist, 
     total = steps_per_epoch * tcfg.epochs
     best, best_key, best_epoch = None, None, 0
     start, step = time.perf_counter(), 0
-    bar = tqdm(total=total, desc="train", unit="step", disable=not progress, leave=False)
+    # disable=None: tqdm hides itself when stderr is not a terminal (CI logs, pipes)
+    bar = tqdm(total=total, desc="train", unit="step", disable=None if progress else True,
+               leave=False)
     logf = open(tmp / "metrics.jsonl", "w") if tmp is not None else None
     try:
         for epoch in range(tcfg.epochs):
