@@ -5,6 +5,11 @@
 Both run the same graph file with the same session options, interleaved round by round so
 that the machine's noise hits both alike; the report is the median of per-round medians and
 their ratio. Target (issue 4): overhead <= 10%.
+
+With onnxruntime's default thread pool, a gap between two runs (the runtime's own numpy work)
+lets the pool's spinning worker go to sleep, and waking it costs more than the work itself;
+back-to-back bare runs never pay that. --threads 1 removes the pool and isolates the Python
+cost of predict().
 """
 
 from __future__ import annotations
@@ -35,11 +40,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--level", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="intra-op threads of both sessions [onnxruntime's default]")
     args = ap.parse_args()
 
-    rt = Runtime.open(args.export_dir, device="cpu")
+    rt = Runtime.open(args.export_dir, device="cpu", threads=args.threads)
     level = args.level or rt.levels[0]
-    bare = ort.InferenceSession(str(rt.file(level)), session_options(None),
+    bare = ort.InferenceSession(str(rt.file(level)), session_options(args.threads),
                                 providers=["CPUExecutionProvider"])
     x_raw = load_dataset("demo")["test"][0][:1]  # what an application has: raw uint8 pixels
     x32 = x_raw.astype(np.float32)
@@ -58,7 +65,9 @@ def main() -> None:
         bare_ms.append(median_ms(run_bare, args.iters))
         rt_ms.append(median_ms(run_runtime, args.iters))
     b, r = float(np.median(bare_ms)), float(np.median(rt_ms))
-    print(f"level {level}, batch 1, {args.rounds} rounds x {args.iters} calls, interleaved")
+    threads = args.threads or "onnxruntime default"
+    print(f"level {level}, batch 1, threads {threads}, {args.rounds} rounds x {args.iters} "
+          "calls, interleaved")
     print(f"bare InferenceSession.run: p50 {b * 1e3:.1f} us")
     print(f"Runtime.predict(level={level}): p50 {r * 1e3:.1f} us")
     print(f"overhead: {r - b:+.4f} ms ({(r / b - 1) * 100:+.1f}%)")

@@ -25,12 +25,14 @@ class Prediction:
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits.astype(np.float32, copy=False)
+    """softmax(logits / temperature) over axis 1, as float32 (a new array)."""
+    z = np.array(logits, dtype=np.float32)  # our own copy: the steps below work in place
     if temperature != 1.0:
-        z = z / np.float32(temperature)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    e /= e.sum(axis=1, keepdims=True)
-    return e
+        z /= np.float32(temperature)
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
 
 
 def empty(n_classes: int) -> Prediction:
