@@ -1,4 +1,5 @@
-"""Baselines for `matryoshka bench`, measured in the same run as the sliced graphs.
+"""Baselines for `matryoshka bench`, timed side by side with the sliced graphs (alternating
+blocks of calls in the same run).
 
 - torch: the PyTorch eager nested forward model(x, level=d), where torch is installed.
 - padded: the obvious alternative to slicing, the full-width graph with every weight outside
@@ -8,12 +9,12 @@ These need torch or onnx, so they live here and not in the runtime.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from matryoshka.runtime.bench import time_call
 from matryoshka.runtime.providers import session_options
 
 
@@ -33,12 +34,16 @@ def torch_baseline(checkpoint: str | Path, threads: int | None):
     if threads is not None:
         torch.set_num_threads(threads)
 
-    def run(dim: int, x: np.ndarray, warmup: int, iters: int) -> dict:
+    def prepare(dim: int, x: np.ndarray):
         xt = torch.from_numpy(np.ascontiguousarray(x))
-        with torch.inference_mode():
-            return time_call(lambda: model(xt, level=dim), warmup, iters)
 
-    return run
+        def call():
+            with torch.inference_mode():
+                return model(xt, level=dim)
+
+        return call
+
+    return prepare
 
 
 def masked_full_graph(full_path: Path, manifest: dict, dim: int, out: Path) -> Path:
@@ -77,13 +82,13 @@ def padded_baseline(folder: str | Path, manifest: dict, providers: list[str],
     tmp = Path(tempfile.mkdtemp(prefix="matryoshka-padded-"))
     sessions: dict[int, object] = {}
 
-    def run(dim: int, x: np.ndarray, warmup: int, iters: int) -> dict:
+    def prepare(dim: int, x: np.ndarray):
         if dim not in sessions:
             path = masked_full_graph(full, manifest, dim, tmp / f"padded-{dim:04d}.onnx")
             sessions[dim] = ort.InferenceSession(str(path), session_options(threads),
                                                  providers=providers)
-        name = manifest["input"]["name"]
-        return time_call(lambda: sessions[dim].run(None, {name: x}), warmup, iters)
+        name, session = manifest["input"]["name"], sessions[dim]
+        return lambda: session.run(None, {name: x})
 
-    run.cleanup = lambda: __import__("shutil").rmtree(tmp, ignore_errors=True)
-    return run
+    prepare.cleanup = lambda: shutil.rmtree(tmp, ignore_errors=True)
+    return prepare

@@ -51,22 +51,50 @@ def rss_mb() -> float:
     return 0.0
 
 
-def time_call(fn: Callable[[], object], warmup: int, iters: int) -> dict:
-    """Latency percentiles in ms of fn() after `warmup` untimed calls."""
+def _check_counts(warmup: int, iters: int) -> None:
     if iters < 1:
         raise ConfigError(f"--iters must be at least 1, got {iters}")
     if warmup < 0:
         raise ConfigError(f"--warmup must be non-negative, got {warmup}")
-    for _ in range(warmup):
-        fn()
-    times = np.empty(iters)
-    for i in range(iters):
+
+
+def _times(fn: Callable[[], object], n: int) -> np.ndarray:
+    out = np.empty(n)
+    for i in range(n):
         t0 = time.perf_counter()
         fn()
-        times[i] = time.perf_counter() - t0
-    ms = times * 1e3
+        out[i] = time.perf_counter() - t0
+    return out
+
+
+def _stats(seconds: np.ndarray) -> dict:
+    ms = seconds * 1e3
     return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
             "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
+
+
+def time_call(fn: Callable[[], object], warmup: int, iters: int) -> dict:
+    """Latency percentiles in ms of fn() after `warmup` untimed calls."""
+    _check_counts(warmup, iters)
+    for _ in range(warmup):
+        fn()
+    return _stats(_times(fn, iters))
+
+
+def time_pair(fa: Callable[[], object], fb: Callable[[], object], warmup: int, iters: int,
+              rounds: int = 10) -> tuple[dict, dict]:
+    """Time two calls side by side: alternating blocks of iters/rounds calls each, so that
+    the machine's slow and fast moments fall on both alike. Returns both percentile dicts."""
+    _check_counts(warmup, iters)
+    for _ in range(warmup):
+        fa()
+        fb()
+    per = max(1, iters // rounds)
+    ta, tb = [], []
+    for _ in range(max(1, iters // per)):
+        ta.append(_times(fa, per))
+        tb.append(_times(fb, per))
+    return _stats(np.concatenate(ta)), _stats(np.concatenate(tb))
 
 
 def matmul_peak_gflops(providers: list[str], threads: int | None, sizes=(512, 1024, 2048),
@@ -201,7 +229,8 @@ def bench_markdown(data: dict) -> str:
 
 
 # -- the whole bench ---------------------------------------------------------------------------
-Baseline = Callable[[int, np.ndarray, int, int], dict]  # (level, x batch, warmup, iters)
+# A baseline maps (level, input batch) to a zero-argument call to time beside the sliced graph.
+Baseline = Callable[[int, np.ndarray], Callable[[], object]]
 
 
 def run_bench(folder: str | Path, device: str = "cpu", batches: list[int] | None = None,
@@ -237,19 +266,20 @@ def run_bench(folder: str | Path, device: str = "cpu", batches: list[int] | None
                                          rt.input_spec["name"], x, batches, warmup, iters,
                                          flops[dim], record["peak_gflops"], dim)
         bar.update(1)
-    sliced = {(r["level"], r["batch"]): r["p50_ms"] for r in record["results"]}
     for name, fn in (baselines or {}).items():
         for dim in rt.levels:
             if name == "padded" and dim == rt.levels[-1]:
                 bar.update(1)
                 continue  # the full level padded to itself is the full level
             for b in batches:
-                t = fn(dim, batch_of(x, b), warmup, iters)
-                if t is None:
-                    continue
-                record["baselines"].append({"name": name, "level": dim, "batch": b, **t,
-                                            "sliced_p50_ms": sliced[(dim, b)],
-                                            "ratio": t["p50_ms"] / sliced[(dim, b)]})
+                xb = batch_of(x, b)
+                session = rt._session(dim)
+                mine, theirs = time_pair(
+                    lambda s=session, xb=xb: s.run(None, {rt.input_spec["name"]: xb}),
+                    fn(dim, xb), warmup, iters)
+                record["baselines"].append({"name": name, "level": dim, "batch": b, **theirs,
+                                            "sliced_p50_ms": mine["p50_ms"],
+                                            "ratio": theirs["p50_ms"] / mine["p50_ms"]})
             bar.update(1)
     bar.close()
     if y is not None:

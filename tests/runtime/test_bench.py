@@ -102,3 +102,15 @@ def test_bench_cuda_without_cuda(tiny_export_dir):
     assert r.exit_code == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip()]
     assert "CUDAExecutionProvider" in r.stderr
+
+
+def test_time_pair_alternates_and_counts_every_call():
+    from matryoshka.runtime.bench import time_pair
+
+    calls = []
+    a, b = time_pair(lambda: calls.append("a"), lambda: calls.append("b"), warmup=2, iters=20,
+                     rounds=4)
+    assert calls.count("a") == calls.count("b") == 22
+    timed = calls[4:]  # after the warmup pairs: blocks of 5, alternating
+    assert timed[:10] == ["a"] * 5 + ["b"] * 5
+    assert a["p50_ms"] <= a["p90_ms"] <= a["p99_ms"] and b["p50_ms"] <= b["p99_ms"]
