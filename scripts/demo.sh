@@ -13,16 +13,22 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check -c constrain
 fi
 M=.venv/bin/matryoshka
 A=artifacts/demo
-echo "== train"
+step() { echo "== $1"; SECONDS=0; }
+took() { echo "   ($SECONDS s wall clock)"; }
+step train
 $M train --preset demo --data demo --out $A/checkpoint --force
-echo "== export"
+took
+step export
 .venv/bin/mexport --levels 64,128,256,512 --checkpoint $A/checkpoint --out $A/export \
   --quantize dynamic --force
-echo "== calibrate (fp32 cascade), then INT8 static quantization and its own cascade"
+took
+step "calibrate (fp32 cascade), then INT8 static quantization and its own cascade"
 $M calibrate $A/export --data demo --epsilon 0.02 --delta 0.1
 $M calibrate $A/export --data demo --epsilon 0.02 --delta 0.1 --int8 static --variant int8
-echo "== bench"
+took
+step bench
 $M bench $A/export --device cpu --batch 1,32 --baselines torch,padded \
   --json $A/bench-cpu-fp32.json --plot $A/bench-cpu.png
 $M bench $A/export --device cpu --batch 1,32 --variant int8 --json $A/bench-cpu-int8.json
+took
 echo "== done: table in $A/export/bench.md, plot in $A/bench-cpu.png"
