@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from matryoshka.errors import ConfigError
+from matryoshka.errors import ArtifactError, ConfigError
 
 
 def _umask() -> int:
@@ -42,6 +42,17 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 def write_json_atomic(path: str | Path, obj) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json_object(path: str | Path) -> dict:
+    """A JSON file that must hold an object; ArtifactError with the path otherwise."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path} cannot be read as JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ArtifactError(f"{path} must hold a JSON object")
+    return obj
 
 
 def sha256_file(path: str | Path) -> str:

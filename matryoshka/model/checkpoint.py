@@ -6,7 +6,6 @@ on a missing or corrupt file or a config that does not match the weights.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -14,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from matryoshka.errors import ArtifactError, MatryoshkaError, MissingArtifactError
-from matryoshka.io import sha256_file, write_json_atomic
+from matryoshka.io import read_json_object, sha256_file, write_json_atomic
 from matryoshka.model.config import MatryoshkaConfig
 from matryoshka.model.transformer import MatryoshkaTransformer
 
@@ -43,8 +42,8 @@ def load_checkpoint(folder: str | Path) -> tuple[MatryoshkaTransformer, dict]:
     for name in (CONFIG, WEIGHTS, METRICS):
         if not (folder / name).is_file():
             raise MissingArtifactError(f"checkpoint {folder} lacks {name}")
-    config = MatryoshkaConfig.from_dict(_read_json(folder / CONFIG))
-    metrics = _read_json(folder / METRICS)
+    config = MatryoshkaConfig.from_dict(read_json_object(folder / CONFIG))
+    metrics = read_json_object(folder / METRICS)
     try:
         state = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -63,16 +62,6 @@ def load_checkpoint(folder: str | Path) -> tuple[MatryoshkaTransformer, dict]:
 
 def checkpoint_sha256(folder: str | Path) -> str:
     return sha256_file(Path(folder) / WEIGHTS)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise ArtifactError(f"{path} must hold a JSON object")
-    return obj
 
 
 __all__ = ["load_checkpoint", "save_checkpoint", "checkpoint_sha256", "MatryoshkaError"]

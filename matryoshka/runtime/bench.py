@@ -8,7 +8,6 @@ warmup, and ratios are taken between rows of one run.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 import time
@@ -19,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from matryoshka.errors import ArtifactError, ConfigError, MatryoshkaError
-from matryoshka.io import write_bytes_atomic, write_json_atomic
+from matryoshka.io import read_json_object, write_bytes_atomic, write_json_atomic
 from matryoshka.runtime.providers import session_options
 
 BENCH_JSON, BENCH_MD = "bench.json", "bench.md"
@@ -144,11 +143,8 @@ def read_bench(folder: Path) -> dict:
     path = Path(folder) / BENCH_JSON
     if not path.is_file():
         return {"records": []}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{path} cannot be read as JSON ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+    data = read_json_object(path)
+    if not isinstance(data.get("records"), list):
         raise ArtifactError(f"{path} has no 'records' list")
     return data
 

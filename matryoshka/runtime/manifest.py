@@ -5,10 +5,10 @@ DESIGN.md, "The artifact folder". numpy and the standard library only.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from matryoshka.errors import ArtifactError, MissingArtifactError
+from matryoshka.io import read_json_object
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -32,12 +32,7 @@ def read_manifest(folder: str | Path) -> dict:
                                    "mexport --levels 64,128,256,512")
     if not path.is_file():
         raise MissingArtifactError(f"{folder} has no {MANIFEST}; is it an export folder?")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{path} cannot be read as JSON ({e})") from None
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{path} must hold a JSON object")
+    manifest = read_json_object(path)
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ArtifactError(f"{path} has schema_version {version!r}; this matryoshka reads "
