@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from matryoshka.errors import ArtifactError, MatryoshkaError, MissingArtifactError
+from matryoshka.errors import ArtifactError, MissingArtifactError
 from matryoshka.io import read_json_object, sha256_file, write_json_atomic
 from matryoshka.model.config import MatryoshkaConfig
 from matryoshka.model.transformer import MatryoshkaTransformer
@@ -64,4 +64,4 @@ def checkpoint_sha256(folder: str | Path) -> str:
     return sha256_file(Path(folder) / WEIGHTS)
 
 
-__all__ = ["load_checkpoint", "save_checkpoint", "checkpoint_sha256", "MatryoshkaError"]
+__all__ = ["load_checkpoint", "save_checkpoint", "checkpoint_sha256"]
