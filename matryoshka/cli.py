@@ -237,7 +237,7 @@ def mexport(**kwargs) -> None:
 
 
 @cli.command()
-@click.argument("export_dir", default=DEMO_EXPORT)
+@click.argument("export_dir")
 @click.argument("input_npy")
 @click.option("--level", type=int, default=None, help="Run this one level.")
 @click.option("--thresholds", default=None,

@@ -196,3 +196,25 @@ def test_threads_give_single_threaded_results(tiny_export_dir, x_test, mid):
 def test_missing_export_folder(tmp_path):
     with pytest.raises(MatryoshkaError, match="export folder not found"):
         Runtime.open(tmp_path / "nope")
+
+
+def test_predict_cli_json_and_errors(tiny_export_dir, tmp_path, x_test):
+    from click.testing import CliRunner
+
+    from matryoshka.cli import cli
+
+    np.save(tmp_path / "x.npy", x_test[:6])
+    r = CliRunner().invoke(cli, ["predict", str(tiny_export_dir), str(tmp_path / "x.npy"),
+                                 "--level", "32", "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    rt = Runtime.open(tiny_export_dir, device="cpu")
+    assert out["labels"] == rt.predict(x_test[:6], level=32).labels.tolist()
+    assert out["levels"] == [32] * 6
+    np.save(tmp_path / "bad.npy", x_test[:2, :, :5])
+    r = CliRunner().invoke(cli, ["predict", str(tiny_export_dir), str(tmp_path / "bad.npy"),
+                                 "--device", "cpu"])
+    assert r.exit_code == 2 and r.stderr.startswith("error: input axis 2 must be 8")
+    r = CliRunner().invoke(cli, ["predict", str(tiny_export_dir), str(tmp_path / "x.npy"),
+                                 "--thresholds", "0.5", "--device", "cpu"])
+    assert r.exit_code == 2 and "need 2 thresholds" in r.stderr
