@@ -254,6 +254,7 @@ def run_bench(folder: str | Path, device: str = "cpu", batches: list[int] | None
     active = rt.providers[rt.levels[-1]]
     record = new_record(active[0], threads, matmul_peak_gflops(providers, threads))
     record["variant"], record["notes"] = rt.variant, list(notes or [])
+    record["providers"] = active
     flops = {lv["dim"]: float(lv["flops_per_sample"]) for lv in rt.manifest["levels"]}
     steps = len(rt.levels) * (1 + len(baselines or {}))
     bar = _progress(steps, progress)

@@ -62,6 +62,9 @@ def test_real_bench_run(tiny_export_dir, tmp_path, tiny_checkpoint):
                                  "--plot", str(tmp_path / "b.png"), "--no-progress"])
     assert r.exit_code == 0, r.output
     rec = json.loads((tmp_path / "b.json").read_text())
+    for key in ("device", "providers", "threads", "peak_gflops", "results", "baselines"):
+        assert key in rec, key
+    assert rec["providers"] == ["CPUExecutionProvider"]
     assert {(x["level"], x["batch"]) for x in rec["results"]} == {
         (d, b) for d in (16, 32, 64) for b in (1, 4)}
     for x in rec["results"]:
