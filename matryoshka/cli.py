@@ -361,7 +361,7 @@ def bench_cmd(export_dir, device, batch, warmup, iters, threads, data, baselines
     from matryoshka.data import load_dataset
     from matryoshka.errors import ConfigError
     from matryoshka.io import write_json_atomic
-    from matryoshka.runtime.bench import bench_table, plot_bench, run_bench, time_call
+    from matryoshka.runtime.bench import bench_table, check_counts, plot_bench, run_bench
     from matryoshka.runtime.manifest import read_manifest
     from matryoshka.runtime.providers import requested_providers
 
@@ -370,7 +370,7 @@ def bench_cmd(export_dir, device, batch, warmup, iters, threads, data, baselines
     unknown = sorted(set(names) - {"torch", "padded"})
     if unknown:
         raise ConfigError(f"unknown baseline(s) {', '.join(unknown)}; choose from torch, padded")
-    time_call(lambda: None, warmup, iters)  # checks --iters and --warmup first
+    check_counts(warmup, iters)  # before the baselines load anything
     manifest = read_manifest(export_dir)
     providers = requested_providers(device)
     x, y = load_dataset(data)["test"]

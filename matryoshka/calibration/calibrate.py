@@ -169,6 +169,7 @@ def _quantize_static(stage: Path, manifest: dict, x_cal, x_test, y_test, method:
     No fusion first: onnxruntime's maintainers note that static quantization breaks after
     transformer fusions, and our graphs are exported unfused for that reason.
     """
+    import onnxruntime as ort
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -201,8 +202,6 @@ def _quantize_static(stage: Path, manifest: dict, x_cal, x_test, y_test, method:
             root.setLevel(old)
         os.replace(tmp, dst)
         acc_fp32 = _accuracy(fp32.run_level(dim, x_test), y_test)
-        import onnxruntime as ort
-
         sess = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
         acc = _accuracy(sess.run(None, {name: x_test})[0], y_test)
         lv["int8"] = {"file": dst.name, "sha256": sha256_file(dst), "bytes": dst.stat().st_size,

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.stats import binom
 
-from matryoshka.runtime.cascade import run_cascade
+from matryoshka.runtime.cascade import relative_cost, run_cascade
 
 TARGETS = ("agreement", "accuracy")
 
@@ -67,8 +67,7 @@ def simulate(logits: Sequence[np.ndarray], dims: Sequence[int], temperatures: Se
         loss = pred.labels != largest
     else:  # accuracy: rows the largest level gets right and the cascade gets wrong
         loss = (largest == y) & (pred.labels != y)
-    cum = np.cumsum(np.asarray(flops, dtype=np.float64)) / float(flops[-1])
-    cost = cum[np.searchsorted(np.asarray(dims), pred.levels)]
+    cost = relative_cost(pred.levels, dims, flops)
     return Outcome(pred.labels, pred.levels, loss.astype(np.int64), cost)
 
 

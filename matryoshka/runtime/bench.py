@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from matryoshka.errors import ArtifactError, ConfigError, MatryoshkaError
 from matryoshka.io import read_json_object, write_bytes_atomic, write_json_atomic
+from matryoshka.runtime.cascade import relative_cost
 from matryoshka.runtime.providers import session_options
 
 BENCH_JSON, BENCH_MD = "bench.json", "bench.md"
@@ -50,7 +51,8 @@ def rss_mb() -> float:
     return 0.0
 
 
-def _check_counts(warmup: int, iters: int) -> None:
+def check_counts(warmup: int, iters: int) -> None:
+    """Raise a ConfigError for --iters below 1 or a negative --warmup."""
     if iters < 1:
         raise ConfigError(f"--iters must be at least 1, got {iters}")
     if warmup < 0:
@@ -74,7 +76,7 @@ def _stats(seconds: np.ndarray) -> dict:
 
 def time_call(fn: Callable[[], object], warmup: int, iters: int) -> dict:
     """Latency percentiles in ms of fn() after `warmup` untimed calls."""
-    _check_counts(warmup, iters)
+    check_counts(warmup, iters)
     for _ in range(warmup):
         fn()
     return _stats(_times(fn, iters))
@@ -84,7 +86,7 @@ def time_pair(fa: Callable[[], object], fb: Callable[[], object], warmup: int, i
               rounds: int = 10) -> tuple[dict, dict]:
     """Time two calls side by side: alternating blocks of iters/rounds calls each, so that
     the machine's slow and fast moments fall on both alike. Returns both percentile dicts."""
-    _check_counts(warmup, iters)
+    check_counts(warmup, iters)
     for _ in range(warmup):
         fa()
         fb()
@@ -243,7 +245,7 @@ def run_bench(folder: str | Path, device: str = "cpu", batches: list[int] | None
     batches = batches or [1, 8, 32]
     if any(b < 1 for b in batches):
         raise ConfigError(f"--batch sizes must be positive, got {batches}")
-    time_call(lambda: None, warmup, iters)  # validates iters and warmup before any work
+    check_counts(warmup, iters)  # before any work
     rt = Runtime.open(folder, device=device, threads=threads, variant=variant)
     if x is None:
         raise ConfigError("bench needs real inputs (--data)")
@@ -323,8 +325,7 @@ def cascade_row(rt, x: np.ndarray, y: np.ndarray, batch: int, flops: dict,
         times.append(time.perf_counter() - t0)
     elapsed = float(np.median(times))
     dims = rt.levels
-    cum = np.cumsum([flops[d] for d in dims]) / flops[dims[-1]]
-    cost = float(cum[np.searchsorted(np.asarray(dims), lv)].mean())
+    cost = float(relative_cost(lv, dims, [flops[d] for d in dims]).mean())
     return {"name": "cascade", "batch": batch, "accuracy": float((lab == y).mean()),
             "ms_per_sample": elapsed * 1e3 / len(x), "levels": dims,
             "exit_fractions": [float((lv == d).mean()) for d in dims], "relative_cost": cost,

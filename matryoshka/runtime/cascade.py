@@ -40,6 +40,13 @@ def empty(n_classes: int) -> Prediction:
                       np.zeros(0, np.float32), np.zeros(0, np.int64))
 
 
+def relative_cost(levels: np.ndarray, dims: Sequence[int], flops: Sequence[float]) -> np.ndarray:
+    """Per row: the FLOPs of every level run to answer it (all levels up to the answering
+    one), relative to the largest level's FLOPs."""
+    cum = np.cumsum(np.asarray(flops, dtype=np.float64)) / float(flops[-1])
+    return cum[np.searchsorted(np.asarray(dims), levels)]
+
+
 def run_cascade(x: np.ndarray, dims: Sequence[int], thresholds: Sequence[float],
                 temperatures: Sequence[float],
                 run_level: Callable[[int, np.ndarray], np.ndarray]) -> Prediction:
