@@ -8,6 +8,7 @@ torch at module level.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -20,28 +21,59 @@ DEMO_EXPORT = "artifacts/demo/export"
 
 
 def _standalone(command: click.Command, args, prog_name, extra) -> None:
-    """Run a click command so that every error, click's own included, is one `error:` line."""
+    """Run a click command so that every failure, click's own included, is one `error:` line:
+    exit 2 for a user's mistake, 1 for the environment (a full disk, a permission) or a bug
+    of ours. --debug (or MATRYOSHKA_DEBUG=1) lets the traceback through instead."""
+    args = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in args or os.environ.get("MATRYOSHKA_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]  # accepted before or after the command name
     try:
         rv = click.Command.main(command, args=args, prog_name=prog_name, standalone_mode=False,
                                 **extra)
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
         sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         _say_error(e.format_message())
         sys.exit(2)
     except MatryoshkaError as e:
+        if debug:
+            raise
         _say_error(str(e))
         sys.exit(e.exit_code)
+    except OSError as e:
+        if debug:
+            raise
+        _say_error(_os_message(e))
+        sys.exit(1)
+    except Exception as e:  # a bug of ours: still one line, the traceback behind --debug
+        if debug:
+            raise
+        _say_error(f"internal error ({type(e).__name__}: {e}); rerun with --debug for the "
+                   "traceback")
+        sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def _say_error(message: str) -> None:
-    """Print the error once: under torchrun every rank fails alike, so rank 0 alone speaks."""
-    import os
+def _os_message(e: OSError) -> str:
+    """'No space left on device: artifacts/demo/export/manifest.json' and the like."""
+    what = e.strerror or str(e)
+    return f"{what}: {e.filename}" if e.filename else what
 
+
+def _say_error(message: str) -> None:
+    """Print the error once, on one line: under torchrun every rank fails alike, so rank 0
+    alone speaks."""
     if os.environ.get("RANK", "0") == "0":
-        click.echo(f"error: {message}", err=True)
+        click.echo("error: " + " ".join(str(message).split()), err=True)
+
+
+def _debug_option(f):
+    """--debug is read by `_standalone` before click parses anything; this only documents it."""
+    return click.option("--debug", is_flag=True, expose_value=False,
+                        help="Show the traceback of a failure.")(f)
 
 
 class _Group(click.Group):
@@ -71,6 +103,7 @@ def _setup_logging(verbose: bool) -> None:
 
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="matryoshka")
+@_debug_option
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 def cli(verbose: bool) -> None:
     """Train one nested-width Transformer, export one ONNX graph per level, run the cascade."""
@@ -227,6 +260,7 @@ def export_cmd(**kwargs) -> None:
 
 
 @click.command("mexport", cls=_Command)
+@_debug_option
 @_export_options
 def mexport(**kwargs) -> None:
     """Export one validated ONNX graph per level of a checkpoint.
@@ -246,36 +280,34 @@ def mexport(**kwargs) -> None:
               show_default=True)
 @click.option("--variant", type=click.Choice(["fp32", "int8"]), default="fp32",
               show_default=True)
+@click.option("--key", default=None,
+              help="The array to read when INPUT_NPY is an .npz archive [its only array].")
+@click.option("--batch-size", type=int, default=256, show_default=True,
+              help="Rows per run: bounds memory, whatever the input's size.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def predict(export_dir, input_npy, level, thresholds, device, variant, as_json) -> None:
-    """Predict the samples in INPUT_NPY with the graphs in EXPORT_DIR (no torch needed).
+def predict(export_dir, input_npy, level, thresholds, device, variant, key, batch_size,
+            as_json) -> None:
+    """Predict the samples in INPUT_NPY (.npy, or .npz with --key) with the graphs in
+    EXPORT_DIR (no torch needed).
 
     Example: matryoshka predict artifacts/demo/export samples.npy --thresholds 0.9,0.9,0.9
     """
     import json as _json
-    from pathlib import Path
 
     import numpy as np
 
-    from matryoshka.errors import DataError, MissingArtifactError
     from matryoshka.runtime import Runtime
 
-    path = Path(input_npy)
-    if not path.is_file():
-        raise MissingArtifactError(f"input file not found: {path}")
-    try:
-        x = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path} is not a readable .npy array ({e})") from None
+    x = _load_array(input_npy, key)
     thr = None
     if thresholds is not None:
         thr = list(_floats(thresholds, "--thresholds") or ())
-    rt = Runtime.open(export_dir, device=device, variant=variant)
+    rt = Runtime.open(export_dir, device=device, variant=variant, batch_size=batch_size)
     out = rt.predict(x, level=level, thresholds=thr)
     if as_json:
         click.echo(_json.dumps({"labels": out.labels.tolist(), "levels": out.levels.tolist(),
                                 "confidence": [round(float(c), 6) for c in out.confidence],
-                                "providers": rt.providers[rt.levels[-1]]}))
+                                "providers": rt.providers[rt.levels[-1]]}, allow_nan=False))
         return
     click.echo(f"{'row':>5} {'label':>6} {'level':>6} {'confidence':>11}")
     for i, (lab, lev, conf) in enumerate(zip(out.labels, out.levels, out.confidence)):
@@ -284,6 +316,39 @@ def predict(export_dir, input_npy, level, thresholds, device, variant, as_json) 
         dims, counts = np.unique(out.levels, return_counts=True)
         share = ", ".join(f"{d}: {c}" for d, c in zip(dims, counts))
         click.echo(f"{len(out)} rows answered by level ({share})")
+
+
+def _load_array(path_text: str, key: str | None):
+    """A .npy array, or one array of an .npz archive; never a pickle."""
+    import zipfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from matryoshka.errors import DataError, MissingArtifactError
+
+    path = Path(path_text)
+    if not path.is_file():
+        raise MissingArtifactError(f"input file not found: {path}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            if key is not None:
+                raise DataError(f"--key {key} needs an .npz archive; {path} is a .npy array")
+            return loaded
+        with loaded:
+            names = list(loaded.files)
+            if key is None and len(names) != 1:
+                raise DataError(f"{path} is an .npz archive with the arrays "
+                                f"{', '.join(names) or '(none)'}; name one with --key")
+            name = key if key is not None else names[0]
+            if name not in names:
+                raise DataError(f"{path} has no array {name!r} (it has: {', '.join(names)})")
+            return loaded[name]
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path} is not a readable .npy or .npz array ({e})") from None
 
 
 @cli.command("calibrate")
@@ -363,9 +428,12 @@ def bench_cmd(export_dir, device, batch, warmup, iters, threads, data, baselines
     from matryoshka.io import write_json_atomic
     from matryoshka.runtime.bench import bench_table, check_counts, plot_bench, run_bench
     from matryoshka.runtime.manifest import read_manifest
-    from matryoshka.runtime.providers import requested_providers
+    from matryoshka.runtime.providers import check_threads, requested_providers
 
     batches = _ints(batch, "--batch")
+    check_threads(threads)
+    for option, target in (("--json", json_out), ("--plot", plot_out)):
+        _check_destination(option, target)  # before the bench runs, not after
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     unknown = sorted(set(names) - {"torch", "padded"})
     if unknown:
@@ -403,6 +471,21 @@ def bench_cmd(export_dir, device, batch, warmup, iters, threads, data, baselines
         click.echo(f"record written to {json_out}")
     if plot_out:
         click.echo(f"plot written to {plot_bench(record, plot_out)}")
+
+
+def _check_destination(option: str, target: str | None) -> None:
+    """A file to write later: its folder must exist now, and it must not be a folder."""
+    from pathlib import Path
+
+    from matryoshka.errors import ConfigError
+
+    if target is None:
+        return
+    path = Path(target)
+    if path.is_dir():
+        raise ConfigError(f"{option} {target} is a folder; name a file")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{option} {target}: the folder {path.parent} does not exist")
 
 
 def main() -> None:

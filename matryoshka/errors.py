@@ -1,7 +1,8 @@
 """The one exception family every part of matryoshka raises for a user's mistake.
 
-DESIGN.md, "Errors": the CLI turns any of these into one `error: ...` line and exit 2.
-This module imports nothing, so the runtime may use it without pulling in torch.
+DESIGN.md, "Errors": the CLI turns any of these into one `error: ...` line and exit 2 (or 1
+where the environment or the work itself failed, not the user). This module imports nothing,
+so the runtime may use it without pulling in torch.
 """
 
 
@@ -31,3 +32,15 @@ class ValidationError(MatryoshkaError):
     """An exported graph disagrees with torch beyond tolerance: the export fails."""
 
     exit_code = 1  # not a usage mistake: the export itself failed
+
+
+class LockTimeout(MatryoshkaError, TimeoutError):
+    """Another writer held an export folder's lock for longer than we would wait."""
+
+    exit_code = 1  # the environment (another process), not the user's arguments
+
+
+class TrainingError(MatryoshkaError):
+    """Training diverged (a non-finite loss); no checkpoint is written."""
+
+    exit_code = 1

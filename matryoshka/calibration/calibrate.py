@@ -2,16 +2,15 @@
 and optional INT8 static quantization. DESIGN.md, "Escalation and calibration".
 
 Everything is computed through the runtime (onnxruntime), on the graphs that will be deployed.
-The export folder is rebuilt beside itself (unchanged files hard-linked) and swapped in whole,
-so a crash never leaves a manifest that names a missing or half-written file.
+The export folder is written in place under its writer lock ("How the folder is written"):
+new INT8 graphs get names the committed manifest does not use, and the new manifest.json is
+the commit, so a crash leaves the old calibration or the new one, whole.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +24,19 @@ from matryoshka.calibration.thresholds import (
     simulate,
 )
 from matryoshka.data import dataset_sha256, load_dataset
-from matryoshka.errors import ConfigError
-from matryoshka.io import atomic_dir, sha256_file, write_json_atomic
+from matryoshka.errors import ConfigError, DataError
+from matryoshka.io import sha256_file, temp_path
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.inputs import check_input
-from matryoshka.runtime.manifest import MANIFEST, level_file, read_manifest
+from matryoshka.runtime.manifest import (
+    commit_manifest,
+    graph_name,
+    install,
+    level_file,
+    manifest_writer,
+    named_files,
+    read_manifest,
+)
 
 log = logging.getLogger(__name__)
 INT8_METHODS = ("minmax", "entropy", "percentile")
@@ -64,38 +71,38 @@ def calibrate(export_dir: str | Path, data: str = "demo", split: str = "val",
     """
     check_args(target, epsilon, delta, split, variant, int8, method)
     export_dir = Path(export_dir)
-    manifest = read_manifest(export_dir)
+    read_manifest(export_dir)  # a missing or broken folder is reported before the data loads
     dataset = load_dataset(data)
-    spec = manifest["input"]
-    x_cal, y_cal = check_input(dataset[split][0], spec), dataset[split][1]
-    x_test, y_test = check_input(dataset["test"][0], spec), dataset["test"][1]
-    if variant == "int8" and int8 is None and any("int8" not in lv for lv in manifest["levels"]):
-        raise ConfigError("--variant int8 needs int8 graphs: add --int8 static, or export "
-                          "with --quantize dynamic")
-    with atomic_dir(export_dir, force=True) as stage:
-        _link_tree(export_dir, stage)
+    with manifest_writer(export_dir) as manifest:
+        spec = manifest["input"]
+        x_cal, y_cal = check_input(dataset[split][0], spec), dataset[split][1]
+        x_test, y_test = check_input(dataset["test"][0], spec), dataset["test"][1]
+        check_labels(dataset, manifest["output"]["shape"][-1], data)
+        if variant == "int8" and int8 is None and any("int8" not in lv
+                                                      for lv in manifest["levels"]):
+            raise ConfigError("--variant int8 needs int8 graphs: add --int8 static, or export "
+                              "with --quantize dynamic")
         if int8 == "static":
-            _quantize_static(stage, manifest, x_cal, x_test, y_test, method, progress)
-            write_json_atomic(stage / MANIFEST, manifest)
-        rt = Runtime.open(stage, device="cpu", variant=variant)
+            _quantize_static(export_dir, manifest, x_cal, x_test, y_test, method, progress)
+            # the int8 calibration, if any, was fitted on the graphs just replaced
+            (manifest.get("calibration") or {}).pop("int8", None)
+        rt = Runtime.from_manifest(export_dir, manifest, device="cpu", variant=variant)
         record = _calibrate_thresholds(rt, x_cal, y_cal, x_test, y_test, target, epsilon,
                                        delta, progress)
         record.update(variant=variant, split=split, data=str(data),
                       data_sha256=dataset_sha256(data),
                       created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         manifest.setdefault("calibration", {})[variant] = record
-        write_json_atomic(stage / MANIFEST, manifest)
+        commit_manifest(export_dir, manifest)
     return record
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    """Hard-link (or copy, across devices) every file of src into the empty folder dst."""
-    for path in src.iterdir():
-        if path.is_file():
-            try:
-                os.link(path, dst / path.name)
-            except OSError:
-                shutil.copy2(path, dst / path.name)
+def check_labels(dataset: dict, n_classes: int, data) -> None:
+    """Every label of every split must be a class of the exported model."""
+    for split, (_, y) in dataset.items():
+        if len(y) and int(y.max()) >= n_classes:
+            raise DataError(f"{data}: {split} labels go up to {int(y.max())} but the export has "
+                            f"{n_classes} classes (0 to {n_classes - 1})")
 
 
 def _all_logits(rt: Runtime, x: np.ndarray, batch: int = 256) -> list[np.ndarray]:
@@ -162,12 +169,13 @@ class _Reader:
         pass
 
 
-def _quantize_static(stage: Path, manifest: dict, x_cal, x_test, y_test, method: str,
+def _quantize_static(folder: Path, manifest: dict, x_cal, x_test, y_test, method: str,
                      progress: bool) -> None:
     """INT8 QDQ quantization of every level's MatMul/Gemm, calibrated on the calibration split.
 
     No fusion first: onnxruntime's maintainers note that static quantization breaks after
-    transformer fusions, and our graphs are exported unfused for that reason.
+    transformer fusions, and our graphs are exported unfused for that reason. Each new graph
+    gets a name the committed manifest does not use; `manifest` (in memory) is updated.
     """
     import onnxruntime as ort
     from onnxruntime.quantization import (
@@ -182,29 +190,29 @@ def _quantize_static(stage: Path, manifest: dict, x_cal, x_test, y_test, method:
                "percentile": CalibrationMethod.Percentile}
     reader_cls = type("Reader", (_Reader, CalibrationDataReader), {})
     name = manifest["input"]["name"]
-    fp32 = Runtime.open(stage, device="cpu")
+    named = named_files(manifest)
+    fp32 = Runtime.from_manifest(folder, manifest, device="cpu")
     for lv in tqdm(manifest["levels"], desc="int8", disable=None if progress else True,
                    leave=False):
         dim = lv["dim"]
-        src, dst = stage / lv["file"], stage / level_file(dim, "int8")
-        tmp = dst.with_name(dst.name + ".tmp")
-        if dst.exists():
-            dst.unlink()  # a hard link to the old export: never write through it
+        tmp = temp_path(folder, level_file(dim, "int8"))
         root = logging.getLogger()
         old = root.level
         root.setLevel(logging.ERROR)  # ORT logs advice on the root logger
         try:
-            quantize_static(str(src), str(tmp), reader_cls(name, x_cal),
+            quantize_static(str(folder / lv["file"]), str(tmp), reader_cls(name, x_cal),
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm"],
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=methods[method], per_channel=True)
         finally:
             root.setLevel(old)
-        os.replace(tmp, dst)
         acc_fp32 = _accuracy(fp32.run_level(dim, x_test), y_test)
-        sess = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         acc = _accuracy(sess.run(None, {name: x_test})[0], y_test)
-        lv["int8"] = {"file": dst.name, "sha256": sha256_file(dst), "bytes": dst.stat().st_size,
+        sha, size = sha256_file(tmp), tmp.stat().st_size
+        file = graph_name(dim, "int8", sha, named)
+        install(folder, tmp, file, named)
+        lv["int8"] = {"file": file, "sha256": sha, "bytes": size,
                       "method": f"static-{method}", "accuracy": acc, "accuracy_fp32": acc_fp32,
                       "accuracy_change": acc - acc_fp32}
 

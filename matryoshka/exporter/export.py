@@ -1,7 +1,9 @@
 """mexport: one validated, standalone ONNX graph per nesting level, plus manifest.json.
 
-DESIGN.md, "The artifact folder" and "Conventions". Everything is built in a temporary folder
-beside --out and renamed into place only when every level has passed validation.
+DESIGN.md, "The artifact folder", "How the folder is written" and "Conventions". The folder is
+written in place under its writer lock: each graph under a name the committed manifest does
+not use, then manifest.json (the commit), then the files no manifest names any more are
+deleted. A failure at any point leaves the previous export whole.
 """
 
 from __future__ import annotations
@@ -22,13 +24,24 @@ from matryoshka.data import dataset_sha256, load_dataset
 from matryoshka.errors import ConfigError, DataError
 from matryoshka.exporter.graph import input_spec, to_onnx
 from matryoshka.exporter.validate import cpu_session, run_graph, validate_level
-from matryoshka.io import atomic_dir, check_out_dir, sha256_file, write_json_atomic
+from matryoshka.io import LOCK, check_out_dir, make_dir, sha256_file, temp_path
 from matryoshka.model import count_params, extract_level, flops_per_sample, validate_levels
 from matryoshka.model.checkpoint import checkpoint_sha256, load_checkpoint
-from matryoshka.runtime.manifest import MANIFEST, SCHEMA_VERSION, level_file
+from matryoshka.runtime.bench import BENCH_JSON, BENCH_MD
+from matryoshka.runtime.manifest import (
+    SCHEMA_VERSION,
+    commit_manifest,
+    graph_name,
+    install,
+    level_file,
+    manifest_writer,
+    named_files,
+)
 
 log = logging.getLogger(__name__)
 EXPORTER = "torchscript"
+# LayerNormalization needs opset 17; torch's TorchScript exporter writes at most opset 20.
+MIN_OPSET, MAX_OPSET = 17, 20
 
 
 def check_export_levels(levels: tuple[int, ...], head_dim: int, d_model: int,
@@ -53,7 +66,10 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
         raise ConfigError(f"--quantize must be none or dynamic, got {quantize!r}")
     if atol < 0 or rtol < 0:
         raise ConfigError("--atol and --rtol must be non-negative")
-    check_out_dir(out, force)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(f"--opset must be between {MIN_OPSET} (LayerNormalization) and "
+                          f"{MAX_OPSET} (the newest the TorchScript exporter writes); got {opset}")
+    out = check_out_dir(out, force)
     model, metrics = load_checkpoint(checkpoint)
     cfg = model.config
     levels = tuple(levels) if levels else cfg.levels
@@ -69,20 +85,43 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
         raise DataError(f"the data's samples are {x_test.shape[1:]}, the model takes {expected}")
     ck_sha = checkpoint_sha256(checkpoint)
     manifest = _manifest_head(model, checkpoint, ck_sha, data_name, opset, simplify)
-    with atomic_dir(out, force) as tmp:
-        bar = tqdm(levels, desc="export", unit="level", disable=None if progress else True,
-                   leave=False)
-        for dim in bar:
-            bar.set_postfix(level=dim)
-            entry = _export_level(model, dim, levels, tmp, opset, simplify, atol, rtol,
-                                  x_test, y_test, ck_sha)
-            entry["trained"] = dim in cfg.levels
-            entry["accuracy"]["metrics_json"] = metrics.get("test_accuracy", {}).get(str(dim))
-            if quantize == "dynamic":
-                entry["int8"] = _quantize_dynamic(tmp, dim, x_test, y_test)
-            manifest["levels"].append(entry)
-        write_json_atomic(tmp / MANIFEST, manifest)
+    created = not out.exists()
+    make_dir(out)
+    try:
+        with manifest_writer(out, replace=True) as current:
+            if current is not None and not force:  # another export won the race for the folder
+                raise ConfigError(f"--out {out} already exists; pass --force to replace it")
+            named = named_files(current)
+            bar = tqdm(levels, desc="export", unit="level", disable=None if progress else True,
+                       leave=False)
+            for dim in bar:
+                bar.set_postfix(level=dim)
+                entry = _export_level(model, dim, levels, out, named, opset, simplify, atol,
+                                      rtol, x_test, y_test, ck_sha)
+                entry["trained"] = dim in cfg.levels
+                entry["accuracy"]["metrics_json"] = metrics.get("test_accuracy", {}).get(str(dim))
+                if quantize == "dynamic":
+                    entry["int8"] = _quantize_dynamic(out, entry["file"], dim, named, x_test,
+                                                      y_test)
+                manifest["levels"].append(entry)
+            commit_manifest(out, manifest)
+            for name in (BENCH_JSON, BENCH_MD):  # they measured the graphs just replaced
+                (out / name).unlink(missing_ok=True)
+    except BaseException:
+        if created:
+            _remove_if_empty(out)
+        raise
     return manifest
+
+
+def _remove_if_empty(out: Path) -> None:
+    """Remove a folder this export made, when the failed export left only its lock in it."""
+    try:
+        if [p.name for p in out.iterdir()] == [LOCK]:
+            (out / LOCK).unlink()
+            out.rmdir()
+    except OSError:
+        pass
 
 
 def _as_input(x: np.ndarray, kind: str) -> np.ndarray:
@@ -110,20 +149,23 @@ def _manifest_head(model, checkpoint, ck_sha, data_name, opset, simplify) -> dic
     }
 
 
-def _export_level(model, dim, levels, tmp: Path, opset, simplify, atol, rtol, x, y,
-                  ck_sha) -> dict:
+def _export_level(model, dim, levels, out: Path, named: dict[str, str], opset, simplify, atol,
+                  rtol, x, y, ck_sha) -> dict:
     small = extract_level(model, dim).eval()
-    path = tmp / level_file(dim)
+    tmp = temp_path(out, level_file(dim))
     meta = {"matryoshka.level": levels.index(dim), "matryoshka.dim": dim,
             "matryoshka.levels": ",".join(map(str, levels)),
             "matryoshka.model": model.config.name, "matryoshka.checkpoint_sha256": ck_sha,
             "matryoshka.schema_version": SCHEMA_VERSION}
-    to_onnx(small, path, opset, simplify, meta)
-    parity, ort_logits, torch_logits = validate_level(model, dim, path, x, atol, rtol)
+    to_onnx(small, tmp, opset, simplify, meta)
+    parity, ort_logits, torch_logits = validate_level(model, dim, tmp, x, atol, rtol)
     same = float((ort_logits.argmax(-1) == torch_logits.argmax(-1)).mean())
+    sha, size = sha256_file(tmp), tmp.stat().st_size
+    name = graph_name(dim, "fp32", sha, named)
+    install(out, tmp, name, named)
     return {
-        "dim": dim, "file": path.name, "sha256": sha256_file(path),
-        "bytes": path.stat().st_size, "params": count_params(small),
+        "dim": dim, "file": name, "sha256": sha,
+        "bytes": size, "params": count_params(small),
         "flops_per_sample": flops_per_sample(model.config, dim), "opset": opset,
         "parity": parity,
         "accuracy": {"onnx": _acc(ort_logits, y), "torch": _acc(torch_logits, y),
@@ -135,20 +177,24 @@ def _acc(logits: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(-1) == y).mean())
 
 
-def _quantize_dynamic(tmp: Path, dim: int, x: np.ndarray, y: np.ndarray) -> dict:
+def _quantize_dynamic(out: Path, src: str, dim: int, named: dict[str, str], x: np.ndarray,
+                      y: np.ndarray) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    src, dst = tmp / level_file(dim), tmp / level_file(dim, "int8")
+    tmp = temp_path(out, level_file(dim, "int8"))
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic logs an advice line on the root logger
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(out / src), str(tmp), weight_type=QuantType.QInt8)
     finally:
         root.setLevel(level)
-    logits = run_graph(cpu_session(dst), x)
-    return {"file": dst.name, "sha256": sha256_file(dst), "bytes": dst.stat().st_size,
-            "method": "dynamic", "accuracy": _acc(logits, y)}
+    logits = run_graph(cpu_session(tmp), x)
+    sha, size = sha256_file(tmp), tmp.stat().st_size
+    name = graph_name(dim, "int8", sha, named)
+    install(out, tmp, name, named)
+    return {"file": name, "sha256": sha, "bytes": size, "method": "dynamic",
+            "accuracy": _acc(logits, y)}
 
 
 def export_table(manifest: dict) -> str:

@@ -12,8 +12,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from matryoshka.errors import ArtifactError, MissingArtifactError
-from matryoshka.io import read_json_object, sha256_file, write_json_atomic
+from matryoshka.errors import ArtifactError, ConfigError, MissingArtifactError
+from matryoshka.io import publish, read_json_object, sha256_file, write_json_atomic
 from matryoshka.model.config import MatryoshkaConfig
 from matryoshka.model.transformer import MatryoshkaTransformer
 
@@ -27,6 +27,7 @@ def save_checkpoint(folder: str | Path, model: MatryoshkaTransformer, metrics: d
     write_json_atomic(folder / CONFIG, model.config.to_dict())
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS), metadata={"format": "pt", "name": model.config.name})
+    publish(folder / WEIGHTS)  # safetensors writes 0600; a checkpoint is for every reader
     write_json_atomic(folder / METRICS, metrics)
 
 
@@ -42,7 +43,10 @@ def load_checkpoint(folder: str | Path) -> tuple[MatryoshkaTransformer, dict]:
     for name in (CONFIG, WEIGHTS, METRICS):
         if not (folder / name).is_file():
             raise MissingArtifactError(f"checkpoint {folder} lacks {name}")
-    config = MatryoshkaConfig.from_dict(read_json_object(folder / CONFIG))
+    try:
+        config = MatryoshkaConfig.from_dict(read_json_object(folder / CONFIG))
+    except ConfigError as e:
+        raise ArtifactError(f"{folder / CONFIG}: {e}") from None
     metrics = read_json_object(folder / METRICS)
     try:
         state = load_file(str(folder / WEIGHTS))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 from matryoshka.errors import ConfigError
@@ -34,15 +35,18 @@ class MatryoshkaConfig:
     name: str = "matryoshka"  # model name written into exported graphs
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "levels", tuple(int(d) for d in self.levels))
+        _check_types(self)
+        object.__setattr__(self, "levels", tuple(self.levels))
+        for name in ("d_model", "n_layers", "head_dim", "d_mid", "n_classes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         validate_levels(self.levels, self.head_dim, self.d_model, trained=True)
         _check_choice("ffn_nesting", self.ffn_nesting, ("fixed", "proportional"))
         _check_choice("norm", self.norm, ("per_level", "shared"))
         _check_choice("pos_encoding", self.pos_encoding, ("sinusoidal_per_level", "learned"))
         _check_choice("input_kind", self.input_kind, ("image", "tokens"))
-        for name in ("n_layers", "head_dim", "d_mid", "n_classes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not self.pixel_scale > 0:
+            raise ConfigError(f"pixel_scale must be positive, got {self.pixel_scale}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.input_kind == "image":
@@ -100,6 +104,28 @@ class MatryoshkaConfig:
         if unknown:
             raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
         return cls(**d)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_types(cfg: MatryoshkaConfig) -> None:
+    """Each field must have its annotated type (JSON gives "64" or null as easily as 64)."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.type == "int":
+            ok, want = _is_int(v), "an integer"
+        elif f.type == "float":
+            ok = (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+            want = "a finite number"
+        elif f.type == "str":
+            ok, want = isinstance(v, str), "a string"
+        else:  # levels: tuple[int, ...]
+            ok = isinstance(v, (list, tuple)) and all(_is_int(d) for d in v)
+            want = "a list of integers"
+        if not ok:
+            raise ConfigError(f"{f.name} must be {want}; got {v!r}")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from matryoshka.errors import ArtifactError, ConfigError, MatryoshkaError
-from matryoshka.io import read_json_object, write_bytes_atomic, write_json_atomic
+from matryoshka.io import read_json_object, write_bytes_atomic, write_json_atomic, writer_lock
 from matryoshka.runtime.cascade import relative_cost
 from matryoshka.runtime.providers import session_options
 
@@ -113,13 +113,15 @@ def matmul_peak_gflops(providers: list[str], threads: int | None, sizes=(512, 10
     return best
 
 
-def bench_level(path: Path, providers: list[str], threads: int | None, input_name: str,
+def bench_level(graph: bytes, providers: list[str], threads: int | None, input_name: str,
                 x: np.ndarray, batches: list[int], warmup: int, iters: int, flops: float,
                 peak: float, dim: int) -> list[dict]:
-    """Load one graph (timing the load and its memory), then time it at every batch size."""
+    """Load one graph (timing the load and its memory), then time it at every batch size.
+
+    `graph` holds the bytes already checked against the manifest's sha256."""
     before = rss_mb()
     t0 = time.perf_counter()
-    session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+    session = ort.InferenceSession(graph, session_options(threads), providers=providers)
     load_ms = (time.perf_counter() - t0) * 1e3
     grown = rss_mb() - before
     rows = []
@@ -129,7 +131,7 @@ def bench_level(path: Path, providers: list[str], threads: int | None, input_nam
         gflops = flops * b / (t["p50_ms"] / 1e3) / 1e9
         rows.append({"level": dim, "batch": b, **t, "throughput": b / (t["p50_ms"] / 1e3),
                      "gflops": gflops, "roofline": gflops / peak if peak else None,
-                     "load_ms": load_ms, "rss_mb": grown, "bytes": path.stat().st_size,
+                     "load_ms": load_ms, "rss_mb": grown, "bytes": len(graph),
                      "providers": session.get_providers()})
     return rows
 
@@ -152,7 +154,8 @@ def read_bench(folder: Path) -> dict:
 
 
 def store_record(folder: Path, record: dict) -> dict:
-    """Replace the record of the same device, provider and threads; write atomically."""
+    """Replace the record of the same device, provider and threads; write atomically.
+    Call with the folder's writer lock held (`run_bench` does)."""
     data = read_bench(folder)
     def key(r: dict) -> tuple:
         return r.get("device"), r.get("provider"), r.get("threads"), r.get("variant", "fp32")
@@ -246,26 +249,38 @@ def run_bench(folder: str | Path, device: str = "cpu", batches: list[int] | None
     if any(b < 1 for b in batches):
         raise ConfigError(f"--batch sizes must be positive, got {batches}")
     check_counts(warmup, iters)  # before any work
-    rt = Runtime.open(folder, device=device, threads=threads, variant=variant)
     if x is None:
         raise ConfigError("bench needs real inputs (--data)")
+    # A writer of bench.json: the lock is held from the first graph read to the record's
+    # commit, so the record measures exactly the graphs that the manifest names meanwhile.
+    with writer_lock(folder):
+        rt = Runtime.open(folder, device=device, threads=threads, variant=variant)
+        record = _measure(rt, x, y, batches, warmup, iters, threads, baselines or {},
+                          notes or [], progress)
+        store_record(Path(folder), record)
+    return record
+
+
+def _measure(rt, x: np.ndarray, y: np.ndarray | None, batches: list[int], warmup: int,
+             iters: int, threads: int | None, baselines: dict[str, Baseline],
+             notes: list[str], progress: bool) -> dict:
     from matryoshka.runtime.inputs import check_input
 
     x = check_input(x, rt.input_spec)
     providers = rt._providers
     active = rt.providers[rt.levels[-1]]
     record = new_record(active[0], threads, matmul_peak_gflops(providers, threads))
-    record["variant"], record["notes"] = rt.variant, list(notes or [])
+    record["variant"], record["notes"] = rt.variant, list(notes)
     record["providers"] = active
     flops = {lv["dim"]: float(lv["flops_per_sample"]) for lv in rt.manifest["levels"]}
-    steps = len(rt.levels) * (1 + len(baselines or {}))
+    steps = len(rt.levels) * (1 + len(baselines))
     bar = _progress(steps, progress)
     for dim in rt.levels:
-        record["results"] += bench_level(rt.file(dim), providers, threads,
+        record["results"] += bench_level(rt.graph_bytes(dim), providers, threads,
                                          rt.input_spec["name"], x, batches, warmup, iters,
                                          flops[dim], record["peak_gflops"], dim)
         bar.update(1)
-    for name, fn in (baselines or {}).items():
+    for name, fn in baselines.items():
         for dim in rt.levels:
             if name == "padded" and dim == rt.levels[-1]:
                 bar.update(1)
@@ -286,7 +301,6 @@ def run_bench(folder: str | Path, device: str = "cpu", batches: list[int] | None
                               for d in rt.levels}
         if rt.calibration() and rt.calibration().get("thresholds") is not None:
             record["cascade"] = [cascade_row(rt, x, y, b, flops) for b in batches]
-    store_record(Path(folder), record)
     return record
 
 

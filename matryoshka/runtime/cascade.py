@@ -24,6 +24,14 @@ class Prediction:
         return len(self.labels)
 
 
+def concat(parts: Sequence[Prediction]) -> Prediction:
+    """The predictions of consecutive chunks of a batch, as one."""
+    if len(parts) == 1:
+        return parts[0]
+    return Prediction(*(np.concatenate(field) for field in zip(*(
+        (p.labels, p.probs, p.confidence, p.levels) for p in parts))))
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """softmax(logits / temperature) over axis 1, as float32 (a new array)."""
     z = np.array(logits, dtype=np.float32)  # our own copy: the steps below work in place

@@ -36,20 +36,24 @@ def check_input(x, spec: dict) -> np.ndarray:
         if isinstance(expected, int) and got != expected:
             raise InputError(f"input axis {axis} must be {expected} (shape {_fmt(shape)}); "
                              f"got shape {x.shape}")
+    if x.ndim >= 2 and x.shape[1] == 0 and spec.get("kind") == "tokens":
+        raise InputError("sequences must hold at least one token")
     if want.kind == "f":
         if kind == "c":
             raise InputError(f"input dtype {x.dtype} cannot be converted to {want} safely")
-        if kind == "f" and not np.isfinite(x).all():
-            bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
-            raise InputError(f"input holds NaN or inf in {bad} row(s)")
-        return np.ascontiguousarray(x, dtype=want)
+        # Check after the cast: a finite float64 such as 1e300 becomes inf in float32.
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = np.ascontiguousarray(x, dtype=want)
+        if not np.isfinite(cast).all():
+            bad = int((~np.isfinite(cast)).reshape(len(cast), -1).any(axis=1).sum())
+            raise InputError(f"input holds NaN or inf in {bad} row(s) (after the conversion "
+                             f"to {want}, whose largest value is about 3.4e38)")
+        return cast
     # integer token ids
     if kind not in "iu" or not np.can_cast(x.dtype, want, "safe"):
         raise InputError(f"token ids must be integers that fit {want}; got dtype {x.dtype}")
     if spec.get("max_len") and x.ndim >= 2 and x.shape[1] > spec["max_len"]:
         raise InputError(f"sequence length {x.shape[1]} exceeds max_len {spec['max_len']}")
-    if x.size and x.ndim >= 2 and x.shape[1] == 0:
-        raise InputError("sequences must hold at least one token")
     vocab = spec.get("vocab_size")
     if vocab and x.size and (x.min() < 0 or x.max() >= vocab):
         raise InputError(f"token ids must be in [0, {vocab}); got ids from {int(x.min())} "

@@ -1,22 +1,37 @@
-"""The export folder's manifest.json: its schema version, reading it, checking it.
+"""The export folder's manifest.json: its schema, reading and checking it, and committing a new
+one (the folder's single commit point).
 
-DESIGN.md, "The artifact folder". numpy and the standard library only.
+DESIGN.md, "The artifact folder" and "How the folder is written". numpy-free, standard
+library only. Readers call `read_manifest`; writers work inside `manifest_writer` and end
+with `commit_manifest`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from matryoshka.errors import ArtifactError, MissingArtifactError
-from matryoshka.io import read_json_object
+from matryoshka.io import read_json_object, write_json_atomic, writer_lock
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+DTYPES = ("float32", "int64")
+BARE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Graph files the exporter and calibrate write; only these are ever deleted by a writer.
+GRAPH_FILE = re.compile(r"^level-\d{4}(-[0-9a-f]{8,64})?(\.[a-z0-9]+)?\.onnx$")
 
 
-def level_file(dim: int, variant: str = "fp32") -> str:
-    """'level-0064.onnx' for fp32, 'level-0064.int8.onnx' for int8."""
-    return f"level-{dim:04d}.onnx" if variant == "fp32" else f"level-{dim:04d}.{variant}.onnx"
+def level_file(dim: int, variant: str = "fp32", tag: str | None = None) -> str:
+    """'level-0064.onnx' for fp32, 'level-0064.int8.onnx' for int8; a tag (a short sha256)
+    makes a second name while the first is still named by the committed manifest."""
+    stem = f"level-{dim:04d}" + (f"-{tag}" if tag else "")
+    return f"{stem}.onnx" if variant == "fp32" else f"{stem}.{variant}.onnx"
 
 
 def read_manifest(folder: str | Path) -> dict:
@@ -33,13 +48,167 @@ def read_manifest(folder: str | Path) -> dict:
     if not path.is_file():
         raise MissingArtifactError(f"{folder} has no {MANIFEST}; is it an export folder?")
     manifest = read_json_object(path)
-    version = manifest.get("schema_version")
+    check_manifest(manifest, path)
+    return manifest
+
+
+def check_manifest(m: dict, path: str | Path = MANIFEST) -> None:
+    """Raise ArtifactError naming the first field of `m` that a reader could not trust."""
+    def bad(what: str) -> ArtifactError:
+        return ArtifactError(f"{path}: {what}")
+
+    version = m.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ArtifactError(f"{path} has schema_version {version!r}; this matryoshka reads "
                             f"version {SCHEMA_VERSION}")
-    for key in ("input", "levels", "model"):
-        if key not in manifest:
-            raise ArtifactError(f"{path} lacks the {key!r} section")
-    if not manifest["levels"]:
-        raise ArtifactError(f"{path} lists no levels")
-    return manifest
+    for key in ("input", "output", "levels", "model"):
+        if not isinstance(m.get(key), list if key == "levels" else dict):
+            raise bad(f"the {key!r} section is missing or not a "
+                      f"{'list' if key == 'levels' else 'JSON object'}")
+    _check_input(m["input"], bad)
+    shape = m["output"].get("shape")
+    if not (isinstance(shape, list) and shape and _positive_int(shape[-1])):
+        raise bad("output.shape must be a list ending in the number of classes")
+    if not m["levels"]:
+        raise bad("lists no levels")
+    dims = []
+    for i, lv in enumerate(m["levels"]):
+        if not isinstance(lv, dict):
+            raise bad(f"levels[{i}] is not a JSON object")
+        if not _positive_int(lv.get("dim")):
+            raise bad(f"levels[{i}].dim must be a positive integer; got {lv.get('dim')!r}")
+        _check_file_entry(lv, f"levels[{i}]", bad)
+        if "int8" in lv:
+            _check_file_entry(lv["int8"], f"levels[{i}].int8", bad)
+        flops = lv.get("flops_per_sample")
+        if not (_number(flops) and flops > 0):
+            raise bad(f"levels[{i}].flops_per_sample must be a positive number")
+        dims.append(lv["dim"])
+    if any(b <= a for a, b in zip(dims, dims[1:])):
+        raise bad(f"level dims must be strictly increasing; got {dims}")
+    _check_calibration(m.get("calibration"), len(dims), bad)
+
+
+def _check_input(spec: dict, bad) -> None:
+    if not isinstance(spec.get("name"), str) or not spec["name"]:
+        raise bad("input.name must be a non-empty string")
+    if spec.get("dtype") not in DTYPES:
+        raise bad(f"input.dtype must be one of {', '.join(DTYPES)}; got {spec.get('dtype')!r}")
+    shape = spec.get("shape")
+    if not (isinstance(shape, list) and len(shape) >= 2 and shape[0] == "batch"
+            and all(isinstance(s, str) or _positive_int(s) for s in shape)):
+        raise bad("input.shape must be a list like ['batch', 8, 8] (axis sizes or names)")
+
+
+def _check_file_entry(entry, where: str, bad) -> None:
+    if not isinstance(entry, dict):
+        raise bad(f"{where} is not a JSON object")
+    name = entry.get("file")
+    if not (isinstance(name, str) and BARE_NAME.match(name) and name not in (".", "..")):
+        raise bad(f"{where}.file must be a bare file name in the folder; got {name!r}")
+    if not (isinstance(entry.get("sha256"), str) and SHA256.match(entry["sha256"])):
+        raise bad(f"{where}.sha256 must be 64 lower-case hex digits")
+
+
+def _check_calibration(cal, k: int, bad) -> None:
+    if cal is None:
+        return
+    if not isinstance(cal, dict):
+        raise bad("calibration must be a JSON object")
+    for variant, rec in cal.items():
+        where = f"calibration.{variant}"
+        if not isinstance(rec, dict):
+            raise bad(f"{where} is not a JSON object")
+        temps = rec.get("temperatures")
+        if not (isinstance(temps, list) and len(temps) == k
+                and all(_number(t) and t > 0 for t in temps)):
+            raise bad(f"{where}.temperatures must be {k} finite numbers > 0; got {temps!r}")
+        thr = rec.get("thresholds")
+        if thr is not None and not (isinstance(thr, list) and len(thr) == k - 1
+                                    and all(_number(t) and 0 <= t <= 1 for t in thr)):
+            raise bad(f"{where}.thresholds must be null or {k - 1} numbers in [0, 1]; "
+                      f"got {thr!r}")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+# -- writing -----------------------------------------------------------------------------------
+def named_files(manifest: dict | None) -> dict[str, str]:
+    """Every file the manifest names, with its sha256."""
+    named = {}
+    for lv in (manifest or {}).get("levels", []):
+        for entry in (lv, lv.get("int8")):
+            if entry:
+                named[entry["file"]] = entry["sha256"]
+    return named
+
+
+def graph_name(dim: int, variant: str, sha256: str, named: dict[str, str]) -> str:
+    """The name a new graph gets: the plain name unless the committed manifest names it for
+    other bytes, then a name tagged with the new bytes' sha256 (a writer never overwrites a
+    file that the committed manifest names)."""
+    for tag in (None, sha256[:8], sha256):
+        name = level_file(dim, variant, tag)
+        if named.get(name, sha256) == sha256:
+            return name
+    raise ArtifactError(f"no free file name for level {dim} ({variant})")  # pragma: no cover
+
+
+def install(folder: Path, tmp: Path, name: str, named: dict[str, str]) -> None:
+    """Move a finished temp file to its name from `graph_name`. When the committed manifest
+    already names that file, it holds these very bytes, and it is left untouched."""
+    if name in named:
+        tmp.unlink()
+    else:
+        os.replace(tmp, folder / name)
+
+
+@contextlib.contextmanager
+def manifest_writer(folder: str | Path, replace: bool = False) -> Iterator[dict | None]:
+    """Hold the folder's writer lock and yield its committed manifest (None if it has none).
+
+    Graph files that the committed manifest does not name are a dead writer's and are removed
+    on entry, like its temp files. replace=True (a new export over the folder) also accepts
+    an unreadable manifest, which the new one will replace, as None.
+    """
+    folder = Path(folder)
+    with writer_lock(folder):
+        try:
+            current = read_manifest(folder) if (folder / MANIFEST).exists() else None
+        except ArtifactError:
+            if not replace:
+                raise
+            yield None
+            return
+        remove_unnamed(folder, current)
+        try:
+            yield current
+        except BaseException:
+            remove_unnamed(folder, current)  # graphs installed for a commit that never came
+            raise
+
+
+def commit_manifest(folder: str | Path, manifest: dict) -> None:
+    """Check and atomically replace manifest.json (the commit), then delete the graph files
+    that it no longer names. Call inside `manifest_writer`."""
+    folder = Path(folder)
+    check_manifest(manifest, folder / MANIFEST)
+    missing = [n for n in named_files(manifest) if not (folder / n).is_file()]
+    if missing:
+        raise ArtifactError(f"refusing to commit a manifest that names missing files: {missing}")
+    write_json_atomic(folder / MANIFEST, manifest)
+    remove_unnamed(folder, manifest)
+
+
+def remove_unnamed(folder: Path, manifest: dict | None) -> None:
+    keep = named_files(manifest)
+    for p in folder.iterdir():
+        if GRAPH_FILE.match(p.name) and p.name not in keep and p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()

@@ -10,7 +10,7 @@ import logging
 
 import onnxruntime as ort
 
-from matryoshka.errors import MatryoshkaError
+from matryoshka.errors import ConfigError, MatryoshkaError
 
 log = logging.getLogger(__name__)
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
@@ -49,11 +49,18 @@ def check_active(session: ort.InferenceSession, device: str, file: str) -> list[
     return active
 
 
+def check_threads(threads: int | None) -> None:
+    """None (onnxruntime's default) or a positive integer; a ConfigError otherwise."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise ConfigError(f"threads must be a positive integer (or None for onnxruntime's "
+                          f"default); got {threads!r}")
+
+
 def session_options(threads: int | None) -> ort.SessionOptions:
+    check_threads(threads)
     opts = ort.SessionOptions()
     if threads is not None:
-        if threads < 1:
-            raise MatryoshkaError(f"threads must be at least 1, got {threads}")
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -14,19 +14,21 @@ import numpy as np
 import onnxruntime as ort
 
 from matryoshka.errors import ArtifactError, ConfigError, MatryoshkaError, MissingArtifactError
-from matryoshka.io import sha256_file
-from matryoshka.runtime.cascade import Prediction, empty, run_cascade
+from matryoshka.io import sha256_bytes
+from matryoshka.runtime.cascade import Prediction, concat, empty, run_cascade
 from matryoshka.runtime.inputs import check_input
 from matryoshka.runtime.manifest import read_manifest
 from matryoshka.runtime.providers import (
     CUDA,
     check_active,
+    check_threads,
     requested_providers,
     session_options,
 )
 
 log = logging.getLogger(__name__)
 VARIANTS = ("fp32", "int8")
+DEFAULT_BATCH = 256  # rows per session.run in predict: bounds the activations' memory
 
 
 class Runtime:
@@ -38,9 +40,10 @@ class Runtime:
     """
 
     def __init__(self, folder: Path, manifest: dict, device: str, providers: list[str],
-                 threads: int | None, variant: str):
+                 threads: int | None, variant: str, batch_size: int = DEFAULT_BATCH):
         self.folder, self.manifest, self.device, self.variant = folder, manifest, device, variant
         self._providers, self._threads = providers, threads
+        self.batch_size = batch_size
         self._entries = {lv["dim"]: lv for lv in manifest["levels"]}
         self.levels: list[int] = [lv["dim"] for lv in manifest["levels"]]
         self.input_spec: dict = manifest["input"]
@@ -52,52 +55,77 @@ class Runtime:
 
     @classmethod
     def open(cls, folder: str | Path, device: str = "auto", threads: int | None = None,
-             preload: bool = True, variant: str = "fp32") -> Runtime:
+             preload: bool = True, variant: str = "fp32",
+             batch_size: int = DEFAULT_BATCH) -> Runtime:
         """Open an export folder: check its manifest and every graph's sha256, then load.
 
         device: "cpu", "cuda" (CUDA must really be active, or MatryoshkaError) or "auto"
         (CUDA when it is really active, else the CPU with one warning).
-        preload=False creates each level's session on first use.
+        preload=False creates each level's session on first use (checking its sha256 again,
+        on the very bytes it loads). batch_size: rows per session.run in predict.
 
         >>> rt = Runtime.open("artifacts/demo/export", device="cpu")  # doctest: +SKIP
         >>> rt.levels                                                 # doctest: +SKIP
         [64, 128, 256, 512]
         """
         folder = Path(folder)
-        manifest = read_manifest(folder)
+        try:
+            return cls.from_manifest(folder, read_manifest(folder), device, threads, preload,
+                                     variant, batch_size)
+        except ArtifactError:
+            # A writer may have committed a new manifest and deleted the files of the one we
+            # read; read it once more before blaming the folder.
+            return cls.from_manifest(folder, read_manifest(folder), device, threads, preload,
+                                     variant, batch_size)
+
+    @classmethod
+    def from_manifest(cls, folder: Path, manifest: dict, device: str = "auto",
+                      threads: int | None = None, preload: bool = True,
+                      variant: str = "fp32", batch_size: int = DEFAULT_BATCH) -> Runtime:
+        """A runtime over a manifest already read and checked (a writer's uncommitted one)."""
         if variant not in VARIANTS:
             raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
+        check_threads(threads)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer; got {batch_size!r}")
         providers = requested_providers(device)
-        rt = cls(folder, manifest, device, providers, threads, variant)
+        rt = cls(Path(folder), manifest, device, providers, threads, variant, batch_size)
         for dim in rt.levels:
-            rt._check_file(dim)
+            if preload:
+                rt._session(dim)
+            else:
+                rt.graph_bytes(dim)
         if device == "auto" and CUDA not in providers:
             log.warning("device='auto': CUDA is not available here, running on the CPU")
-        if preload:
-            for dim in rt.levels:
-                rt._session(dim)
         return rt
 
     # -- files and sessions -------------------------------------------------------------------
-    def file(self, dim: int) -> Path:
+    def entry(self, dim: int) -> dict:
+        """The manifest entry (file, sha256) of level `dim` in this runtime's variant."""
         entry = self._entries[dim]
         if self.variant == "fp32":
-            return self.folder / entry["file"]
+            return entry
         if "int8" not in entry:
             raise ArtifactError(f"{self.folder} has no int8 graph for level {dim}; make one with "
                                 "mexport --quantize dynamic or matryoshka calibrate --int8 "
                                 "static")
-        return self.folder / entry["int8"]["file"]
+        return entry["int8"]
 
-    def _check_file(self, dim: int) -> None:
+    def file(self, dim: int) -> Path:
+        return self.folder / self.entry(dim)["file"]
+
+    def graph_bytes(self, dim: int) -> bytes:
+        """The graph of level `dim`, read once and checked against the manifest's sha256."""
         path = self.file(dim)
-        entry = self._entries[dim] if self.variant == "fp32" else self._entries[dim]["int8"]
-        if not path.is_file():
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
             raise MissingArtifactError(f"{path.name} named by the manifest is missing from "
-                                       f"{self.folder}")
-        if sha256_file(path) != entry["sha256"]:
+                                       f"{self.folder}") from None
+        if sha256_bytes(data) != self.entry(dim)["sha256"]:
             raise ArtifactError(f"{path.name} does not match the sha256 in manifest.json; the "
                                 "file is corrupt or was changed after export")
+        return data
 
     def _session(self, dim: int) -> ort.InferenceSession:
         session = self._sessions.get(dim)
@@ -106,16 +134,30 @@ class Runtime:
         with self._lock:  # one creation per level, however many threads ask at once
             session = self._sessions.get(dim)
             if session is None:
-                path = self.file(dim)
+                name = self.entry(dim)["file"]
+                data = self.graph_bytes(dim)  # the bytes hashed are the bytes loaded
+                options = session_options(self._threads)
                 try:
-                    session = ort.InferenceSession(str(path), session_options(self._threads),
-                                                   providers=self._providers)
+                    session = ort.InferenceSession(data, options, providers=self._providers)
                 except Exception as e:  # onnxruntime raises its own untyped errors
-                    raise ArtifactError(f"onnxruntime cannot load {path.name}: {e}") from None
+                    raise ArtifactError(f"onnxruntime cannot load {name}: {e}") from None
+                self._check_graph(session, dim, name)
                 device = "cuda" if self.device == "cuda" else "cpu"
-                self._active[dim] = check_active(session, device, path.name)
+                self._active[dim] = check_active(session, device, name)
                 self._sessions[dim] = session
         return session
+
+    def _check_graph(self, session: ort.InferenceSession, dim: int, name: str) -> None:
+        """The graph must say it is level `dim` and take the manifest's input."""
+        meta = session.get_modelmeta().custom_metadata_map.get("matryoshka.dim")
+        if meta != str(dim):
+            raise ArtifactError(f"{name} is listed as level {dim} but the graph's own "
+                                f"matryoshka.dim metadata says {meta}; the folder was changed "
+                                "by hand")
+        inputs = [i.name for i in session.get_inputs()]
+        if inputs != [self.input_spec["name"]]:
+            raise ArtifactError(f"{name} takes the input(s) {inputs} but manifest.json says "
+                                f"{self.input_spec['name']!r}")
 
     @property
     def providers(self) -> dict[int, list[str]]:
@@ -171,7 +213,8 @@ class Runtime:
 
     def predict(self, x, level: int | None = None,
                 thresholds: list[float] | None = None) -> Prediction:
-        """Predict a batch.
+        """Predict a batch, in chunks of `batch_size` rows (the same answers as one call,
+        with memory bounded by the chunk and not by the batch).
 
         - level=d: run that one level.
         - thresholds=[t_1..t_{k-1}]: the cascade with these thresholds.
@@ -185,7 +228,7 @@ class Runtime:
         x = check_input(x, self.input_spec)
         temps = self.temperatures()
         if level is not None:
-            if level not in self._entries:
+            if isinstance(level, bool) or level not in self.levels:
                 raise ConfigError(f"level {level} is not in this export (levels: "
                                   f"{', '.join(map(str, self.levels))})")
             i = self.levels.index(level)
@@ -196,14 +239,22 @@ class Runtime:
             dims, thr, temps = self._default_plan(temps)
         if len(x) == 0:
             return empty(self.n_classes)
-        return run_cascade(x, dims, thr, temps, self.run_level)
+        b = self.batch_size
+        return concat([run_cascade(x[i:i + b], dims, thr, temps, self.run_level)
+                       for i in range(0, len(x), b)])
 
     def _check_thresholds(self, thresholds) -> list[float]:
-        thr = [float(t) for t in thresholds]
+        if isinstance(thresholds, (str, bytes)) or not hasattr(thresholds, "__len__"):
+            raise ConfigError(f"thresholds must be a list of numbers; got {thresholds!r}")
+        try:
+            thr = [float(t) for t in thresholds]
+        except (TypeError, ValueError):
+            raise ConfigError(f"thresholds must be a list of numbers; got {thresholds!r}"
+                              ) from None
         if len(thr) != len(self.levels) - 1:
             raise ConfigError(f"need {len(self.levels) - 1} thresholds, one per level but the "
                               f"last; got {len(thr)}")
-        if any(not 0.0 <= t <= 1.0 for t in thr):
+        if any(not 0.0 <= t <= 1.0 for t in thr):  # NaN fails this too
             raise ConfigError(f"thresholds must lie in [0, 1]; got {thr}")
         return thr
 

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from matryoshka.data import Dataset
-from matryoshka.errors import ConfigError, DataError
+from matryoshka.errors import ConfigError, DataError, TrainingError
 from matryoshka.io import atomic_dir
 from matryoshka.model import (
     MatryoshkaConfig,
@@ -63,10 +63,18 @@ class TrainConfig:
             raise ConfigError("distill_direction must be 'seed' or 'teacher'")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("--epochs and the batch size must be at least 1")
+        numbers = {"--lr": self.lr, "--temperature": self.temperature, "--beta": self.beta,
+                   "--gamma": self.gamma, "weight_decay": self.weight_decay,
+                   "warmup": self.warmup, **{f"--alpha[{i}]": a
+                                             for i, a in enumerate(self.alpha or ())},
+                   **{f"--lr-scale[{i}]": v for i, v in enumerate(self.lr_scale or ())}}
+        for name, v in numbers.items():
+            if not math.isfinite(v):  # NaN passes every comparison below
+                raise ConfigError(f"{name} must be a finite number; got {v}")
         if self.lr <= 0 or self.temperature <= 0:
             raise ConfigError("--lr and --temperature must be positive")
-        if min(self.beta, self.gamma) < 0:
-            raise ConfigError("--beta and --gamma must be non-negative")
+        if min(self.beta, self.gamma, self.weight_decay, self.warmup) < 0:
+            raise ConfigError("--beta, --gamma, weight_decay and warmup must be non-negative")
 
     def alphas(self, levels: tuple[int, ...]) -> dict[int, float]:
         a = self.alpha if self.alpha is not None else (1.0,) * len(levels)
@@ -95,9 +103,24 @@ def check_data_fits(cfg: MatryoshkaConfig, data: Dataset) -> None:
     elif x.ndim != 2 or x.shape[1] > cfg.max_len:
         raise DataError(f"the model takes token ids [n, <= {cfg.max_len}]; the data has "
                         f"{tuple(x.shape)}")
+    else:
+        check_token_ids(data, cfg.vocab_size)
     top = max(int(y.max()) for _, y in data.values())
     if top >= cfg.n_classes:
         raise DataError(f"labels go up to {top} but the model has {cfg.n_classes} classes")
+
+
+def check_token_ids(data: Dataset, vocab_size: int) -> None:
+    """Token ids must be integers in [0, vocab_size) and sequences non-empty, in every split."""
+    for split, (x, _) in data.items():
+        if not np.issubdtype(x.dtype, np.integer):
+            raise DataError(f"{split}: token ids must be integers, got dtype {x.dtype}")
+        if x.shape[1] == 0:
+            raise DataError(f"{split}: token sequences must hold at least one token")
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= vocab_size:
+            raise DataError(f"{split}: token ids must be in [0, {vocab_size}); got ids from "
+                            f"{lo} to {hi}")
 
 
 def config_for_data(cfg: MatryoshkaConfig, data: Dataset) -> MatryoshkaConfig:
@@ -105,6 +128,8 @@ def config_for_data(cfg: MatryoshkaConfig, data: Dataset) -> MatryoshkaConfig:
     x = data["train"][0]
     n_classes = max(int(y.max()) for _, y in data.values()) + 1
     if np.issubdtype(x.dtype, np.integer) and x.ndim == 2:
+        if x.shape[1] == 0 or min(int(v[0].min()) for v in data.values()) < 0:
+            check_token_ids(data, 0)  # raises the DataError that names the split
         vocab = max(int(v[0].max()) for v in data.values()) + 1
         return dataclasses.replace(cfg, input_kind="tokens", vocab_size=vocab,
                                    max_len=x.shape[1], n_classes=n_classes)
@@ -169,6 +194,15 @@ def evaluate(model: MatryoshkaTransformer, x: np.ndarray, y: np.ndarray,
         out[dim] = {"accuracy": correct / n, "loss": loss / n}
     model.train(was)
     return out
+
+
+def check_finite_loss(epoch_loss: float, epoch: int, tcfg: TrainConfig, d: Dist) -> None:
+    """Stop when the loss went NaN or inf during the epoch. Its sum is reduced over the ranks
+    first, so every rank stops at the same epoch and none waits on a collective forever."""
+    (total,) = all_reduce_sum([epoch_loss], d)
+    if not math.isfinite(total):
+        raise TrainingError(f"the training loss became {total} in epoch {epoch + 1}; no "
+                            f"checkpoint was written (try a lower --lr than {tcfg.lr:g})")
 
 
 def train_step(wrapped: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor,
@@ -266,6 +300,7 @@ def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, d: Dist, 
                     sums[k] += float(terms[k].detach()) / steps_per_epoch
                 step += 1
                 bar.update(1)
+            check_finite_loss(sums["total"], epoch, tcfg, d)
             val = evaluate(model, *data["val"], d=d)
             mean_acc = float(np.mean([v["accuracy"] for v in val.values()]))
             mean_loss = float(np.mean([v["loss"] for v in val.values()]))

@@ -54,7 +54,12 @@ def test_int8_static_graphs(calibrated):
         assert q["method"] == "static-minmax" and (out / q["file"]).is_file()
         assert q["accuracy_change"] == pytest.approx(q["accuracy"] - q["accuracy_fp32"])
     rt8 = Runtime.open(out, device="cpu", variant="int8")
-    assert rt8.file(16).name == "level-0016.int8.onnx"
+    # The dynamic INT8 graph was named by the committed manifest, so the static one got a
+    # new name, and the dynamic one was deleted after the commit.
+    assert rt8.file(16).name == f"level-0016-{m['levels'][0]['int8']['sha256'][:8]}.int8.onnx"
+    assert not (out / "level-0016.int8.onnx").exists()
+    assert sorted(p.name for p in out.glob("*.onnx")) == sorted(
+        [lv["file"] for lv in m["levels"]] + [lv["int8"]["file"] for lv in m["levels"]])
 
 
 def _error(args, fragment, folder):

@@ -159,7 +159,7 @@ def test_force_replaces_and_untrained_level_warns(tiny_checkpoint, tmp_path, cap
     out.mkdir()
     (out / "old.txt").write_text("old")
     manifest = export(tiny_checkpoint, out, levels=(16, 24, 64), force=True, progress=False)
-    assert not (out / "old.txt").exists()
+    assert (out / "old.txt").read_text() == "old"  # a user's own file survives --force
     assert [lv["trained"] for lv in manifest["levels"]] == [True, False, True]
     assert "level 24 was not trained" in caplog.text
     assert (out / "level-0024.onnx").is_file()

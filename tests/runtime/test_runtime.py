@@ -56,7 +56,7 @@ def test_each_row_is_bit_identical_to_its_answering_level(rt, x_test, mid):
 
 
 def test_next_session_receives_exactly_the_undecided_rows(tiny_export_dir, x_test, mid):
-    rt = Runtime.open(tiny_export_dir, device="cpu")
+    rt = Runtime.open(tiny_export_dir, device="cpu", batch_size=len(x_test))
     seen = {}
     real = rt.run_level
 
