@@ -46,3 +46,44 @@ def tree_bytes(root) -> dict:
 
 def random_images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 16, size=(n, 8, 8)).astype(np.float32)
+
+
+@pytest.fixture
+def tmpfs():
+    """mount(path, size, readonly=False): a small tmpfs at `path`, for a real full disk or a
+    read-only folder; unmounted after the test. Mounting needs root: skipped (with the reason)
+    elsewhere."""
+    import os
+    import subprocess
+
+    mounted = []
+
+    def mount(path, size="512k", readonly=False):
+        if os.geteuid() != 0:
+            pytest.skip("a small tmpfs (full disk, read-only folder) needs root to mount")
+        path.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                           capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    def remount_readonly(path):
+        subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+
+    mount.readonly = remount_readonly
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(folder) -> None:
+    """Fill the file system under `folder` to the last byte."""
+    with open(folder / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        except OSError:
+            pass

@@ -25,7 +25,8 @@ from matryoshka.calibration.thresholds import (
 )
 from matryoshka.data import dataset_sha256, load_dataset
 from matryoshka.errors import ConfigError, DataError
-from matryoshka.io import sha256_file, temp_path
+from matryoshka.io import sha256_file, temp_path, writing
+from matryoshka.logs import quiet_root_logger
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.inputs import check_input
 from matryoshka.runtime.manifest import (
@@ -196,16 +197,11 @@ def _quantize_static(folder: Path, manifest: dict, x_cal, x_test, y_test, method
                    leave=False):
         dim = lv["dim"]
         tmp = temp_path(folder, level_file(dim, "int8"))
-        root = logging.getLogger()
-        old = root.level
-        root.setLevel(logging.ERROR)  # ORT logs advice on the root logger
-        try:
+        with quiet_root_logger(), writing(folder / level_file(dim, "int8")):
             quantize_static(str(folder / lv["file"]), str(tmp), reader_cls(name, x_cal),
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm"],
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=methods[method], per_channel=True)
-        finally:
-            root.setLevel(old)
         acc_fp32 = _accuracy(fp32.run_level(dim, x_test), y_test)
         sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         acc = _accuracy(sess.run(None, {name: x_test})[0], y_test)

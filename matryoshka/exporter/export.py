@@ -24,7 +24,8 @@ from matryoshka.data import dataset_sha256, load_dataset
 from matryoshka.errors import ConfigError, DataError
 from matryoshka.exporter.graph import input_spec, to_onnx
 from matryoshka.exporter.validate import cpu_session, run_graph, validate_level
-from matryoshka.io import LOCK, check_out_dir, make_dir, sha256_file, temp_path
+from matryoshka.io import LOCK, check_out_dir, make_dir, sha256_file, temp_path, writing
+from matryoshka.logs import quiet_root_logger
 from matryoshka.model import count_params, extract_level, flops_per_sample, validate_levels
 from matryoshka.model.checkpoint import checkpoint_sha256, load_checkpoint
 from matryoshka.runtime.bench import BENCH_JSON, BENCH_MD
@@ -182,13 +183,8 @@ def _quantize_dynamic(out: Path, src: str, dim: int, named: dict[str, str], x: n
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = temp_path(out, level_file(dim, "int8"))
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quantize_dynamic logs an advice line on the root logger
-    try:
+    with quiet_root_logger(), writing(out / level_file(dim, "int8")):
         quantize_dynamic(str(out / src), str(tmp), weight_type=QuantType.QInt8)
-    finally:
-        root.setLevel(level)
     logits = run_graph(cpu_session(tmp), x)
     sha, size = sha256_file(tmp), tmp.stat().st_size
     name = graph_name(dim, "int8", sha, named)

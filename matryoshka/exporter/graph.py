@@ -12,6 +12,7 @@ import onnx
 import torch
 
 from matryoshka.errors import MatryoshkaError
+from matryoshka.io import writing
 from matryoshka.model import MatryoshkaTransformer
 
 INPUT, OUTPUT = "x", "logits"
@@ -56,7 +57,7 @@ def input_spec(model: MatryoshkaTransformer) -> dict:
 def to_onnx(module: MatryoshkaTransformer, path: Path, opset: int, simplify: bool,
             metadata: dict[str, str]) -> onnx.ModelProto:
     """Export, optionally simplify, check fully, stamp metadata, and save to `path`."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), writing(path):
         # The tracer warns about Python-level shape checks; they are constants by design.
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -76,5 +77,6 @@ def to_onnx(module: MatryoshkaTransformer, path: Path, opset: int, simplify: boo
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=str(value))
     onnx.checker.check_model(graph, full_check=True)
-    onnx.save(graph, str(path))
+    with writing(path):
+        onnx.save(graph, str(path))
     return graph

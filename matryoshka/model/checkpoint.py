@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from matryoshka.errors import ArtifactError, ConfigError, MissingArtifactError
-from matryoshka.io import publish, read_json_object, sha256_file, write_json_atomic
+from matryoshka.io import publish, read_json_object, sha256_file, write_json_atomic, writing
 from matryoshka.model.config import MatryoshkaConfig
 from matryoshka.model.transformer import MatryoshkaTransformer
 
@@ -26,7 +26,9 @@ def save_checkpoint(folder: str | Path, model: MatryoshkaTransformer, metrics: d
     folder = Path(folder)
     write_json_atomic(folder / CONFIG, model.config.to_dict())
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS), metadata={"format": "pt", "name": model.config.name})
+    with writing(folder / WEIGHTS):
+        save_file(state, str(folder / WEIGHTS),
+                  metadata={"format": "pt", "name": model.config.name})
     publish(folder / WEIGHTS)  # safetensors writes 0600; a checkpoint is for every reader
     write_json_atomic(folder / METRICS, metrics)
 

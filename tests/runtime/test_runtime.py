@@ -113,6 +113,22 @@ def test_nan_input(rt, x_test):
         rt.predict(x)
 
 
+def test_finite_float64_that_overflows_float32_is_refused(rt, x_test):
+    """1e300 is finite in float64 but inf after the cast: the check runs on what runs."""
+    x = x_test[:4].astype(np.float64)
+    x[1, 0, 0] = 1e300
+    with pytest.raises(InputError, match=r"NaN or inf in 1 row\(s\) \(after the conversion to "
+                                         "float32"):
+        rt.predict(x)
+
+
+def test_empty_token_sequences_are_refused():
+    spec = {"name": "x", "dtype": "int64", "shape": ["batch", "seq"], "kind": "tokens",
+            "vocab_size": 10, "max_len": 6}
+    with pytest.raises(InputError, match="sequences must hold at least one token"):
+        check_input(np.zeros((3, 0), np.int64), spec)
+
+
 def test_token_ids_are_checked():
     spec = {"name": "x", "dtype": "int64", "shape": ["batch", "seq"], "vocab_size": 10,
             "max_len": 6}
@@ -132,6 +148,25 @@ def test_bad_plan_arguments(rt, x_test):
         rt.predict(x_test, level=24)
     with pytest.raises(ConfigError, match="either level or thresholds"):
         rt.predict(x_test, level=16, thresholds=[0.5, 0.5])
+    with pytest.raises(ConfigError, match="not in this export"):
+        rt.predict(x_test, level=[16])
+
+
+@pytest.mark.parametrize("bad", [["a", 0.5], 0.5, "0.5,0.5", [[0.1], [0.2, 0.3]],
+                                 [float("nan"), 0.5]])
+def test_bad_thresholds_are_config_errors(rt, x_test, bad):
+    with pytest.raises(ConfigError, match="thresholds must"):
+        rt.predict(x_test[:3], thresholds=bad)
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"threads": 0}, "threads must be a positive integer"),
+    ({"threads": 1.5}, "threads must be a positive integer"),
+    ({"batch_size": 0}, "batch_size must be a positive integer"),
+])
+def test_bad_open_arguments_are_config_errors(tiny_export_dir, kwargs, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        Runtime.open(tiny_export_dir, device="cpu", **kwargs)
 
 
 def test_flipped_byte_is_named(tiny_export_dir, tmp_path):
