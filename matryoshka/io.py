@@ -213,9 +213,12 @@ def _acquire(fd: int, path: Path, timeout: float) -> None:
 
 
 def _holder(path: Path) -> str:
-    with contextlib.suppress(OSError, ValueError):
-        return f" (pid {int(path.read_text().split()[0])})"
-    return ""
+    """' (pid N)' of the writer holding the lock, or '' (the file is empty while a new holder
+    writes its pid)."""
+    words = ""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        words = path.read_text().split()
+    return f" (pid {words[0]})" if words and words[0].isdigit() else ""
 
 
 def clean_stale(folder: Path) -> None:

@@ -80,10 +80,9 @@ def tmpfs():
 
 def fill(folder) -> None:
     """Fill the file system under `folder` to the last byte."""
-    with open(folder / "filler", "wb") as f:
-        try:
+    try:
+        with open(folder / "filler", "wb", buffering=0) as f:
             while True:
                 f.write(b"\0" * 4096)
-                f.flush()
-        except OSError:
-            pass
+    except OSError:
+        pass

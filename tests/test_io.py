@@ -117,3 +117,13 @@ def test_only_the_lock_does_not_count_as_content(tmp_path):
     (tmp_path / "user.txt").write_text("")
     with pytest.raises(ConfigError, match="already exists; pass --force"):
         check_out_dir(tmp_path, force=False)
+
+
+@pytest.mark.parametrize("content", ["", "\n", "garbage", "\xff"])
+def test_waiting_on_a_lock_whose_pid_is_being_written(tmp_path, content):
+    """A new holder truncates .lock before it writes its pid: a waiter may read it empty."""
+    with writer_lock(tmp_path):
+        (tmp_path / LOCK).write_text(content)
+        with pytest.raises(LockTimeout, match=r"another writer has held"):
+            with writer_lock(tmp_path, timeout=0.1):
+                pass

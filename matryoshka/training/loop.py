@@ -110,17 +110,20 @@ def check_data_fits(cfg: MatryoshkaConfig, data: Dataset) -> None:
         raise DataError(f"labels go up to {top} but the model has {cfg.n_classes} classes")
 
 
-def check_token_ids(data: Dataset, vocab_size: int) -> None:
-    """Token ids must be integers in [0, vocab_size) and sequences non-empty, in every split."""
+def check_token_ids(data: Dataset, vocab_size: int | None = None) -> None:
+    """Token ids must be integers, non-negative (and below vocab_size, when one is given), in
+    sequences of at least one token, in every split."""
     for split, (x, _) in data.items():
         if not np.issubdtype(x.dtype, np.integer):
             raise DataError(f"{split}: token ids must be integers, got dtype {x.dtype}")
         if x.shape[1] == 0:
             raise DataError(f"{split}: token sequences must hold at least one token")
         lo, hi = int(x.min()), int(x.max())
-        if lo < 0 or hi >= vocab_size:
-            raise DataError(f"{split}: token ids must be in [0, {vocab_size}); got ids from "
-                            f"{lo} to {hi}")
+        if lo < 0:
+            raise DataError(f"{split}: token ids must be non-negative; got {lo}")
+        if vocab_size is not None and hi >= vocab_size:
+            raise DataError(f"{split}: token ids must be below the vocabulary size "
+                            f"{vocab_size}; got {hi}")
 
 
 def config_for_data(cfg: MatryoshkaConfig, data: Dataset) -> MatryoshkaConfig:
@@ -128,8 +131,7 @@ def config_for_data(cfg: MatryoshkaConfig, data: Dataset) -> MatryoshkaConfig:
     x = data["train"][0]
     n_classes = max(int(y.max()) for _, y in data.values()) + 1
     if np.issubdtype(x.dtype, np.integer) and x.ndim == 2:
-        if x.shape[1] == 0 or min(int(v[0].min()) for v in data.values()) < 0:
-            check_token_ids(data, 0)  # raises the DataError that names the split
+        check_token_ids(data)
         vocab = max(int(v[0].max()) for v in data.values()) + 1
         return dataclasses.replace(cfg, input_kind="tokens", vocab_size=vocab,
                                    max_len=x.shape[1], n_classes=n_classes)
