@@ -230,3 +230,18 @@ def test_a_bug_is_one_line_and_debug_shows_the_traceback(monkeypatch, files, tin
     assert "--debug" in line
     r = run(cli, "--debug", *args)
     assert isinstance(r.exception, KeyError)  # the traceback is let through
+
+
+@pytest.mark.parametrize("command", ["train", "export", "calibrate", "bench"])
+def test_writers_on_a_read_only_file_system(tmpfs, tmp_path, tiny_export_dir, tiny_checkpoint,
+                                            command):
+    disk = tmpfs(tmp_path / "ro", size="4m")
+    shutil.copytree(tiny_export_dir, disk / "export")
+    tmpfs.readonly(disk)
+    before = tree_bytes(disk)
+    args = {"train": ["train", "--preset", "tiny", "--epochs", "1", "--out", disk / "ck"],
+            "export": ["export", "--checkpoint", tiny_checkpoint, "--out", disk / "exp"],
+            "calibrate": ["calibrate", disk / "export"],
+            "bench": ["bench", disk / "export", "--iters", "1"]}[command]
+    assert_one_error(run(cli, *args, "--no-progress"), 1, "Read-only file system: ")
+    assert tree_bytes(disk) == before
