@@ -27,12 +27,12 @@ def sample_input(model: MatryoshkaTransformer, batch: int = 2) -> torch.Tensor:
     c = model.config
     if c.input_kind == "image":
         return torch.zeros(batch, c.image_size, c.image_size, dtype=torch.float32)
-    return torch.zeros(batch, c.max_len, dtype=torch.long)
+    return torch.ones(batch, c.max_len, dtype=torch.long)  # real ids: 0 may be padding
 
 
 def dynamic_axes(model: MatryoshkaTransformer) -> dict[str, dict[int, str]]:
     axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}
-    if model.config.input_kind == "tokens":
+    if model.config.input_kind != "image":
         axes[INPUT][1] = "seq"
     return axes
 
@@ -46,6 +46,13 @@ def input_spec(model: MatryoshkaTransformer) -> dict:
             "kind": "image",
             "preprocessing": f"inside the graph: x / {c.pixel_scale:g}, then "
                              f"{c.patch_size}x{c.patch_size} patches",
+        }
+    if c.input_kind == "text":
+        return {
+            "name": INPUT, "dtype": "int64", "shape": ["batch", "seq"], "kind": "text",
+            "vocab_size": c.vocab_size, "max_len": c.max_len, "pad_id": c.pad_id,
+            "preprocessing": f"inside the graph: mask = x != {c.pad_id}, token embedding, "
+                             "positional encoding, masked attention and masked mean pooling",
         }
     return {
         "name": INPUT, "dtype": "int64", "shape": ["batch", "seq"], "kind": "tokens",

@@ -24,12 +24,15 @@ class MatryoshkaConfig:
     ffn_nesting: str = "proportional"  # "fixed" (seed: m_i = d_mid) | "proportional" (MatFormer)
     norm: str = "per_level"  # "per_level": own gamma_i, beta_i | "shared": one prefixed
     pos_encoding: str = "sinusoidal_per_level"  # PE^(i) computed with d_i | "learned" prefix table
-    input_kind: str = "image"  # "image" (float pixels, patchified) | "tokens" (int64 ids)
+    # "image" (float pixels, patchified) | "tokens" (int64 ids, every position real) |
+    # "text" (int64 ids right-padded with pad_id: masked attention and masked mean pooling)
+    input_kind: str = "image"
     image_size: int = 8  # square image side, pixels (images only)
     patch_size: int = 4  # square patch side; image_size must be a multiple (images only)
     pixel_scale: float = 16.0  # raw pixel value of full intensity; the graph divides by it
-    vocab_size: int = 0  # token vocabulary (tokens only)
-    max_len: int = 0  # longest token sequence (tokens only)
+    vocab_size: int = 0  # token vocabulary (tokens and text)
+    max_len: int = 0  # longest token sequence (tokens and text)
+    pad_id: int = 0  # the id of padding; the graph masks it out (text only)
     n_classes: int = 10  # output classes
     dropout: float = 0.0  # dropout on attention output and FFN output, training only
     name: str = "matryoshka"  # model name written into exported graphs
@@ -44,7 +47,7 @@ class MatryoshkaConfig:
         _check_choice("ffn_nesting", self.ffn_nesting, ("fixed", "proportional"))
         _check_choice("norm", self.norm, ("per_level", "shared"))
         _check_choice("pos_encoding", self.pos_encoding, ("sinusoidal_per_level", "learned"))
-        _check_choice("input_kind", self.input_kind, ("image", "tokens"))
+        _check_choice("input_kind", self.input_kind, INPUT_KINDS)
         if not self.pixel_scale > 0:
             raise ConfigError(f"pixel_scale must be positive, got {self.pixel_scale}")
         if not 0.0 <= self.dropout < 1.0:
@@ -57,7 +60,11 @@ class MatryoshkaConfig:
                 )
         else:
             if self.vocab_size < 1 or self.max_len < 1:
-                raise ConfigError("token input needs vocab_size >= 1 and max_len >= 1")
+                raise ConfigError(f"{self.input_kind} input needs vocab_size >= 1 and "
+                                  f"max_len >= 1; got {self.vocab_size} and {self.max_len}")
+            if self.input_kind == "text" and not 0 <= self.pad_id < self.vocab_size:
+                raise ConfigError(f"pad_id {self.pad_id} is not an id of the vocabulary of "
+                                  f"{self.vocab_size}")
         if self.pos_encoding == "sinusoidal_per_level" and any(d % 2 for d in self.levels):
             raise ConfigError("sinusoidal positional encoding needs every level to be even")
         for d in self.levels:
@@ -90,8 +97,13 @@ class MatryoshkaConfig:
         )
 
     def to_dict(self) -> dict:
+        """The fields that mean something for this input kind (a text model's config has no
+        image_size, an image model's no vocab_size)."""
         d = dataclasses.asdict(self)
         d["levels"] = list(self.levels)
+        for name in KIND_FIELDS:
+            if self.input_kind not in KIND_FIELDS[name]:
+                del d[name]
         return d
 
     def to_json(self) -> str:
@@ -104,6 +116,13 @@ class MatryoshkaConfig:
         if unknown:
             raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
         return cls(**d)
+
+
+INPUT_KINDS = ("image", "tokens", "text")
+# Fields that belong to some input kinds only: written to config.json for those alone.
+KIND_FIELDS = {"image_size": ("image",), "patch_size": ("image",), "pixel_scale": ("image",),
+               "vocab_size": ("tokens", "text"), "max_len": ("tokens", "text"),
+               "pad_id": ("text",)}
 
 
 def _is_int(v) -> bool:
@@ -177,6 +196,17 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(
         d_model=64, levels=(16, 32, 64), n_layers=2, head_dim=8, d_mid=96,
         image_size=8, patch_size=4, n_classes=10, name="tiny",
+    ),
+    # Raw text on a 2-core CPU: widths 32..256, 2 blocks, 128 tokens; vocab_size, n_classes
+    # and max_len follow the data and the tokenizer (train --vocab-size, --max-len).
+    "text": dict(
+        d_model=256, levels=(32, 64, 128, 256), n_layers=2, head_dim=16, d_mid=512,
+        input_kind="text", vocab_size=8000, max_len=128, n_classes=2, name="text",
+    ),
+    # Test-sized text model.
+    "tiny-text": dict(
+        d_model=32, levels=(8, 16, 32), n_layers=2, head_dim=8, d_mid=64,
+        input_kind="text", vocab_size=200, max_len=32, n_classes=2, name="tiny-text",
     ),
 }
 

@@ -101,7 +101,9 @@ class NestedAttention(nn.Module):
         self.o = NestedLinear("d", "d", width, d_model)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dim: int,
+                key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """key_bias [batch, 1, 1, n]: 0 for a real key, MASKED for padding (text input)."""
         b, n, _ = x.shape
         heads = dim // self.head_dim
 
@@ -110,6 +112,8 @@ class NestedAttention(nn.Module):
 
         q, k, v = split(self.q(x, dim)), split(self.k(x, dim)), split(self.v(x, dim))
         scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
+        if key_bias is not None:
+            scores = scores + key_bias
         ctx = torch.matmul(torch.softmax(scores, dim=-1), v)
         ctx = ctx.transpose(1, 2).reshape(b, n, dim)
         return self.drop(self.o(ctx, dim))
@@ -146,12 +150,19 @@ class NestedBlock(nn.Module):
         self.ln2 = NestedLayerNorm(levels, per_level_norm)
         self.ffn = NestedFFN(width, d_model, dropout)
 
-    def forward(self, h: torch.Tensor, dim: int) -> torch.Tensor:
-        h = h + self.attn(self.ln1(h, dim), dim)
+    def forward(self, h: torch.Tensor, dim: int,
+                key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        h = h + self.attn(self.ln1(h, dim), dim, key_bias)
         return h + self.ffn(self.ln2(h, dim), dim)
 
     def view(self, dim: int) -> View:
         return _merge(dim, ln1=self.ln1, attn=self.attn, ln2=self.ln2, ffn=self.ffn)
+
+
+# Added to the attention score of a padded key. Finite (not -inf), so that even a row of
+# padding alone stays finite; exp(MASKED - max) is exactly 0.0 in float32, so a real row's
+# attention weights are the same as without the padding.
+MASKED = -1e9
 
 
 def sinusoid(n: int, dim: int) -> torch.Tensor:

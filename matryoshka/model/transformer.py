@@ -11,6 +11,7 @@ from torch import nn
 from matryoshka.errors import ConfigError
 from matryoshka.model.config import MatryoshkaConfig, validate_levels
 from matryoshka.model.layers import (
+    MASKED,
     NestedBlock,
     NestedLayerNorm,
     NestedLinear,
@@ -80,16 +81,31 @@ class MatryoshkaTransformer(nn.Module):
     def forward(self, x: torch.Tensor, level: int | None = None, return_hidden: bool = False):
         """Logits [batch, n_classes] at width `level` (default d_model).
 
+        Text input: mask = (ids != pad_id) is computed here, from the ids alone, so the graph
+        takes one tensor; padded keys get no attention weight and pooling is the masked mean,
+        which makes a row's logits the same alone and inside a padded batch.
         With return_hidden, also the list of every block's output h^(l,i), [batch, n, dim].
         """
         dim = self.check_level(level)
         h = self.tokens(x, dim)
+        mask = self.mask(x)
+        key_bias = None if mask is None else ((~mask)[:, None, None, :]).to(h.dtype) * MASKED
         hidden = []
         for block in self.blocks:
-            h = block(h, dim)
+            h = block(h, dim, key_bias)
             hidden.append(h)
-        logits = self.head(self.ln_f(h, dim).mean(dim=1), dim)
+        h = self.ln_f(h, dim)
+        if mask is None:
+            pooled = h.mean(dim=1)
+        else:
+            m = mask.unsqueeze(-1).to(h.dtype)
+            pooled = (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+        logits = self.head(pooled, dim)
         return (logits, hidden) if return_hidden else logits
+
+    def mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """[batch, n] True at real tokens, for text input; None for every other kind."""
+        return x != self.config.pad_id if self.config.input_kind == "text" else None
 
     def view(self, dim: int) -> View:
         """Map each parameter of the standalone width-`dim` model to (own name, slices)."""

@@ -36,7 +36,7 @@ def check_input(x, spec: dict) -> np.ndarray:
         if isinstance(expected, int) and got != expected:
             raise InputError(f"input axis {axis} must be {expected} (shape {_fmt(shape)}); "
                              f"got shape {x.shape}")
-    if x.ndim >= 2 and x.shape[1] == 0 and spec.get("kind") == "tokens":
+    if x.ndim >= 2 and x.shape[1] == 0 and spec.get("kind") in ("tokens", "text"):
         raise InputError("sequences must hold at least one token")
     if want.kind == "f":
         if kind == "c":
@@ -58,6 +58,11 @@ def check_input(x, spec: dict) -> np.ndarray:
     if vocab and x.size and (x.min() < 0 or x.max() >= vocab):
         raise InputError(f"token ids must be in [0, {vocab}); got ids from {int(x.min())} "
                          f"to {int(x.max())}")
+    if spec.get("kind") == "text" and x.size:
+        empty = np.flatnonzero((x == spec.get("pad_id", 0)).all(axis=1))
+        if len(empty):
+            raise InputError(f"{len(empty)} row(s) hold only padding (first: row {empty[0]}); "
+                             "every text needs at least one token")
     return np.ascontiguousarray(x, dtype=want)
 
 
