@@ -23,7 +23,7 @@ from matryoshka.calibration.thresholds import (
     nll,
     simulate,
 )
-from matryoshka.data import dataset_sha256, load_dataset
+from matryoshka.data.source import for_export
 from matryoshka.errors import ConfigError, DataError
 from matryoshka.io import sha256_file, temp_path, writing
 from matryoshka.logs import quiet_root_logger
@@ -61,24 +61,26 @@ def check_args(target: str, epsilon: float, delta: float, split: str, variant: s
         raise ConfigError(f"--method must be one of {', '.join(INT8_METHODS)}; got {method!r}")
 
 
-def calibrate(export_dir: str | Path, data: str = "demo", split: str = "val",
+def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val",
               target: str = "agreement", epsilon: float = 0.02, delta: float = 0.1,
               variant: str = "fp32", int8: str | None = None, method: str = "minmax",
               progress: bool = True) -> dict:
     """Calibrate an export folder in place (atomically); returns the calibration record.
+
+    data: 'demo', a .npz or a text file [the data the export was made from].
 
     >>> rec = calibrate("artifacts/demo/export", epsilon=0.02, delta=0.1)  # doctest: +SKIP
     >>> rec["thresholds"], rec["test"]["relative_cost"]                    # doctest: +SKIP
     """
     check_args(target, epsilon, delta, split, variant, int8, method)
     export_dir = Path(export_dir)
-    read_manifest(export_dir)  # a missing or broken folder is reported before the data loads
-    dataset = load_dataset(data)
+    # a missing or broken folder is reported before the data loads
+    dataset, data_record = for_export(export_dir, read_manifest(export_dir), data)
     with manifest_writer(export_dir) as manifest:
         spec = manifest["input"]
         x_cal, y_cal = check_input(dataset[split][0], spec), dataset[split][1]
         x_test, y_test = check_input(dataset["test"][0], spec), dataset["test"][1]
-        check_labels(dataset, manifest["output"]["shape"][-1], data)
+        check_labels(dataset, manifest["output"]["shape"][-1], data or "the export's data")
         if variant == "int8" and int8 is None and any("int8" not in lv
                                                       for lv in manifest["levels"]):
             raise ConfigError("--variant int8 needs int8 graphs: add --int8 static, or export "
@@ -90,8 +92,8 @@ def calibrate(export_dir: str | Path, data: str = "demo", split: str = "val",
         rt = Runtime.from_manifest(export_dir, manifest, device="cpu", variant=variant)
         record = _calibrate_thresholds(rt, x_cal, y_cal, x_test, y_test, target, epsilon,
                                        delta, progress)
-        record.update(variant=variant, split=split, data=str(data),
-                      data_sha256=dataset_sha256(data),
+        record.update(variant=variant, split=split, data=data_record,
+                      data_sha256=data_record.get("sha256"),
                       created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         manifest.setdefault("calibration", {})[variant] = record
         commit_manifest(export_dir, manifest)

@@ -20,24 +20,36 @@ import torch
 from tqdm import tqdm
 
 from matryoshka import __version__
-from matryoshka.data import dataset_sha256, load_dataset
+from matryoshka.data.source import as_input, class_names, resolve
 from matryoshka.errors import ConfigError, DataError
 from matryoshka.exporter.graph import input_spec, to_onnx
 from matryoshka.exporter.validate import cpu_session, run_graph, validate_level
-from matryoshka.io import LOCK, check_out_dir, make_dir, sha256_file, temp_path, writing
+from matryoshka.io import (
+    LOCK,
+    check_out_dir,
+    make_dir,
+    sha256_bytes,
+    sha256_file,
+    temp_path,
+    write_bytes_atomic,
+    writing,
+)
 from matryoshka.logs import quiet_root_logger
 from matryoshka.model import count_params, extract_level, flops_per_sample, validate_levels
-from matryoshka.model.checkpoint import checkpoint_sha256, load_checkpoint
+from matryoshka.model.checkpoint import checkpoint_sha256, checkpoint_tokenizer, load_checkpoint
 from matryoshka.runtime.bench import BENCH_JSON, BENCH_MD
 from matryoshka.runtime.manifest import (
     SCHEMA_VERSION,
+    TOKENIZER_FILE,
     commit_manifest,
+    free_name,
     graph_name,
     install,
     level_file,
     manifest_writer,
     named_files,
 )
+from matryoshka.runtime.text import load_tokenizer
 
 log = logging.getLogger(__name__)
 EXPORTER = "torchscript"
@@ -77,15 +89,17 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
     for d in check_export_levels(levels, cfg.head_dim, cfg.d_model, cfg.levels):
         log.warning("level %d was not trained (trained: %s); its accuracy may be poor",
                     d, ",".join(map(str, cfg.levels)))
-    data_name = data or metrics.get("data") or "demo"
-    dataset = load_dataset(data_name)
+    tokenizer_json = checkpoint_tokenizer(checkpoint, cfg)
+    tokenizer = load_tokenizer(tokenizer_json) if tokenizer_json is not None else None
+    dataset, record = resolve(data, metrics.get("data") or "demo", tokenizer)
     x_test, y_test = dataset["test"]
-    x_test = _as_input(x_test, cfg.input_kind)
+    x_test = as_input(x_test, cfg.input_kind)
     expected = tuple(input_spec(model)["shape"][1:])
     if cfg.input_kind == "image" and x_test.shape[1:] != expected:
         raise DataError(f"the data's samples are {x_test.shape[1:]}, the model takes {expected}")
     ck_sha = checkpoint_sha256(checkpoint)
-    manifest = _manifest_head(model, checkpoint, ck_sha, data_name, opset, simplify)
+    manifest = _manifest_head(model, checkpoint, ck_sha, record, opset, simplify)
+    manifest["output"]["labels"] = metrics.get("labels") or class_names(record, cfg.n_classes)
     created = not out.exists()
     make_dir(out)
     try:
@@ -93,6 +107,9 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
             if current is not None and not force:  # another export won the race for the folder
                 raise ConfigError(f"--out {out} already exists; pass --force to replace it")
             named = named_files(current)
+            if tokenizer is not None:
+                manifest["tokenizer"] = _install_tokenizer(out, tokenizer_json, tokenizer,
+                                                           named)
             bar = tqdm(levels, desc="export", unit="level", disable=None if progress else True,
                        leave=False)
             for dim in bar:
@@ -115,6 +132,17 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
     return manifest
 
 
+def _install_tokenizer(out: Path, data: bytes, tokenizer, named: dict[str, str]) -> dict:
+    """Copy the checkpoint's tokenizer.json into the export; its manifest entry."""
+    from matryoshka.data.tokenizer import tokenizer_info
+
+    sha = sha256_bytes(data)
+    name = free_name(TOKENIZER_FILE, sha, named)
+    if name not in named:
+        write_bytes_atomic(out / name, data)
+    return {"file": name, "sha256": sha, **tokenizer_info(tokenizer)}
+
+
 def _remove_if_empty(out: Path) -> None:
     """Remove a folder this export made, when the failed export left only its lock in it."""
     try:
@@ -125,11 +153,7 @@ def _remove_if_empty(out: Path) -> None:
         pass
 
 
-def _as_input(x: np.ndarray, kind: str) -> np.ndarray:
-    return x.astype(np.float32) if kind == "image" else x.astype(np.int64)
-
-
-def _manifest_head(model, checkpoint, ck_sha, data_name, opset, simplify) -> dict:
+def _manifest_head(model, checkpoint, ck_sha, record: dict, opset, simplify) -> dict:
     import onnxsim
 
     return {
@@ -139,8 +163,8 @@ def _manifest_head(model, checkpoint, ck_sha, data_name, opset, simplify) -> dic
                      "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                      "onnxsim": getattr(onnxsim, "__version__", "?"),
                      "python": platform.python_version()},
-        "checkpoint": {"path": str(checkpoint), "sha256": ck_sha},
-        "data": {"name": str(data_name), "sha256": dataset_sha256(data_name)},
+        "checkpoint": {"path": str(Path(checkpoint).resolve()), "sha256": ck_sha},
+        "data": record,
         "model": model.config.to_dict(),
         "input": input_spec(model),
         "output": {"name": "logits", "dtype": "float32",

@@ -5,6 +5,7 @@ from matryoshka.model.config import (
     MatryoshkaConfig,
     parse_levels,
     preset,
+    resize,
     validate_levels,
 )
 from matryoshka.model.transformer import (
@@ -23,5 +24,6 @@ __all__ = [
     "flops_per_sample",
     "parse_levels",
     "preset",
+    "resize",
     "validate_levels",
 ]

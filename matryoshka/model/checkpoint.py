@@ -13,17 +13,29 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from matryoshka.errors import ArtifactError, ConfigError, MissingArtifactError
-from matryoshka.io import publish, read_json_object, sha256_file, write_json_atomic, writing
+from matryoshka.io import (
+    publish,
+    read_json_object,
+    sha256_file,
+    write_bytes_atomic,
+    write_json_atomic,
+    writing,
+)
 from matryoshka.model.config import MatryoshkaConfig
 from matryoshka.model.transformer import MatryoshkaTransformer
 
 CONFIG, WEIGHTS, METRICS = "config.json", "model.safetensors", "metrics.json"
+TOKENIZER = "tokenizer.json"
 TRAIN_HINT = "matryoshka train --preset demo --data demo --out artifacts/demo/checkpoint"
 
 
-def save_checkpoint(folder: str | Path, model: MatryoshkaTransformer, metrics: dict) -> None:
-    """Write the three files into `folder` (the caller makes the folder itself atomic)."""
+def save_checkpoint(folder: str | Path, model: MatryoshkaTransformer, metrics: dict,
+                    files: dict[str, bytes] | None = None) -> None:
+    """Write the three files, and `files` (tokenizer.json for text), into `folder` (the
+    caller makes the folder itself atomic)."""
     folder = Path(folder)
+    for name, data in (files or {}).items():
+        write_bytes_atomic(folder / name, data)
     write_json_atomic(folder / CONFIG, model.config.to_dict())
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with writing(folder / WEIGHTS):
@@ -66,8 +78,18 @@ def load_checkpoint(folder: str | Path) -> tuple[MatryoshkaTransformer, dict]:
     return model.eval(), metrics
 
 
+def checkpoint_tokenizer(folder: str | Path, config: MatryoshkaConfig) -> bytes | None:
+    """The bytes of the checkpoint's tokenizer.json; a text model must have one."""
+    path = Path(folder) / TOKENIZER
+    if config.input_kind != "text":
+        return None
+    if not path.is_file():
+        raise MissingArtifactError(f"checkpoint {folder} is a text model but lacks {TOKENIZER}")
+    return path.read_bytes()
+
+
 def checkpoint_sha256(folder: str | Path) -> str:
     return sha256_file(Path(folder) / WEIGHTS)
 
 
-__all__ = ["load_checkpoint", "save_checkpoint", "checkpoint_sha256"]
+__all__ = ["checkpoint_sha256", "checkpoint_tokenizer", "load_checkpoint", "save_checkpoint"]

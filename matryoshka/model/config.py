@@ -211,6 +211,38 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def resize(cfg: MatryoshkaConfig, d_model: int | None = None,
+           levels: tuple[int, ...] | None = None, n_layers: int | None = None,
+           head_dim: int | None = None, d_mid: int | None = None,
+           ffn_mult: float | None = None, max_len: int | None = None) -> MatryoshkaConfig:
+    """A preset with its size changed from the command line, the rest following sensibly:
+    --levels alone sets d_model to its last width; --d-model alone scales the preset's levels;
+    the FFN keeps the preset's d_mid/d_model ratio unless --d-mid or --ffn-mult says.
+
+    >>> resize(preset("demo"), levels=(32, 64, 128)).d_model
+    128
+    """
+    if d_mid is not None and ffn_mult is not None:
+        raise ConfigError("give --d-mid or --ffn-mult, not both")
+    if levels is not None and d_model is None:
+        validate_levels(levels, 1, max(levels), trained=False)  # the order, before d_model
+        d_model = levels[-1]
+    if d_model is not None and levels is None:
+        levels = tuple(d * d_model // cfg.d_model for d in cfg.levels)
+        if any(d * d_model % cfg.d_model for d in cfg.levels) or len(set(levels)) < len(levels):
+            raise ConfigError(f"--d-model {d_model} cannot scale the preset's levels "
+                              f"{','.join(map(str, cfg.levels))}; pass --levels too")
+    d_model = cfg.d_model if d_model is None else d_model
+    if d_mid is None:
+        ratio = cfg.d_mid / cfg.d_model if ffn_mult is None else ffn_mult
+        d_mid = max(1, round(ratio * d_model))
+    changes = {"d_model": d_model, "levels": levels or cfg.levels, "d_mid": d_mid,
+               "n_layers": n_layers or cfg.n_layers, "head_dim": head_dim or cfg.head_dim}
+    if max_len is not None:
+        changes["max_len"] = max_len
+    return dataclasses.replace(cfg, **changes)
+
+
 def preset(name: str, **overrides) -> MatryoshkaConfig:
     """A named preset, optionally with some fields replaced.
 
@@ -222,4 +254,4 @@ def preset(name: str, **overrides) -> MatryoshkaConfig:
     return MatryoshkaConfig(**{**PRESETS[name], **overrides})
 
 
-__all__ = ["MatryoshkaConfig", "PRESETS", "preset", "parse_levels", "validate_levels"]
+__all__ = ["MatryoshkaConfig", "PRESETS", "preset", "parse_levels", "resize", "validate_levels"]

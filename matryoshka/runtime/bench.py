@@ -114,32 +114,47 @@ def matmul_peak_gflops(providers: list[str], threads: int | None, sizes=(512, 10
 
 
 def bench_level(graph: bytes, providers: list[str], threads: int | None, input_name: str,
-                x: np.ndarray, batches: list[int], warmup: int, iters: int, flops: float,
-                peak: float, dim: int) -> list[dict]:
-    """Load one graph (timing the load and its memory), then time it at every batch size.
-
-    `graph` holds the bytes already checked against the manifest's sha256."""
+                inputs: dict[int, np.ndarray], warmup: int, iters: int, flops: float,
+                peak: float, dim: int, pad_id: int | None = None) -> list[dict]:
+    """Load one graph (timing the load and its memory), then time it on each batch of
+    `inputs` (batch size -> rows). `graph` holds the bytes already checked against the
+    manifest's sha256; with a pad_id (text), real tokens per second are counted too."""
     before = rss_mb()
     t0 = time.perf_counter()
     session = ort.InferenceSession(graph, session_options(threads), providers=providers)
     load_ms = (time.perf_counter() - t0) * 1e3
     grown = rss_mb() - before
     rows = []
-    for b in batches:
-        xb = batch_of(x, b)
+    for b, xb in inputs.items():
         t = time_call(lambda xb=xb: session.run(None, {input_name: xb}), warmup, iters)
-        gflops = flops * b / (t["p50_ms"] / 1e3) / 1e9
-        rows.append({"level": dim, "batch": b, **t, "throughput": b / (t["p50_ms"] / 1e3),
-                     "gflops": gflops, "roofline": gflops / peak if peak else None,
-                     "load_ms": load_ms, "rss_mb": grown, "bytes": len(graph),
-                     "providers": session.get_providers()})
+        seconds = t["p50_ms"] / 1e3
+        gflops = flops * b / seconds / 1e9
+        row = {"level": dim, "batch": b, **t, "throughput": b / seconds,
+               "gflops": gflops, "roofline": gflops / peak if peak else None,
+               "load_ms": load_ms, "rss_mb": grown, "bytes": len(graph),
+               "providers": session.get_providers()}
+        if pad_id is not None:
+            row["seq"] = int(xb.shape[1])
+            row["tokens_per_s"] = float((xb != pad_id).sum()) / seconds
+        rows.append(row)
     return rows
 
 
-def batch_of(x: np.ndarray, b: int) -> np.ndarray:
-    """b real samples, cycling through x when it has fewer."""
+def batch_of(x: np.ndarray, b: int, pad_id: int | None = None,
+             seq_len: int | None = None) -> np.ndarray:
+    """b real samples, cycling through x when it has fewer. Text (a pad_id): the batch is
+    as long as its longest row (the data's own length mix), or exactly seq_len ids."""
     idx = np.arange(b) % len(x)
-    return np.ascontiguousarray(x[idx])
+    xb = x[idx]
+    if pad_id is not None:
+        real = (xb != pad_id).sum(axis=1)
+        width = int(real.max()) if seq_len is None else seq_len
+        if width > xb.shape[1]:
+            xb = np.pad(xb, ((0, 0), (0, width - xb.shape[1])), constant_values=pad_id)
+        xb = xb[:, :width]
+        if seq_len is not None:  # every row exactly seq_len real ids: fill with [UNK] (1)
+            xb = np.where(xb == pad_id, 1, xb).astype(x.dtype)
+    return np.ascontiguousarray(xb)
 
 
 # -- bench.json and select_level -------------------------------------------------------------
@@ -158,7 +173,8 @@ def store_record(folder: Path, record: dict) -> dict:
     Call with the folder's writer lock held (`run_bench` does)."""
     data = read_bench(folder)
     def key(r: dict) -> tuple:
-        return r.get("device"), r.get("provider"), r.get("threads"), r.get("variant", "fp32")
+        return (r.get("device"), r.get("provider"), r.get("threads"), r.get("variant", "fp32"),
+                r.get("seq_len"))
 
     data["records"] = [r for r in data["records"] if key(r) != key(record)]
     data["records"].append(record)
@@ -199,14 +215,15 @@ def bench_markdown(data: dict) -> str:
                   f"{rec.get('variant', 'fp32')}", "",
                   f"Measured {rec['created']} with onnxruntime {rec['onnxruntime']}; "
                   f"MatMul peak {rec['peak_gflops']:.1f} GFLOP/s.", "",
-                  "| level | batch | p50 ms | p90 ms | p99 ms | samples/s | GFLOP/s | roofline "
-                  "| load ms | RSS MB | size KB | accuracy |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| level | batch | p50 ms | p90 ms | p99 ms | samples/s | tokens/s | GFLOP/s "
+                  "| roofline | load ms | RSS MB | size KB | accuracy |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rec["results"]:
             acc = rec.get("accuracy", {}).get(str(r["level"]))
+            tokens = f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else ""
             lines.append(
                 f"| {r['level']} | {r['batch']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
-                f"{r['p99_ms']:.3f} | {r['throughput']:.0f} | {r['gflops']:.1f} | "
+                f"{r['p99_ms']:.3f} | {r['throughput']:.0f} | {tokens} | {r['gflops']:.1f} | "
                 f"{r['roofline']:.2f} | {r['load_ms']:.1f} | {r['rss_mb']:.1f} | "
                 f"{r['bytes'] / 1024:.0f} | {'' if acc is None else f'{acc:.4f}'} |")
         if rec.get("baselines"):
@@ -238,8 +255,11 @@ def run_bench(folder: str | Path, device: str = "cpu", batches: list[int] | None
               warmup: int = 10, iters: int = 100, threads: int | None = None,
               x: np.ndarray | None = None, y: np.ndarray | None = None,
               baselines: dict[str, Baseline] | None = None, notes: list[str] | None = None,
-              progress: bool = True, variant: str = "fp32") -> dict:
+              progress: bool = True, variant: str = "fp32", seq_len: int | None = None) -> dict:
     """Measure every level of an export on this device; store and return the record.
+
+    Text exports are timed on batches as long as their longest row (the data's own length
+    mix), or at exactly `seq_len` tokens per row.
 
     >>> rec = run_bench("artifacts/demo/export", x=x_test, y=y_test)  # doctest: +SKIP
     """
@@ -256,37 +276,43 @@ def run_bench(folder: str | Path, device: str = "cpu", batches: list[int] | None
     with writer_lock(folder):
         rt = Runtime.open(folder, device=device, threads=threads, variant=variant)
         record = _measure(rt, x, y, batches, warmup, iters, threads, baselines or {},
-                          notes or [], progress)
+                          notes or [], progress, seq_len)
         store_record(Path(folder), record)
     return record
 
 
 def _measure(rt, x: np.ndarray, y: np.ndarray | None, batches: list[int], warmup: int,
              iters: int, threads: int | None, baselines: dict[str, Baseline],
-             notes: list[str], progress: bool) -> dict:
+             notes: list[str], progress: bool, seq_len: int | None = None) -> dict:
     from matryoshka.runtime.inputs import check_input
 
     x = check_input(x, rt.input_spec)
+    pad = rt.input_spec.get("pad_id", 0) if rt.input_spec.get("kind") == "text" else None
+    if seq_len is not None and (pad is None or not 1 <= seq_len <= rt.input_spec["max_len"]):
+        raise ConfigError(f"--seq-len needs a text export and 1 <= seq_len <= "
+                          f"{rt.input_spec.get('max_len')}; got {seq_len}")
+    inputs = {b: batch_of(x, b, pad, seq_len) for b in batches}
     providers = rt._providers
     active = rt.providers[rt.levels[-1]]
     record = new_record(active[0], threads, matmul_peak_gflops(providers, threads))
     record["variant"], record["notes"] = rt.variant, list(notes)
     record["providers"] = active
+    if pad is not None:
+        record["seq_len"] = seq_len or "the data's length mix"
     flops = {lv["dim"]: float(lv["flops_per_sample"]) for lv in rt.manifest["levels"]}
     steps = len(rt.levels) * (1 + len(baselines))
     bar = _progress(steps, progress)
     for dim in rt.levels:
         record["results"] += bench_level(rt.graph_bytes(dim), providers, threads,
-                                         rt.input_spec["name"], x, batches, warmup, iters,
-                                         flops[dim], record["peak_gflops"], dim)
+                                         rt.input_spec["name"], inputs, warmup, iters,
+                                         flops[dim], record["peak_gflops"], dim, pad)
         bar.update(1)
     for name, fn in baselines.items():
         for dim in rt.levels:
             if name == "padded" and dim == rt.levels[-1]:
                 bar.update(1)
                 continue  # the full level padded to itself is the full level
-            for b in batches:
-                xb = batch_of(x, b)
+            for b, xb in inputs.items():
                 session = rt._session(dim)
                 mine, theirs = time_pair(
                     lambda s=session, xb=xb: s.run(None, {rt.input_spec["name"]: xb}),
@@ -300,7 +326,7 @@ def _measure(rt, x: np.ndarray, y: np.ndarray | None, batches: list[int], warmup
         record["accuracy"] = {str(d): float((rt.predict(x, level=d).labels == y).mean())
                               for d in rt.levels}
         if rt.calibration() and rt.calibration().get("thresholds") is not None:
-            record["cascade"] = [cascade_row(rt, x, y, b, flops) for b in batches]
+            record["cascade"] = [cascade_row(rt, x, y, b, flops, pad) for b in batches]
     return record
 
 
@@ -323,12 +349,16 @@ def _progress(total: int, enabled: bool):
 
 
 def cascade_row(rt, x: np.ndarray, y: np.ndarray, batch: int, flops: dict,
-                repeats: int = 5) -> dict:
+                pad_id: int | None = None, repeats: int = 5) -> dict:
     """Run the calibrated cascade over x in batches: accuracy, time per sample (the median
-    of `repeats` timed passes after one untimed pass), exit fractions and relative cost."""
+    of `repeats` timed passes after one untimed pass), exit fractions and relative cost.
+    Text batches are cut to their longest row."""
+    chunks = [x[i:i + batch] for i in range(0, len(x), batch)]
+    if pad_id is not None:
+        chunks = [c[:, :int((c != pad_id).sum(axis=1).max())] for c in chunks]
 
     def one_pass():
-        outs = [rt.predict(x[i:i + batch]) for i in range(0, len(x), batch)]
+        outs = [rt.predict(c) for c in chunks]
         return np.concatenate([o.levels for o in outs]), np.concatenate([o.labels for o in outs])
 
     lv, lab = one_pass()
@@ -353,12 +383,19 @@ def bench_table(record: dict) -> str:
             f"{'level':>6} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
             f"{'samples/s':>10} {'GFLOP/s':>8} {'roofline':>8} {'load ms':>8} {'RSS MB':>7} "
             f"{'acc':>7}"]
+    text = any("tokens_per_s" in r for r in record["results"])
+    if text:
+        rows[0] += f" | sequence length: {record.get('seq_len')}"
+        rows[1] += f" {'seq':>5} {'tokens/s':>10}"
     for r in record["results"]:
         acc = record.get("accuracy", {}).get(str(r["level"]))
-        rows.append(f"{r['level']:>6} {r['batch']:>5} {r['p50_ms']:>9.3f} {r['p90_ms']:>9.3f} "
-                    f"{r['p99_ms']:>9.3f} {r['throughput']:>10.0f} {r['gflops']:>8.1f} "
-                    f"{r['roofline']:>8.2f} {r['load_ms']:>8.1f} {r['rss_mb']:>7.1f} "
-                    f"{'' if acc is None else f'{acc:.4f}':>7}")
+        row = (f"{r['level']:>6} {r['batch']:>5} {r['p50_ms']:>9.3f} {r['p90_ms']:>9.3f} "
+               f"{r['p99_ms']:>9.3f} {r['throughput']:>10.0f} {r['gflops']:>8.1f} "
+               f"{r['roofline']:>8.2f} {r['load_ms']:>8.1f} {r['rss_mb']:>7.1f} "
+               f"{'' if acc is None else f'{acc:.4f}':>7}")
+        if text:
+            row += f" {r['seq']:>5} {r['tokens_per_s']:>10.0f}"
+        rows.append(row)
     for b in record.get("baselines", []):
         rows.append(f"baseline {b['name']:<7} level {b['level']:>4} batch {b['batch']:>3}: "
                     f"p50 {b['p50_ms']:.3f} ms vs sliced {b['sliced_p50_ms']:.3f} ms "

@@ -23,8 +23,10 @@ MANIFEST = "manifest.json"
 DTYPES = ("float32", "int64")
 BARE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-# Graph files the exporter and calibrate write; only these are ever deleted by a writer.
-GRAPH_FILE = re.compile(r"^level-\d{4}(-[0-9a-f]{8,64})?(\.[a-z0-9]+)?\.onnx$")
+# Files the exporter and calibrate write; only these are ever deleted by a writer.
+GRAPH_FILE = re.compile(r"^(level-\d{4}(-[0-9a-f]{8,64})?(\.[a-z0-9]+)?\.onnx"
+                        r"|tokenizer(-[0-9a-f]{8,64})?\.json)$")
+TOKENIZER_FILE = "tokenizer.json"
 
 
 def level_file(dim: int, variant: str = "fp32", tag: str | None = None) -> str:
@@ -86,6 +88,12 @@ def check_manifest(m: dict, path: str | Path = MANIFEST) -> None:
         dims.append(lv["dim"])
     if any(b <= a for a, b in zip(dims, dims[1:])):
         raise bad(f"level dims must be strictly increasing; got {dims}")
+    if "tokenizer" in m:
+        _check_file_entry(m["tokenizer"], "tokenizer", bad)
+    labels = m["output"].get("labels")
+    if labels is not None and not (isinstance(labels, list) and len(labels) == shape[-1]
+                                   and all(isinstance(x, str) for x in labels)):
+        raise bad(f"output.labels must be {shape[-1]} class names")
     _check_calibration(m.get("calibration"), len(dims), bad)
 
 
@@ -142,22 +150,31 @@ def _positive_int(v) -> bool:
 def named_files(manifest: dict | None) -> dict[str, str]:
     """Every file the manifest names, with its sha256."""
     named = {}
-    for lv in (manifest or {}).get("levels", []):
+    manifest = manifest or {}
+    for lv in manifest.get("levels", []):
         for entry in (lv, lv.get("int8")):
             if entry:
                 named[entry["file"]] = entry["sha256"]
+    if manifest.get("tokenizer"):
+        named[manifest["tokenizer"]["file"]] = manifest["tokenizer"]["sha256"]
     return named
 
 
 def graph_name(dim: int, variant: str, sha256: str, named: dict[str, str]) -> str:
-    """The name a new graph gets: the plain name unless the committed manifest names it for
-    other bytes, then a name tagged with the new bytes' sha256 (a writer never overwrites a
-    file that the committed manifest names)."""
-    for tag in (None, sha256[:8], sha256):
-        name = level_file(dim, variant, tag)
+    """The name a new graph gets (see `free_name`)."""
+    return free_name(level_file(dim, variant), sha256, named)
+
+
+def free_name(plain: str, sha256: str, named: dict[str, str]) -> str:
+    """`plain` unless the committed manifest names it for other bytes, then `plain` tagged
+    with the new bytes' sha256 ('level-0064-1a2b3c4d.onnx'): a writer never overwrites a file
+    that the committed manifest names. A name already holding these bytes is reused."""
+    stem, dot, rest = plain.partition(".")
+    for tag in ("", f"-{sha256[:8]}", f"-{sha256}"):
+        name = f"{stem}{tag}{dot}{rest}"
         if named.get(name, sha256) == sha256:
             return name
-    raise ArtifactError(f"no free file name for level {dim} ({variant})")  # pragma: no cover
+    raise ArtifactError(f"no free file name for {plain}")  # pragma: no cover
 
 
 def install(folder: Path, tmp: Path, name: str, named: dict[str, str]) -> None:

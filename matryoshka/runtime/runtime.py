@@ -31,6 +31,27 @@ VARIANTS = ("fp32", "int8")
 DEFAULT_BATCH = 256  # rows per session.run in predict: bounds the activations' memory
 
 
+def _is_texts(x) -> bool:
+    """A list (or tuple) whose items are meant as strings: the text path of predict."""
+    if isinstance(x, str):
+        return True  # refused there with a clear message: predict([text])
+    return isinstance(x, (list, tuple)) and len(x) > 0 and any(isinstance(t, str) for t in x)
+
+
+def read_named(folder: Path, entry: dict) -> bytes:
+    """The file a manifest entry names, read once and checked against its sha256."""
+    path = folder / entry["file"]
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise MissingArtifactError(f"{path.name} named by the manifest is missing from "
+                                   f"{folder}") from None
+    if sha256_bytes(data) != entry["sha256"]:
+        raise ArtifactError(f"{path.name} does not match the sha256 in manifest.json; the "
+                            "file is corrupt or was changed after export")
+    return data
+
+
 class Runtime:
     """The graphs of one export folder, ready to predict.
 
@@ -52,6 +73,7 @@ class Runtime:
         self._active: dict[int, list[str]] = {}
         self._lock = threading.Lock()
         self._warned = False
+        self._tokenizer = None
 
     @classmethod
     def open(cls, folder: str | Path, device: str = "auto", threads: int | None = None,
@@ -95,6 +117,8 @@ class Runtime:
                 rt._session(dim)
             else:
                 rt.graph_bytes(dim)
+        if manifest.get("tokenizer"):
+            read_named(rt.folder, manifest["tokenizer"])  # a wrong tokenizer fails the open
         if device == "auto" and CUDA not in providers:
             log.warning("device='auto': CUDA is not available here, running on the CPU")
         return rt
@@ -116,16 +140,23 @@ class Runtime:
 
     def graph_bytes(self, dim: int) -> bytes:
         """The graph of level `dim`, read once and checked against the manifest's sha256."""
-        path = self.file(dim)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise MissingArtifactError(f"{path.name} named by the manifest is missing from "
-                                       f"{self.folder}") from None
-        if sha256_bytes(data) != self.entry(dim)["sha256"]:
-            raise ArtifactError(f"{path.name} does not match the sha256 in manifest.json; the "
-                                "file is corrupt or was changed after export")
-        return data
+        return read_named(self.folder, self.entry(dim))
+
+    @property
+    def tokenizer(self):
+        """The export's tokenizer (text exports; needs matryoshka[text]), loaded on first use
+        from bytes checked against the manifest's sha256; None for other exports."""
+        if self._tokenizer is None and self.manifest.get("tokenizer"):
+            from matryoshka.runtime.text import load_tokenizer
+
+            self._tokenizer = load_tokenizer(read_named(self.folder, self.manifest["tokenizer"]))
+        return self._tokenizer
+
+    @property
+    def class_names(self) -> list[str]:
+        """The name of each class (the data's labels), '0' .. 'n-1' where none were given."""
+        return list(self.manifest["output"].get("labels")
+                    or [str(i) for i in range(self.n_classes)])
 
     def _session(self, dim: int) -> ort.InferenceSession:
         session = self._sessions.get(dim)
@@ -220,11 +251,18 @@ class Runtime:
         - thresholds=[t_1..t_{k-1}]: the cascade with these thresholds.
         - neither: the calibrated cascade when the manifest has one, else the largest level.
 
+        x is an array as the graphs take it, or, for an export with a tokenizer, a list of
+        strings: they are tokenized exactly as in training, sorted by length into batches of
+        `batch_size` (a short text never pays for the longest one), and answered in input order.
+
         >>> out = rt.predict(x, thresholds=[0.9, 0.9, 0.9])  # doctest: +SKIP
         >>> out.labels, out.probs, out.confidence, out.levels  # doctest: +SKIP
+        >>> rt.predict(["free money now!!!", "lunch at noon?"]).labels  # doctest: +SKIP
         """
         if level is not None and thresholds is not None:
             raise ConfigError("give either level or thresholds, not both")
+        if _is_texts(x):
+            return self._predict_texts(x, level, thresholds)
         x = check_input(x, self.input_spec)
         temps = self.temperatures()
         if level is not None:
@@ -242,6 +280,25 @@ class Runtime:
         b = self.batch_size
         return concat([run_cascade(x[i:i + b], dims, thr, temps, self.run_level)
                        for i in range(0, len(x), b)])
+
+    def _predict_texts(self, texts, level, thresholds) -> Prediction:
+        from matryoshka.runtime.text import buckets, check_texts, encode, pad
+
+        if not self.manifest.get("tokenizer"):
+            raise ConfigError(f"{self.folder} has no tokenizer.json, so it takes token ids, "
+                              "not strings; export a model trained on raw text")
+        texts = check_texts(texts)
+        rows = encode(self.tokenizer, texts)
+        n = len(rows)
+        if n == 0:
+            return empty(self.n_classes)
+        labels, levels = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        probs, conf = np.zeros((n, self.n_classes), np.float32), np.zeros(n, np.float32)
+        for idx in buckets([len(r) for r in rows], self.batch_size):
+            out = self.predict(pad([rows[i] for i in idx]), level, thresholds)
+            labels[idx], levels[idx], probs[idx], conf[idx] = (out.labels, out.levels,
+                                                               out.probs, out.confidence)
+        return Prediction(labels, probs, conf, levels)
 
     def _check_thresholds(self, thresholds) -> list[float]:
         if isinstance(thresholds, (str, bytes)) or not hasattr(thresholds, "__len__"):

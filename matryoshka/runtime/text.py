@@ -46,7 +46,7 @@ def check_texts(texts) -> list[str]:
                              ) from None
     for i, t in enumerate(items):
         if not isinstance(t, str):
-            raise TextInputError(f"text {i} is a {type(t).__name__}, not a string")
+            raise TextInputError(f"text {i} is not a string (got {type(t).__name__} {t!r:.40})")
         if not t.strip():
             raise TextInputError(f"text {i} is empty; every text needs at least one word")
     return items

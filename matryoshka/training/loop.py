@@ -89,6 +89,10 @@ RECIPES: dict[str, dict] = {
     # which is also the distillation teacher, weighs 2; Hinton's KL(teacher || student).
     "demo": dict(epochs=60, alpha=(1.0, 1.0, 1.0, 2.0), distill_direction="teacher"),
     "tiny": dict(epochs=6, batch_size=64, lr=3e-3),
+    # Measured on the text demo (README, "Text demo").
+    "text": dict(epochs=6, batch_size=32, lr=1e-3, alpha=(1.0, 1.0, 1.0, 2.0),
+                 distill_direction="teacher"),
+    "tiny-text": dict(epochs=6, batch_size=32, lr=3e-3),
 }
 
 
@@ -137,10 +141,19 @@ def config_for_data(cfg: MatryoshkaConfig, data: Dataset) -> MatryoshkaConfig:
                                    max_len=x.shape[1], n_classes=n_classes)
     if x.ndim == 3 and x.shape[1] == x.shape[2]:
         scale = float(max(float(np.abs(v[0]).max()) for v in data.values())) or 1.0
-        return dataclasses.replace(cfg, image_size=x.shape[1], pixel_scale=scale,
-                                   n_classes=n_classes)
+        return dataclasses.replace(cfg, input_kind="image", image_size=x.shape[1],
+                                   pixel_scale=scale, n_classes=n_classes)
     raise DataError(f"cannot tell the input kind of samples shaped {tuple(x.shape[1:])}: "
                     "images must be [n, side, side], token ids [n, length] integers")
+
+
+def config_for_text(cfg: MatryoshkaConfig, tokenizer, n_classes: int) -> MatryoshkaConfig:
+    """The preset adapted to raw text: the tokenizer's vocabulary and truncation length."""
+    from matryoshka.runtime.text import PAD_ID
+
+    return dataclasses.replace(cfg, input_kind="text", vocab_size=tokenizer.get_vocab_size(),
+                               max_len=int(tokenizer.truncation["max_length"]),
+                               n_classes=n_classes, pad_id=PAD_ID)
 
 
 def levels_for_step(schedule: str, levels: tuple[int, ...], epoch: int, epochs: int,
@@ -234,10 +247,14 @@ def epoch_order(n: int, epoch: int, rng: np.random.Generator, sampler) -> torch.
 
 
 def train(cfg: MatryoshkaConfig, data: Dataset, tcfg: TrainConfig, out: str | Path,
-          force: bool = False, progress: bool = True, data_name: str = "",
-          init: MatryoshkaTransformer | None = None) -> dict:
+          force: bool = False, progress: bool = True, data_name: str | dict = "",
+          init: MatryoshkaTransformer | None = None, files: dict[str, bytes] | None = None,
+          labels: list[str] | None = None) -> dict:
     """Train a model and write its checkpoint folder to `out` atomically; returns metrics.
 
+    `data_name` is the data's record (matryoshka.data.source), kept in metrics.json so that
+    export, calibrate and bench find the same data; `labels` are the class names; `files`
+    are written into the checkpoint too (tokenizer.json for text).
     `init` starts from another model's weights (same config) instead of a random draw.
     Under torchrun the data is sharded over the ranks, gradients are all-reduced by DDP,
     metrics are reduced, and rank 0 alone writes the checkpoint.
@@ -250,7 +267,8 @@ def train(cfg: MatryoshkaConfig, data: Dataset, tcfg: TrainConfig, out: str | Pa
             with atomic_dir(out, force) as tmp:
                 metrics, model = _fit(cfg, data, tcfg, tmp, progress, data_name, init, d,
                                       alphas)
-                save_checkpoint(tmp, model, metrics)
+                metrics["labels"] = list(labels or [str(i) for i in range(cfg.n_classes)])
+                save_checkpoint(tmp, model, metrics, files)
         else:
             metrics, _ = _fit(cfg, data, tcfg, None, False, data_name, init, d, alphas)
     finally:

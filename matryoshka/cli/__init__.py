@@ -1,0 +1,19 @@
+"""The `matryoshka` command line (`matryoshka.cli:main`) and `mexport`.
+
+DESIGN.md, "Errors". Importing this package registers every command on the group.
+"""
+
+from matryoshka.cli import bench, calibrate, predict, train  # noqa: F401  (registers commands)
+from matryoshka.cli.core import cli
+from matryoshka.cli.export import mexport
+
+
+def main() -> None:
+    cli()
+
+
+def mexport_main() -> None:
+    mexport()
+
+
+__all__ = ["cli", "main", "mexport", "mexport_main"]

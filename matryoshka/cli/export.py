@@ -1,0 +1,69 @@
+"""`mexport` (also `matryoshka export`): one validated graph per level of a checkpoint."""
+
+from __future__ import annotations
+
+import click
+
+from matryoshka.cli.core import DEMO_CHECKPOINT, DEMO_EXPORT, Command, cli, debug_option
+
+
+def _export_options(f):
+    options = [
+        click.option("--levels", default=None,
+                     help="Widths to export, e.g. 64,128,256,512 [the trained levels]."),
+        click.option("--checkpoint", default=DEMO_CHECKPOINT, show_default=True,
+                     help="Checkpoint folder from `matryoshka train`."),
+        click.option("--out", default=DEMO_EXPORT, show_default=True,
+                     help="Export folder to write."),
+        click.option("--opset", type=int, default=17, show_default=True),
+        click.option("--no-simplify", is_flag=True, help="Skip onnxsim."),
+        click.option("--atol", type=float, default=1e-4, show_default=True,
+                     help="Absolute tolerance of the parity check against torch."),
+        click.option("--rtol", type=float, default=1e-3, show_default=True,
+                     help="Relative tolerance of the parity check against torch."),
+        click.option("--quantize", type=click.Choice(["none", "dynamic"]), default="none",
+                     show_default=True, help="Also write level-XXXX.int8.onnx (dynamic INT8)."),
+        click.option("--data", default=None,
+                     help="Validation data [the data the checkpoint was trained on]."),
+        click.option("--force", is_flag=True, help="Replace an existing --out."),
+        click.option("--no-progress", is_flag=True, help="Hide the progress bar."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _run_export(levels, checkpoint, out, opset, no_simplify, atol, rtol, quantize, data,
+                force, no_progress) -> None:
+    from matryoshka.model import parse_levels
+
+    parsed = parse_levels(levels) if levels is not None else None
+    from matryoshka.exporter import export as run_export
+    from matryoshka.exporter import export_table
+
+    manifest = run_export(checkpoint, out, parsed, opset=opset, simplify=not no_simplify,
+                          atol=atol, rtol=rtol, quantize=quantize, force=force, data=data,
+                          progress=not no_progress)
+    click.echo(export_table(manifest))
+    click.echo(f"{len(manifest['levels'])} graphs and manifest.json written to {out}")
+
+
+@cli.command("export")
+@_export_options
+def export_cmd(**kwargs) -> None:
+    """Export one validated ONNX graph per level (also installed as `mexport`).
+
+    Example: mexport --levels 64,128,256,512
+    """
+    _run_export(**kwargs)
+
+
+@click.command("mexport", cls=Command)
+@debug_option
+@_export_options
+def mexport(**kwargs) -> None:
+    """Export one validated ONNX graph per level of a checkpoint.
+
+    Example: mexport --levels 64,128,256,512
+    """
+    _run_export(**kwargs)

@@ -1,0 +1,185 @@
+"""`matryoshka train`: model size, data and recipe from the command line; writes a checkpoint.
+
+DESIGN.md, "Data flow" and "The model, made precise". Raw text (CSV, JSONL, a folder) gets a
+tokenizer trained on its training split, saved in the checkpoint beside the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from matryoshka.cli.core import DEMO_CHECKPOINT, cli, parse_floats
+
+POSITIVE = click.IntRange(min=1)
+
+
+@cli.command()
+@click.option("--preset", "preset_name", default=None,
+              help="Named architecture: demo, tiny, text or tiny-text [text for raw text, "
+              "else demo].")
+@click.option("--data", default="demo", show_default=True,
+              help="'demo' (bundled digits), a .npz with x_/y_ train, val and test, or raw "
+              "text: a .csv or .jsonl file (split by --split-seed) or a folder with "
+              "train/val/test files.")
+@click.option("--text-column", default="text", show_default=True, help="Raw text: the column "
+              "holding the text.")
+@click.option("--label-column", default="label", show_default=True,
+              help="Raw text: the column holding the label.")
+@click.option("--split-seed", type=int, default=0, show_default=True,
+              help="Raw text in one file: seed of its 80/10/10 train/val/test split.")
+@click.option("--out", default=DEMO_CHECKPOINT, show_default=True,
+              help="Checkpoint folder to write.")
+@click.option("--levels", default=None, help="Nested widths, e.g. 64,128,256,512 [the "
+              "preset's]; the last is d_model.")
+@click.option("--d-model", type=POSITIVE, default=None,
+              help="Full width [the last level; alone, it scales the preset's levels].")
+@click.option("--layers", type=POSITIVE, default=None, help="Transformer blocks [preset's].")
+@click.option("--head-dim", type=POSITIVE, default=None,
+              help="Width of one attention head; divides every level [preset's].")
+@click.option("--d-mid", type=POSITIVE, default=None, help="FFN width at the full level.")
+@click.option("--ffn-mult", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="FFN width as a multiple of d_model [the preset's ratio].")
+@click.option("--max-len", type=POSITIVE, default=None,
+              help="Text: tokens kept per text (longer ones are truncated) [preset's: 128].")
+@click.option("--vocab-size", type=click.IntRange(min=3), default=8000, show_default=True,
+              help="Text: tokenizer vocabulary.")
+@click.option("--tokenizer", "tokenizer_model", type=click.Choice(["wordpiece", "bpe"]),
+              default="wordpiece", show_default=True, help="Text: tokenizer model.")
+@click.option("--no-lowercase", is_flag=True, help="Text: keep case (and accents).")
+@click.option("--name", default=None, help="Model name in the graphs [DATA-PRESET].")
+@click.option("--epochs", type=int, default=None,
+              help="Passes over the training split [the preset's recipe; demo: 60].")
+@click.option("--batch-size", type=int, default=None, help="Samples per step [32].")
+@click.option("--schedule", type=click.Choice(["joint", "progressive", "sampled"]),
+              default="joint", show_default=True)
+@click.option("--alpha", default=None, help="CE weight per level, comma-separated "
+              "[demo: 1,1,1,2; else 1 each].")
+@click.option("--beta", type=float, default=None, help="Consistency weight L_reg [0].")
+@click.option("--gamma", type=float, default=None, help="Distillation weight L_distill [0.5].")
+@click.option("--temperature", type=float, default=None, help="Distillation T [2].")
+@click.option("--distill-direction", type=click.Choice(["seed", "teacher"]), default=None,
+              help="seed: KL(p_i || p_k) as in the seed text; teacher: Hinton's KL(p_k || p_i) "
+              "[the preset's recipe, else seed].")
+@click.option("--lr", type=float, default=None, help="Base learning rate eta0 [1e-3].")
+@click.option("--lr-scale", default=None,
+              help="lambda_i per level, comma-separated [1 each]; "
+              "eta_i = eta0*sqrt(d/d_i)*lambda_i.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--init-from", default=None, help="Start from this checkpoint's config and "
+              "weights (fine-tuning); the size options are then ignored.")
+@click.option("--force", is_flag=True, help="Replace an existing --out.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def train(preset_name, data, text_column, label_column, split_seed, out, levels, d_model,
+          layers, head_dim, d_mid, ffn_mult, max_len, vocab_size, tokenizer_model,
+          no_lowercase, name, epochs, batch_size, schedule, alpha, beta, gamma, temperature,
+          distill_direction, lr, lr_scale, seed, init_from, force, no_progress) -> None:
+    """Train a Matryoshka Transformer and write its checkpoint folder.
+
+    Examples:
+
+      matryoshka train --preset demo --data demo --out artifacts/demo/checkpoint
+
+      matryoshka train --data reviews.csv --text-column review --label-column stars
+      --levels 32,64,128 --layers 2 --max-len 96 --out artifacts/reviews/checkpoint
+    """
+    import dataclasses
+
+    from matryoshka.data.text import is_text_source
+    from matryoshka.io import check_out_dir
+    from matryoshka.model import parse_levels, preset, resize
+    from matryoshka.training import RECIPES, TrainConfig
+
+    check_out_dir(out, force)
+    text = is_text_source(data)
+    preset_name = preset_name or ("text" if text else "demo")
+    init = None
+    if init_from is not None:
+        from matryoshka.model.checkpoint import load_checkpoint
+
+        init, _ = load_checkpoint(init_from)
+        cfg = init.config
+    else:
+        cfg = resize(preset(preset_name), d_model=d_model,
+                     levels=parse_levels(levels) if levels is not None else None,
+                     n_layers=layers, head_dim=head_dim, d_mid=d_mid, ffn_mult=ffn_mult,
+                     max_len=max_len)
+    fields = dict(epochs=epochs, batch_size=batch_size, beta=beta, gamma=gamma,
+                  temperature=temperature, lr=lr, alpha=parse_floats(alpha, "--alpha"),
+                  lr_scale=parse_floats(lr_scale, "--lr-scale"),
+                  distill_direction=distill_direction)
+    recipe = dict(RECIPES.get(preset_name, {})) if init_from is None else {}
+    if len(cfg.levels) != len(recipe.get("alpha", cfg.levels)):
+        recipe.pop("alpha", None)  # the recipe's alpha was for the preset's own levels
+    recipe.update({k: v for k, v in fields.items() if v is not None})
+    tcfg = TrainConfig(schedule=schedule, seed=seed, **recipe)
+    tcfg.alphas(cfg.levels)
+    if tcfg.lr_scale is not None and len(tcfg.lr_scale) != len(cfg.levels):
+        raise click.BadParameter(f"needs {len(cfg.levels)} values, one per level",
+                                 param_hint="--lr-scale")
+    if text:
+        dataset, record, labels, files, cfg = _text_data(
+            data, text_column, label_column, split_seed, vocab_size, tokenizer_model,
+            not no_lowercase, cfg, init, init_from)
+    else:
+        dataset, record, labels, files, cfg = _array_data(data, cfg, init)
+    if init is None:
+        stem = "digits" if data == "demo" else Path(data).stem
+        cfg = dataclasses.replace(cfg, name=name or f"{stem}-{preset_name}")
+    from matryoshka.training import train as run_training
+
+    metrics = run_training(cfg, dataset, tcfg, out, force=force, progress=not no_progress,
+                           data_name=record, init=init, files=files, labels=labels)
+    click.echo(level_table(metrics))
+    click.echo(f"checkpoint written to {out} ({metrics['train_seconds']:.0f} s of training)")
+
+
+def _array_data(data, cfg, init):
+    from matryoshka.data import load_dataset
+    from matryoshka.data.source import describe
+    from matryoshka.training import config_for_data
+
+    dataset = load_dataset(data)
+    if init is None:
+        cfg = config_for_data(cfg, dataset)
+    labels = [str(i) for i in range(cfg.n_classes)]
+    return dataset, describe(data), labels, None, cfg
+
+
+def _text_data(data, text_column, label_column, split_seed, vocab_size, tokenizer_model,
+               lowercase, cfg, init, init_from):
+    """Read the texts, train the tokenizer on the training split, encode every split."""
+    from matryoshka.data.source import load_text_record
+    from matryoshka.data.text import load_text
+    from matryoshka.data.tokenizer import encode_dataset, train_tokenizer
+    from matryoshka.errors import ConfigError
+    from matryoshka.model.checkpoint import checkpoint_tokenizer
+    from matryoshka.runtime.text import load_tokenizer
+    from matryoshka.training import config_for_text
+
+    text = load_text(data, text_column=text_column, label_column=label_column,
+                     seed=split_seed)
+    if init is not None:
+        if init.config.input_kind != "text":
+            raise ConfigError("--init-from names a model that does not take text")
+        tokenizer = load_tokenizer(checkpoint_tokenizer(init_from, init.config))
+    else:
+        max_len = cfg.max_len if cfg.input_kind in ("tokens", "text") else 128
+        tokenizer = train_tokenizer(text.splits["train"][0], vocab_size=vocab_size,
+                                    model=tokenizer_model, lowercase=lowercase,
+                                    max_len=max_len)
+        cfg = config_for_text(cfg, tokenizer, len(text.labels))
+    files = {"tokenizer.json": tokenizer.to_str().encode()}
+    return encode_dataset(tokenizer, text), load_text_record(text), text.labels, files, cfg
+
+
+def level_table(metrics: dict) -> str:
+    """Per-level table of params, MFLOPs and accuracy from a metrics.json dict."""
+    rows = [f"{'level':>6} {'params':>10} {'MFLOPs':>8} {'val acc':>8} {'test acc':>8}"]
+    for d in metrics["levels"]:
+        k = str(d)
+        rows.append(f"{d:>6} {metrics['params'][k]:>10,} "
+                    f"{metrics['flops_per_sample'][k] / 1e6:>8.2f} "
+                    f"{metrics['val_accuracy'][k]:>8.4f} {metrics['test_accuracy'][k]:>8.4f}")
+    return "\n".join(rows)
