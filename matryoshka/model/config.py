@@ -197,10 +197,10 @@ PRESETS: dict[str, dict] = {
         d_model=64, levels=(16, 32, 64), n_layers=2, head_dim=8, d_mid=96,
         image_size=8, patch_size=4, n_classes=10, name="tiny",
     ),
-    # Raw text on a 2-core CPU: widths 32..256, 2 blocks, 128 tokens; vocab_size, n_classes
-    # and max_len follow the data and the tokenizer (train --vocab-size, --max-len).
+    # Raw text on a 2-core CPU (README, "Text demo"): widths 16..128, 2 blocks, 128 tokens;
+    # vocab_size and n_classes follow the tokenizer and the data (train --vocab-size).
     "text": dict(
-        d_model=256, levels=(32, 64, 128, 256), n_layers=2, head_dim=16, d_mid=512,
+        d_model=128, levels=(16, 32, 64, 128), n_layers=2, head_dim=16, d_mid=256,
         input_kind="text", vocab_size=8000, max_len=128, n_classes=2, name="text",
     ),
     # Test-sized text model.

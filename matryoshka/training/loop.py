@@ -89,8 +89,9 @@ RECIPES: dict[str, dict] = {
     # which is also the distillation teacher, weighs 2; Hinton's KL(teacher || student).
     "demo": dict(epochs=60, alpha=(1.0, 1.0, 1.0, 2.0), distill_direction="teacher"),
     "tiny": dict(epochs=6, batch_size=64, lr=3e-3),
-    # Measured on the text demo (README, "Text demo").
-    "text": dict(epochs=6, batch_size=32, lr=1e-3, alpha=(1.0, 1.0, 1.0, 2.0),
+    # Measured on the text demo (README, "Text demo"): 5 epochs at lr 3e-3 (1e-3 left the
+    # levels 1-2 points apart after 5 epochs); the demo's recipe otherwise.
+    "text": dict(epochs=5, batch_size=32, lr=3e-3, alpha=(1.0, 1.0, 1.0, 2.0),
                  distill_direction="teacher"),
     "tiny-text": dict(epochs=6, batch_size=32, lr=3e-3),
 }
