@@ -46,7 +46,10 @@ step "text: export, calibrate, bench"
 .venv/bin/mexport --checkpoint $T/checkpoint --out $T/export --force
 $M calibrate $T/export --epsilon 0.02 --delta 0.1
 $M bench $T/export --device cpu --batch 1,32 --json $T/bench-cpu.json
+# a spam, a mailing-list reply (the corpus's ham), and a short personal note, which this corpus
+# has almost none of (README, "Text demo": it is called spam)
 $M predict $T/export --text "Congratulations! You have been selected for a FREE cruise, reply now" \
+  --text "Re: razor and spamassassin - I upgraded to 2.40 yesterday and the false positives are gone. Thanks for the patch, Justin." \
   --text "Are we still meeting for lunch on Thursday? I booked the usual place."
 took
 echo "== text done: table in $T/export/bench.md"
