@@ -17,7 +17,7 @@ from matryoshka.errors import ArtifactError, ConfigError, MatryoshkaError, Missi
 from matryoshka.io import sha256_bytes
 from matryoshka.runtime.cascade import Prediction, concat, empty, run_cascade
 from matryoshka.runtime.inputs import check_input
-from matryoshka.runtime.manifest import read_manifest
+from matryoshka.runtime.manifest import MANIFEST, read_manifest
 from matryoshka.runtime.providers import (
     CUDA,
     check_active,
@@ -36,6 +36,15 @@ def _is_texts(x) -> bool:
     if isinstance(x, str):
         return True  # refused there with a clear message: predict([text])
     return isinstance(x, (list, tuple)) and len(x) > 0 and any(isinstance(t, str) for t in x)
+
+
+def _commit_id(folder: Path) -> tuple[int, int] | None:
+    """Which manifest.json is committed now: every commit renames a new file into place."""
+    try:
+        st = (folder / MANIFEST).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def read_named(folder: Path, entry: dict) -> bytes:
@@ -91,12 +100,16 @@ class Runtime:
         [64, 128, 256, 512]
         """
         folder = Path(folder)
+        seen = _commit_id(folder)  # before the read: a commit after it shows as a change
+        manifest = read_manifest(folder)
         try:
-            return cls.from_manifest(folder, read_manifest(folder), device, threads, preload,
-                                     variant, batch_size)
+            return cls.from_manifest(folder, manifest, device, threads, preload, variant,
+                                     batch_size)
         except ArtifactError:
-            # A writer may have committed a new manifest and deleted the files of the one we
-            # read; read it once more before blaming the folder.
+            # A writer may have committed a new manifest (a new file: os.replace) and deleted
+            # the files of the one we read: then read the new one before blaming the folder.
+            if _commit_id(folder) == seen:
+                raise
             return cls.from_manifest(folder, read_manifest(folder), device, threads, preload,
                                      variant, batch_size)
 

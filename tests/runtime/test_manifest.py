@@ -143,3 +143,41 @@ def test_predict_in_chunks_equals_one_call(tiny_export_dir, demo_data):
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.levels, b.levels)
     np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-6)
+
+
+def test_a_reader_racing_a_commit_reads_the_new_manifest(export_copy, monkeypatch):
+    """open() read a manifest, then a writer committed a new one and deleted the old graphs:
+    the reader tries the new manifest instead of failing."""
+    import os
+
+    import matryoshka.runtime.runtime as runtime
+
+    real = runtime.read_manifest
+    calls = []
+
+    def stale_then_fresh(folder):
+        calls.append(1)
+        m = real(folder)
+        if len(calls) == 1:  # the manifest as it was before the commit below
+            m = json.loads(json.dumps(m))
+            m["levels"][0]["file"] = "level-0016-00000000.onnx"  # deleted by the commit
+            fresh = export_copy / "manifest.json"
+            (export_copy / "m.tmp").write_bytes(fresh.read_bytes())
+            os.replace(export_copy / "m.tmp", fresh)  # the commit: a new file renamed in
+        return m
+
+    monkeypatch.setattr(runtime, "read_manifest", stale_then_fresh)
+    rt = Runtime.open(export_copy, device="cpu")
+    assert len(calls) == 2 and rt.file(16).name == "level-0016.onnx"
+
+
+def test_a_reader_of_a_corrupt_folder_fails_at_once(export_copy, monkeypatch):
+    import matryoshka.runtime.runtime as runtime
+
+    (export_copy / "level-0032.onnx").write_bytes(b"not a graph")
+    calls = []
+    real = runtime.read_manifest
+    monkeypatch.setattr(runtime, "read_manifest", lambda f: calls.append(1) or real(f))
+    with pytest.raises(ArtifactError, match="level-0032.onnx does not match the sha256"):
+        Runtime.open(export_copy, device="cpu")
+    assert len(calls) == 1  # the committed manifest did not change: no second attempt
