@@ -39,7 +39,7 @@ step "text: fetch the data (once; sha256-pinned) and the TF-IDF + logistic-regre
 bash scripts/fetch_text_demo.sh
 .venv/bin/python benchmarks/text_baseline.py artifacts/data/spam.csv --json $T/baseline.json
 took
-step "text: train (a WordPiece tokenizer on the training split, then the model)"
+step "text: train (a BPE tokenizer on the training split, then the model)"
 $M train --data artifacts/data/spam.csv --out $T/checkpoint --force
 took
 step "text: export, calibrate, bench"

@@ -71,7 +71,7 @@ def test_checkpoint_and_export_carry_the_tokenizer_and_the_data_record(text_mode
     tok = m["tokenizer"]
     assert (d / "exp" / tok["file"]).read_bytes() == (d / "ck" / "tokenizer.json").read_bytes()
     assert tok["pad_id"] == 0 and tok["max_len"] == 24 and tok["lowercase"] is True
-    assert "right" in tok["truncation"] and tok["model"] == "WordPiece"
+    assert "right" in tok["truncation"] and tok["model"] == "BPE"
     assert m["output"]["labels"] == ["bird", "cat", "dog"]
     assert m["data"]["path"] == str((d / "pets.csv").resolve())
     assert m["data"]["text_column"] == "body" and m["data"]["seed"] == 0

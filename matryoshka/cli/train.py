@@ -45,8 +45,9 @@ POSITIVE = click.IntRange(min=1)
               help="Text: tokens kept per text (longer ones are truncated) [preset's: 128].")
 @click.option("--vocab-size", type=click.IntRange(min=3), default=8000, show_default=True,
               help="Text: tokenizer vocabulary.")
-@click.option("--tokenizer", "tokenizer_model", type=click.Choice(["wordpiece", "bpe"]),
-              default="wordpiece", show_default=True, help="Text: tokenizer model.")
+@click.option("--tokenizer", "tokenizer_model", type=click.Choice(["bpe", "wordpiece"]),
+              default="bpe", show_default=True, help="Text: tokenizer model (bpe trains "
+              "the same vocabulary in every run; wordpiece may not: tokenizers#1794).")
 @click.option("--no-lowercase", is_flag=True, help="Text: keep case (and accents).")
 @click.option("--name", default=None, help="Model name in the graphs [DATA-PRESET].")
 @click.option("--epochs", type=int, default=None,

@@ -24,7 +24,6 @@ from matryoshka.runtime.text import (
 )
 
 MODELS = ("wordpiece", "bpe")
-BPE_SUFFIX = "</w>"  # marks a word's end, so the BPE decoder can put the spaces back
 
 
 def _tokenizers():
@@ -36,10 +35,13 @@ def _tokenizers():
     return tokenizers
 
 
-def train_tokenizer(texts: list[str], vocab_size: int = 8000, model: str = "wordpiece",
+def train_tokenizer(texts: list[str], vocab_size: int = 8000, model: str = "bpe",
                     lowercase: bool = True, max_len: int = 128):
     """A `tokenizers.Tokenizer` trained on `texts`: [PAD] is id 0, [UNK] id 1, and rows are
     truncated to `max_len` by the tokenizer itself (the rule travels in tokenizer.json).
+
+    model "bpe" (the default) trains the same tokenizer from the same texts in every run;
+    "wordpiece" may not, across processes (huggingface/tokenizers#1794).
 
     >>> tok = train_tokenizer(["a cat", "a dog"] * 10, vocab_size=50, max_len=8)
     >>> tok.token_to_id("[PAD]"), tok.token_to_id("[UNK]"), tok.truncation["max_length"]
@@ -78,10 +80,14 @@ def _model_and_trainer(tk, model: str, vocab_size: int):
         trainer = tk.trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special,
                                                show_progress=False)
     else:
-        tok = tk.Tokenizer(tk.models.BPE(unk_token=UNK, end_of_word_suffix=BPE_SUFFIX))
-        tok.decoder = tk.decoders.BPEDecoder(suffix=BPE_SUFFIX)
+        # No end-of-word suffix and no continuing-subword prefix: the trainer creates those
+        # tokens while it iterates over a hash map, so their ids, and the merges that break
+        # count ties by id, change from run to run (huggingface/tokenizers#1794). Without
+        # them every id comes from the sorted alphabet or a merge, and training is
+        # deterministic. The pre-tokenizer still splits words, so no token spans two.
+        tok = tk.Tokenizer(tk.models.BPE(unk_token=UNK))
         trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
-                                         end_of_word_suffix=BPE_SUFFIX, show_progress=False)
+                                         show_progress=False)
     return tok, trainer
 
 
