@@ -6,7 +6,6 @@ exported graph will take. Needs numpy only, so calibration and bench can use it 
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from pathlib import Path
 
@@ -62,9 +61,3 @@ def _check_split(path: Path, split: str, x: np.ndarray, y: np.ndarray) -> None:
         raise DataError(f"{path}: x_{split} must be numeric, got dtype {x.dtype}")
     if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
         raise DataError(f"{path}: x_{split} holds NaN or inf")
-
-
-def dataset_sha256(name_or_path: str | Path) -> str:
-    """sha256 of the file behind a data set name, for provenance in metrics and manifests."""
-    path = DEMO_FILE if str(name_or_path) == "demo" else Path(name_or_path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
