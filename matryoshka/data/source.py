@@ -7,23 +7,23 @@ source from matryoshka.data.text ({"kind": "text", "path", "sha256", columns, sp
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from matryoshka.data import DEMO_FILE, Dataset, load_dataset
 from matryoshka.errors import DataError, MissingArtifactError
+from matryoshka.io import sha256_file
 
 
 def describe(name_or_path: str | Path) -> dict:
     """The record of 'demo' or of a .npz: its absolute path and sha256."""
     if str(name_or_path) == "demo":
-        return {"kind": "demo", "sha256": _sha256(DEMO_FILE)}
+        return {"kind": "demo", "sha256": sha256_file(DEMO_FILE)}
     path = Path(name_or_path).resolve()
     if not path.is_file():
         raise MissingArtifactError(f"data file not found: {name_or_path}")
-    return {"kind": "npz", "path": str(path), "sha256": _sha256(path)}
+    return {"kind": "npz", "path": str(path), "sha256": sha256_file(path)}
 
 
 def class_names(record: dict, n_classes: int) -> list[str]:
@@ -101,14 +101,10 @@ def _check_unchanged(path: Path, sha256: str) -> None:
     if not path.is_file():
         raise MissingArtifactError(f"the data {path} was moved or deleted since training; "
                                    "pass --data with its new place")
-    now = _sha256(path)
+    now = sha256_file(path)
     if now != sha256:
         raise DataError(f"the data {path} changed since training (sha256 {sha256[:12]} then, "
                         f"{now[:12]} now); pass --data to use it anyway")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def as_input(x: np.ndarray, kind: str) -> np.ndarray:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from matryoshka.errors import ConfigError, DataError, MissingArtifactError
+from matryoshka.io import sha256_bytes
 
 SPLITS = ("train", "val", "test")
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -115,9 +116,9 @@ def _read_source(root: Path) -> dict[str, tuple[Path, bytes]]:
 
 def _sha256(files: dict[str, tuple[Path, bytes]]) -> str:
     if "all" in files:
-        return hashlib.sha256(files["all"][1]).hexdigest()
+        return sha256_bytes(files["all"][1])
     # A folder: sorted by file name, with the names, so swapping two files' contents shows.
-    lines = sorted(f"{p.name}:{hashlib.sha256(b).hexdigest()}\n" for p, b in files.values())
+    lines = sorted(f"{p.name}:{sha256_bytes(b)}\n" for p, b in files.values())
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
