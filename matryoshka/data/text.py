@@ -7,7 +7,6 @@ only; the tokenizer that turns these strings into ids lives in matryoshka.data.t
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -119,7 +118,7 @@ def _sha256(files: dict[str, tuple[Path, bytes]]) -> str:
         return sha256_bytes(files["all"][1])
     # A folder: sorted by file name, with the names, so swapping two files' contents shows.
     lines = sorted(f"{p.name}:{sha256_bytes(b)}\n" for p, b in files.values())
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
+    return sha256_bytes("".join(lines).encode())
 
 
 def _decode(path: Path, data: bytes) -> str:
