@@ -39,8 +39,10 @@ def save_checkpoint(folder: str | Path, model: MatryoshkaTransformer, metrics: d
     write_json_atomic(folder / CONFIG, model.config.to_dict())
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with writing(folder / WEIGHTS):
-        save_file(state, str(folder / WEIGHTS),
-                  metadata={"format": "pt", "name": model.config.name})
+        # One metadata key: safetensors writes the metadata map in hash order, so with two
+        # keys the same weights gave different bytes (and checkpoint sha256s) run to run.
+        # The model's name is in config.json.
+        save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
     publish(folder / WEIGHTS)  # safetensors writes 0600; a checkpoint is for every reader
     write_json_atomic(folder / METRICS, metrics)
 
