@@ -25,13 +25,12 @@ from matryoshka.calibration.thresholds import (
 )
 from matryoshka.data.source import for_export
 from matryoshka.errors import ConfigError, DataError
-from matryoshka.io import sha256_file, temp_path, writing
+from matryoshka.io import temp_path, writing
 from matryoshka.logs import quiet_root_logger
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.inputs import check_input
 from matryoshka.runtime.manifest import (
     commit_manifest,
-    graph_name,
     install,
     level_file,
     manifest_writer,
@@ -207,10 +206,7 @@ def _quantize_static(folder: Path, manifest: dict, x_cal, x_test, y_test, method
         acc_fp32 = _accuracy(fp32.run_level(dim, x_test), y_test)
         sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         acc = _accuracy(sess.run(None, {name: x_test})[0], y_test)
-        sha, size = sha256_file(tmp), tmp.stat().st_size
-        file = graph_name(dim, "int8", sha, named)
-        install(folder, tmp, file, named)
-        lv["int8"] = {"file": file, "sha256": sha, "bytes": size,
+        lv["int8"] = {**install(folder, tmp, level_file(dim, "int8"), named),
                       "method": f"static-{method}", "accuracy": acc, "accuracy_fp32": acc_fp32,
                       "accuracy_change": acc - acc_fp32}
 

@@ -28,10 +28,7 @@ from matryoshka.io import (
     LOCK,
     check_out_dir,
     make_dir,
-    sha256_bytes,
-    sha256_file,
     temp_path,
-    write_bytes_atomic,
     writing,
 )
 from matryoshka.logs import quiet_root_logger
@@ -42,8 +39,6 @@ from matryoshka.runtime.manifest import (
     SCHEMA_VERSION,
     TOKENIZER_FILE,
     commit_manifest,
-    free_name,
-    graph_name,
     install,
     level_file,
     manifest_writer,
@@ -136,11 +131,10 @@ def _install_tokenizer(out: Path, data: bytes, tokenizer, named: dict[str, str])
     """Copy the checkpoint's tokenizer.json into the export; its manifest entry."""
     from matryoshka.data.tokenizer import tokenizer_info
 
-    sha = sha256_bytes(data)
-    name = free_name(TOKENIZER_FILE, sha, named)
-    if name not in named:
-        write_bytes_atomic(out / name, data)
-    return {"file": name, "sha256": sha, **tokenizer_info(tokenizer)}
+    tmp = temp_path(out, TOKENIZER_FILE)
+    with writing(tmp):
+        tmp.write_bytes(data)
+    return {**install(out, tmp, TOKENIZER_FILE, named), **tokenizer_info(tokenizer)}
 
 
 def _remove_if_empty(out: Path) -> None:
@@ -185,12 +179,8 @@ def _export_level(model, dim, levels, out: Path, named: dict[str, str], opset, s
     to_onnx(small, tmp, opset, simplify, meta)
     parity, ort_logits, torch_logits = validate_level(model, dim, tmp, x, atol, rtol)
     same = float((ort_logits.argmax(-1) == torch_logits.argmax(-1)).mean())
-    sha, size = sha256_file(tmp), tmp.stat().st_size
-    name = graph_name(dim, "fp32", sha, named)
-    install(out, tmp, name, named)
     return {
-        "dim": dim, "file": name, "sha256": sha,
-        "bytes": size, "params": count_params(small),
+        "dim": dim, **install(out, tmp, level_file(dim), named), "params": count_params(small),
         "flops_per_sample": flops_per_sample(model.config, dim), "opset": opset,
         "parity": parity,
         "accuracy": {"onnx": _acc(ort_logits, y), "torch": _acc(torch_logits, y),
@@ -210,10 +200,7 @@ def _quantize_dynamic(out: Path, src: str, dim: int, named: dict[str, str], x: n
     with quiet_root_logger(), writing(out / level_file(dim, "int8")):
         quantize_dynamic(str(out / src), str(tmp), weight_type=QuantType.QInt8)
     logits = run_graph(cpu_session(tmp), x)
-    sha, size = sha256_file(tmp), tmp.stat().st_size
-    name = graph_name(dim, "int8", sha, named)
-    install(out, tmp, name, named)
-    return {"file": name, "sha256": sha, "bytes": size, "method": "dynamic",
+    return {**install(out, tmp, level_file(dim, "int8"), named), "method": "dynamic",
             "accuracy": _acc(logits, y)}
 
 

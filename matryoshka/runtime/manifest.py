@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from matryoshka.errors import ArtifactError, MissingArtifactError
-from matryoshka.io import read_json_object, write_json_atomic, writer_lock
+from matryoshka.io import read_json_object, sha256_file, write_json_atomic, writer_lock
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -160,11 +160,6 @@ def named_files(manifest: dict | None) -> dict[str, str]:
     return named
 
 
-def graph_name(dim: int, variant: str, sha256: str, named: dict[str, str]) -> str:
-    """The name a new graph gets (see `free_name`)."""
-    return free_name(level_file(dim, variant), sha256, named)
-
-
 def free_name(plain: str, sha256: str, named: dict[str, str]) -> str:
     """`plain` unless the committed manifest names it for other bytes, then `plain` tagged
     with the new bytes' sha256 ('level-0064-1a2b3c4d.onnx'): a writer never overwrites a file
@@ -177,13 +172,17 @@ def free_name(plain: str, sha256: str, named: dict[str, str]) -> str:
     raise ArtifactError(f"no free file name for {plain}")  # pragma: no cover
 
 
-def install(folder: Path, tmp: Path, name: str, named: dict[str, str]) -> None:
-    """Move a finished temp file to its name from `graph_name`. When the committed manifest
-    already names that file, it holds these very bytes, and it is left untouched."""
+def install(folder: Path, tmp: Path, plain: str, named: dict[str, str]) -> dict:
+    """Give a finished temp file its final name (`free_name` of `plain`) and return its
+    manifest entry: file, sha256, bytes. When the committed manifest already names that file,
+    it holds these very bytes, and it is left untouched."""
+    sha, size = sha256_file(tmp), tmp.stat().st_size
+    name = free_name(plain, sha, named)
     if name in named:
         tmp.unlink()
     else:
         os.replace(tmp, folder / name)
+    return {"file": name, "sha256": sha, "bytes": size}
 
 
 @contextlib.contextmanager

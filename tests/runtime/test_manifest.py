@@ -10,7 +10,7 @@ import pytest
 
 from matryoshka.errors import ArtifactError
 from matryoshka.runtime import Runtime
-from matryoshka.runtime.manifest import GRAPH_FILE, graph_name, level_file
+from matryoshka.runtime.manifest import GRAPH_FILE, free_name, level_file
 
 
 @pytest.fixture
@@ -108,6 +108,10 @@ def test_a_file_changed_after_a_lazy_open_is_refused_when_loaded(export_copy, de
     rt.predict(x, level=16)  # untouched levels still load
     with pytest.raises(ArtifactError, match="level-0064.onnx does not match the sha256"):
         rt.predict(x, level=64)
+
+
+def graph_name(dim, variant, sha, named):
+    return free_name(level_file(dim, variant), sha, named)
 
 
 def test_graph_names_never_reuse_a_committed_name_for_other_bytes():
