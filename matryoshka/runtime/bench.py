@@ -21,6 +21,7 @@ from matryoshka.errors import ArtifactError, ConfigError, MatryoshkaError
 from matryoshka.io import read_json_object, write_bytes_atomic, write_json_atomic, writer_lock
 from matryoshka.runtime.cascade import relative_cost
 from matryoshka.runtime.providers import session_options
+from matryoshka.runtime.text import trim
 
 BENCH_JSON, BENCH_MD = "bench.json", "bench.md"
 PEAK_GRAPH = Path(__file__).with_name("matmul_peak.onnx")
@@ -146,14 +147,13 @@ def batch_of(x: np.ndarray, b: int, pad_id: int | None = None,
     as long as its longest row (the data's own length mix), or exactly seq_len ids."""
     idx = np.arange(b) % len(x)
     xb = x[idx]
-    if pad_id is not None:
-        real = (xb != pad_id).sum(axis=1)
-        width = int(real.max()) if seq_len is None else seq_len
-        if width > xb.shape[1]:
-            xb = np.pad(xb, ((0, 0), (0, width - xb.shape[1])), constant_values=pad_id)
-        xb = xb[:, :width]
-        if seq_len is not None:  # every row exactly seq_len real ids: fill with [UNK] (1)
-            xb = np.where(xb == pad_id, 1, xb).astype(x.dtype)
+    if pad_id is not None and seq_len is None:
+        xb = trim(xb, pad_id)
+    elif pad_id is not None:
+        if seq_len > xb.shape[1]:
+            xb = np.pad(xb, ((0, 0), (0, seq_len - xb.shape[1])), constant_values=pad_id)
+        # every row exactly seq_len real ids: fill with [UNK] (1)
+        xb = np.where(xb[:, :seq_len] == pad_id, 1, xb[:, :seq_len]).astype(x.dtype)
     return np.ascontiguousarray(xb)
 
 
@@ -355,7 +355,7 @@ def cascade_row(rt, x: np.ndarray, y: np.ndarray, batch: int, flops: dict,
     Text batches are cut to their longest row."""
     chunks = [x[i:i + batch] for i in range(0, len(x), batch)]
     if pad_id is not None:
-        chunks = [c[:, :int((c != pad_id).sum(axis=1).max())] for c in chunks]
+        chunks = [trim(c, pad_id) for c in chunks]
 
     def one_pass():
         outs = [rt.predict(c) for c in chunks]

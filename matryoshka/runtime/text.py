@@ -70,6 +70,11 @@ def pad(rows: Sequence[np.ndarray], length: int | None = None) -> np.ndarray:
     return out
 
 
+def trim(ids: np.ndarray, pad_id: int = PAD_ID) -> np.ndarray:
+    """A right-padded id batch cut to its longest row: the padding no row needs."""
+    return ids[:, :int((ids != pad_id).sum(axis=1).max(initial=0))]
+
+
 def buckets(lengths: Sequence[int], batch: int) -> list[np.ndarray]:
     """Row indices sorted by length and cut into batches of `batch`: a short text never waits
     on (or pays for) the padding of the longest one in its batch."""
