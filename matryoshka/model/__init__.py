@@ -13,6 +13,7 @@ from matryoshka.model.transformer import (
     count_params,
     extract_level,
     flops_per_sample,
+    flops_terms,
 )
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "count_params",
     "extract_level",
     "flops_per_sample",
+    "flops_terms",
     "parse_levels",
     "preset",
     "resize",

@@ -153,10 +153,24 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def flops_terms(config: MatryoshkaConfig, dim: int) -> dict[str, int]:
+    """FLOPs (multiply-adds x2) of one sample at width `dim` as a polynomial in its length n:
+    per_token * n + per_pair * n**2 + per_sample.
+
+    per_token: the patch projection (a text embedding is a gather: no FLOPs), the q, k, v, o
+    projections, the FFN and the pooling sum; per_pair: attention's scores q.k and context
+    p.v, n**2 * dim each, in every layer; per_sample: the head.
+    """
+    m, c = config.ffn_width(dim), config.n_classes
+    embed = config.patch_size**2 * dim if config.input_kind == "image" else 0
+    per_layer = 4 * dim * dim + 2 * dim * m  # q, k, v, o; W1 and W2
+    return {"per_token": 2 * (embed + config.n_layers * per_layer) + dim,
+            "per_pair": 2 * config.n_layers * 2 * dim,
+            "per_sample": 2 * dim * c}
+
+
 def flops_per_sample(config: MatryoshkaConfig, dim: int) -> int:
-    """Multiply-adds x2 of the matrix products at width dim, for one sample of full length."""
-    n, m, c = config.n_tokens, config.ffn_width(dim), config.n_classes
-    embed = n * config.patch_size**2 * dim if config.input_kind == "image" else 0
-    attn = 4 * n * dim * dim + 2 * n * n * dim  # q, k, v, o projections; scores and context
-    ffn = 2 * n * dim * m
-    return 2 * (embed + config.n_layers * (attn + ffn) + dim * c)
+    """FLOPs of one sample at width dim and full length (max_len for text); the runtime's
+    `level_flops` evaluates the same polynomial at any length."""
+    t, n = flops_terms(config, dim), config.n_tokens
+    return t["per_token"] * n + t["per_pair"] * n**2 + t["per_sample"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from matryoshka.errors import ArtifactError, MissingArtifactError
 from matryoshka.io import read_json_object, sha256_file, write_json_atomic, writer_lock
+from matryoshka.runtime.plan import check_plan
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -27,6 +28,7 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 GRAPH_FILE = re.compile(r"^(level-\d{4}(-[0-9a-f]{8,64})?(\.[a-z0-9]+)?\.onnx"
                         r"|tokenizer(-[0-9a-f]{8,64})?\.json)$")
 TOKENIZER_FILE = "tokenizer.json"
+FLOPS_TERMS = ("per_token", "per_pair", "per_sample")
 
 
 def level_file(dim: int, variant: str = "fp32", tag: str | None = None) -> str:
@@ -34,6 +36,17 @@ def level_file(dim: int, variant: str = "fp32", tag: str | None = None) -> str:
     makes a second name while the first is still named by the committed manifest."""
     stem = f"level-{dim:04d}" + (f"-{tag}" if tag else "")
     return f"{stem}.onnx" if variant == "fp32" else f"{stem}.{variant}.onnx"
+
+
+def level_flops(entry: dict, length: int | None = None) -> float:
+    """FLOPs of one sample through a level, at `length` tokens (None: the full length the
+    exporter counted). Attention's scores and context grow with length**2, the rest with
+    length; an export without the `flops` terms (schema before them) gives the full length."""
+    terms = entry.get("flops")
+    if length is None or terms is None:
+        return float(entry["flops_per_sample"])
+    return float(terms["per_token"] * length + terms["per_pair"] * length**2
+                 + terms["per_sample"])
 
 
 def read_manifest(folder: str | Path) -> dict:
@@ -85,6 +98,10 @@ def check_manifest(m: dict, path: str | Path = MANIFEST) -> None:
         flops = lv.get("flops_per_sample")
         if not (_number(flops) and flops > 0):
             raise bad(f"levels[{i}].flops_per_sample must be a positive number")
+        terms = lv.get("flops")
+        if terms is not None and not (isinstance(terms, dict) and all(
+                _number(terms.get(t)) and terms[t] >= 0 for t in FLOPS_TERMS)):
+            raise bad(f"levels[{i}].flops must hold {', '.join(FLOPS_TERMS)} (numbers >= 0)")
         dims.append(lv["dim"])
     if any(b <= a for a, b in zip(dims, dims[1:])):
         raise bad(f"level dims must be strictly increasing; got {dims}")
@@ -95,6 +112,11 @@ def check_manifest(m: dict, path: str | Path = MANIFEST) -> None:
                                    and all(isinstance(x, str) for x in labels)):
         raise bad(f"output.labels must be {shape[-1]} class names")
     _check_calibration(m.get("calibration"), len(dims), bad)
+    check_plan(m.get("plan"), len(dims), bad)
+    if m.get("plan") and any("int8" not in lv for lv, p in zip(m["levels"],
+                                                                m["plan"]["precisions"])
+                             if p == "int8"):
+        raise bad("plan.precisions names int8 for a level without an int8 graph")
 
 
 def _check_input(spec: dict, bad) -> None:
@@ -136,6 +158,10 @@ def _check_calibration(cal, k: int, bad) -> None:
                                     and all(_number(t) and 0 <= t <= 1 for t in thr)):
             raise bad(f"{where}.thresholds must be null or {k - 1} numbers in [0, 1]; "
                       f"got {thr!r}")
+        graphs = rec.get("graphs")
+        if graphs is not None and not (isinstance(graphs, list) and len(graphs) == k and all(
+                isinstance(g, str) and SHA256.match(g) for g in graphs)):
+            raise bad(f"{where}.graphs must list the sha256 of the {k} graphs it was fitted on")
 
 
 def _number(v) -> bool:
