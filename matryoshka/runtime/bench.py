@@ -20,11 +20,13 @@ import onnxruntime as ort
 from matryoshka.errors import ArtifactError, ConfigError, MatryoshkaError
 from matryoshka.io import read_json_object, write_bytes_atomic, write_json_atomic, writer_lock
 from matryoshka.runtime.cascade import relative_cost
+from matryoshka.runtime.manifest import level_flops
 from matryoshka.runtime.providers import session_options
 from matryoshka.runtime.text import trim
 
 BENCH_JSON, BENCH_MD = "bench.json", "bench.md"
-PEAK_GRAPH = Path(__file__).with_name("matmul_peak.onnx")
+PEAK_GRAPHS = {"fp32": Path(__file__).with_name("matmul_peak.onnx"),
+               "int8": Path(__file__).with_name("matmul_int8_peak.onnx")}
 PERCENTILES = ("p50", "p90", "p99")
 
 
@@ -99,27 +101,36 @@ def time_pair(fa: Callable[[], object], fb: Callable[[], object], warmup: int, i
     return _stats(np.concatenate(ta)), _stats(np.concatenate(tb))
 
 
-def matmul_peak_gflops(providers: list[str], threads: int | None, sizes=(512, 1024, 2048),
-                       iters: int = 10) -> float:
-    """The best median GFLOP/s of a large fp32 MatMul on the same provider and threads."""
-    session = ort.InferenceSession(str(PEAK_GRAPH), session_options(threads),
+def matmul_peak(precision: str, providers: list[str], threads: int | None,
+                sizes=(512, 1024, 2048), iters: int = 10) -> float:
+    """The best median rate of a large square matrix product on the same provider and threads:
+    GFLOP/s of an fp32 MatMul, or GOP/s of an INT8 MatMulInteger (uint8 x int8 -> int32, the
+    kernel of onnxruntime's INT8 MatMuls), a multiply-add counted as 2 either way."""
+    session = ort.InferenceSession(str(PEAK_GRAPHS[precision]), session_options(threads),
                                    providers=providers)
     rng = np.random.default_rng(0)
     best = 0.0
     for n in sizes:
-        a = rng.standard_normal((n, n), dtype=np.float32)
-        b = rng.standard_normal((n, n), dtype=np.float32)
+        if precision == "int8":
+            a = rng.integers(0, 256, (n, n), dtype=np.uint8)
+            b = rng.integers(-128, 128, (n, n), dtype=np.int8)
+        else:
+            a = rng.standard_normal((n, n), dtype=np.float32)
+            b = rng.standard_normal((n, n), dtype=np.float32)
         t = time_call(lambda a=a, b=b: session.run(None, {"a": a, "b": b}), 2, iters)
         best = max(best, 2.0 * n**3 / (t["p50_ms"] / 1e3) / 1e9)
     return best
 
 
 def bench_level(graph: bytes, providers: list[str], threads: int | None, input_name: str,
-                inputs: dict[int, np.ndarray], warmup: int, iters: int, flops: float,
-                peak: float, dim: int, pad_id: int | None = None) -> list[dict]:
+                inputs: dict[int, np.ndarray], warmup: int, iters: int, entry: dict,
+                peak: float, dim: int, pad_id: int | None = None,
+                precision: str = "fp32") -> list[dict]:
     """Load one graph (timing the load and its memory), then time it on each batch of
     `inputs` (batch size -> rows). `graph` holds the bytes already checked against the
-    manifest's sha256; with a pad_id (text), real tokens per second are counted too."""
+    manifest's sha256; `entry` is the level's manifest entry, for its FLOPs. Text (a pad_id):
+    FLOPs are counted at the length each batch really runs (its padded length), and real
+    tokens per second too. `peak` is the measured MatMul peak of `precision`."""
     before = rss_mb()
     t0 = time.perf_counter()
     session = ort.InferenceSession(graph, session_options(threads), providers=providers)
@@ -129,8 +140,10 @@ def bench_level(graph: bytes, providers: list[str], threads: int | None, input_n
     for b, xb in inputs.items():
         t = time_call(lambda xb=xb: session.run(None, {input_name: xb}), warmup, iters)
         seconds = t["p50_ms"] / 1e3
+        flops = level_flops(entry, int(xb.shape[1]) if pad_id is not None else None)
         gflops = flops * b / seconds / 1e9
-        row = {"level": dim, "batch": b, **t, "throughput": b / seconds,
+        row = {"level": dim, "batch": b, "precision": precision, **t,
+               "throughput": b / seconds, "flops_per_sample": flops,
                "gflops": gflops, "roofline": gflops / peak if peak else None,
                "load_ms": load_ms, "rss_mb": grown, "bytes": len(graph),
                "providers": session.get_providers()}
@@ -183,10 +196,13 @@ def store_record(folder: Path, record: dict) -> dict:
     return data
 
 
-def new_record(provider: str, threads: int | None, peak: float) -> dict:
+def new_record(provider: str, threads: int | None, peak: float,
+               peak_int8: float | None = None) -> dict:
+    """An empty bench record; peak (GFLOP/s, fp32) and peak_int8 (GOP/s) were measured in the
+    same run as the levels."""
     return {"device": device_name(), "provider": provider, "threads": threads,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "onnxruntime": ort.__version__, "peak_gflops": peak,
+            "onnxruntime": ort.__version__, "peak_gflops": peak, "peak_int8_gops": peak_int8,
             "results": [], "baselines": [], "cascade": [], "accuracy": {}}
 
 
@@ -208,21 +224,30 @@ def choose_level(results: list[dict], budget_ms: float, batch: int = 1,
     return max(fits)
 
 
+def _peaks(rec: dict) -> str:
+    text = f"{rec['peak_gflops']:.1f} GFLOP/s fp32"
+    if rec.get("peak_int8_gops"):
+        text += f", {rec['peak_int8_gops']:.1f} GOP/s INT8"
+    return text
+
+
 def bench_markdown(data: dict) -> str:
     lines = ["# matryoshka bench", ""]
     for rec in data["records"]:
         lines += [f"## {rec['device']}, {rec['provider']}, threads {rec['threads']}, "
                   f"{rec.get('variant', 'fp32')}", "",
                   f"Measured {rec['created']} with onnxruntime {rec['onnxruntime']}; "
-                  f"MatMul peak {rec['peak_gflops']:.1f} GFLOP/s.", "",
-                  "| level | batch | p50 ms | p90 ms | p99 ms | samples/s | tokens/s | GFLOP/s "
-                  "| roofline | load ms | RSS MB | size KB | accuracy |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  f"MatMul peak {_peaks(rec)}; roofline is against the peak of the row's "
+                  "precision.", "",
+                  "| level | precision | batch | p50 ms | p90 ms | p99 ms | samples/s | tokens/s "
+                  "| GFLOP/s | roofline | load ms | RSS MB | size KB | accuracy |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rec["results"]:
             acc = rec.get("accuracy", {}).get(str(r["level"]))
             tokens = f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else ""
             lines.append(
-                f"| {r['level']} | {r['batch']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
+                f"| {r['level']} | {r.get('precision', 'fp32')} | {r['batch']} | "
+                f"{r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
                 f"{r['p99_ms']:.3f} | {r['throughput']:.0f} | {tokens} | {r['gflops']:.1f} | "
                 f"{r['roofline']:.2f} | {r['load_ms']:.1f} | {r['rss_mb']:.1f} | "
                 f"{r['bytes'] / 1024:.0f} | {'' if acc is None else f'{acc:.4f}'} |")
@@ -294,18 +319,24 @@ def _measure(rt, x: np.ndarray, y: np.ndarray | None, batches: list[int], warmup
     inputs = {b: batch_of(x, b, pad, seq_len) for b in batches}
     providers = rt._providers
     active = rt.providers[rt.levels[-1]]
-    record = new_record(active[0], threads, matmul_peak_gflops(providers, threads))
+    precisions = {d: rt.precision(d) for d in rt.levels}
+    record = new_record(active[0], threads, matmul_peak("fp32", providers, threads),
+                        matmul_peak("int8", providers, threads)
+                        if "int8" in precisions.values() else None)
+    peaks = {"fp32": record["peak_gflops"], "int8": record["peak_int8_gops"]}
     record["variant"], record["notes"] = rt.variant, list(notes)
     record["providers"] = active
     if pad is not None:
         record["seq_len"] = seq_len or "the data's length mix"
     flops = {lv["dim"]: float(lv["flops_per_sample"]) for lv in rt.manifest["levels"]}
+    entries = {lv["dim"]: lv for lv in rt.manifest["levels"]}
     steps = len(rt.levels) * (1 + len(baselines))
     bar = _progress(steps, progress)
     for dim in rt.levels:
         record["results"] += bench_level(rt.graph_bytes(dim), providers, threads,
                                          rt.input_spec["name"], inputs, warmup, iters,
-                                         flops[dim], record["peak_gflops"], dim, pad)
+                                         entries[dim], peaks[precisions[dim]], dim, pad,
+                                         precisions[dim])
         bar.update(1)
     for name, fn in baselines.items():
         for dim in rt.levels:
@@ -379,8 +410,8 @@ def cascade_row(rt, x: np.ndarray, y: np.ndarray, batch: int, flops: dict,
 def bench_table(record: dict) -> str:
     """The terminal table of one bench record."""
     rows = [f"{record['device']} | {record['provider']} | threads {record['threads']} | "
-            f"{record.get('variant', 'fp32')} | MatMul peak {record['peak_gflops']:.1f} GFLOP/s",
-            f"{'level':>6} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+            f"{record.get('variant', 'fp32')} | MatMul peak {_peaks(record)}",
+            f"{'level':>6} {'prec':>4} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
             f"{'samples/s':>10} {'GFLOP/s':>8} {'roofline':>8} {'load ms':>8} {'RSS MB':>7} "
             f"{'acc':>7}"]
     text = any("tokens_per_s" in r for r in record["results"])
@@ -389,7 +420,8 @@ def bench_table(record: dict) -> str:
         rows[1] += f" {'seq':>5} {'tokens/s':>10}"
     for r in record["results"]:
         acc = record.get("accuracy", {}).get(str(r["level"]))
-        row = (f"{r['level']:>6} {r['batch']:>5} {r['p50_ms']:>9.3f} {r['p90_ms']:>9.3f} "
+        row = (f"{r['level']:>6} {r.get('precision', 'fp32'):>4} {r['batch']:>5} "
+               f"{r['p50_ms']:>9.3f} {r['p90_ms']:>9.3f} "
                f"{r['p99_ms']:>9.3f} {r['throughput']:>10.0f} {r['gflops']:>8.1f} "
                f"{r['roofline']:>8.2f} {r['load_ms']:>8.1f} {r['rss_mb']:>7.1f} "
                f"{'' if acc is None else f'{acc:.4f}':>7}")

@@ -49,7 +49,7 @@ def test_select_level_reads_this_devices_record(tiny_export_dir, tmp_path):
     store_record(folder, mine)
     assert rt.select_level((0.3 + 0.9) / 2, batch=1, percentile="p50") == 32
     assert len(json.loads((folder / "bench.json").read_text())["records"]) == 2
-    assert "| 32 | 1 |" in (folder / "bench.md").read_text()
+    assert "| 32 | fp32 | 1 |" in (folder / "bench.md").read_text()
 
 
 def test_real_bench_run(tiny_export_dir, tmp_path, tiny_checkpoint):
