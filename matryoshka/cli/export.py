@@ -21,8 +21,12 @@ def _export_options(f):
                      help="Absolute tolerance of the parity check against torch."),
         click.option("--rtol", type=float, default=1e-3, show_default=True,
                      help="Relative tolerance of the parity check against torch."),
-        click.option("--quantize", type=click.Choice(["none", "dynamic"]), default="none",
-                     show_default=True, help="Also write level-XXXX.int8.onnx (dynamic INT8)."),
+        click.option("--quantize", type=click.Choice(["none", "dynamic", "dynamic-pc", "weight4"]),
+                     default="none", show_default=True,
+                     help="Also write an INT8 graph per level (level-0064.int8.onnx, ...): "
+                     "dynamic (per-tensor weight scales), dynamic-pc (per-channel) or weight4 "
+                     "(4-bit weights, int8 compute). Static INT8: matryoshka calibrate --int8 "
+                     "static."),
         click.option("--data", default=None,
                      help="Validation data [the data the checkpoint was trained on]."),
         click.option("--force", is_flag=True, help="Replace an existing --out."),

@@ -31,9 +31,15 @@ from matryoshka.io import (
     temp_path,
     writing,
 )
-from matryoshka.logs import quiet_root_logger
-from matryoshka.model import count_params, extract_level, flops_per_sample, validate_levels
+from matryoshka.model import (
+    count_params,
+    extract_level,
+    flops_per_sample,
+    flops_terms,
+    validate_levels,
+)
 from matryoshka.model.checkpoint import checkpoint_sha256, checkpoint_tokenizer, load_checkpoint
+from matryoshka.quantize import quantize_level
 from matryoshka.runtime.bench import BENCH_JSON, BENCH_MD
 from matryoshka.runtime.manifest import (
     SCHEMA_VERSION,
@@ -48,6 +54,8 @@ from matryoshka.runtime.text import load_tokenizer
 
 log = logging.getLogger(__name__)
 EXPORTER = "torchscript"
+# INT8 methods that need no calibration data (static QDQ is `matryoshka calibrate --int8 static`)
+EXPORT_QUANTIZE = ("none", "dynamic", "dynamic-pc", "weight4")
 # LayerNormalization needs opset 17; torch's TorchScript exporter writes at most opset 20.
 MIN_OPSET, MAX_OPSET = 17, 20
 
@@ -70,8 +78,9 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
     >>> [lv["file"] for lv in manifest["levels"]]  # doctest: +SKIP
     ['level-0064.onnx', 'level-0128.onnx', 'level-0256.onnx', 'level-0512.onnx']
     """
-    if quantize not in ("none", "dynamic"):
-        raise ConfigError(f"--quantize must be none or dynamic, got {quantize!r}")
+    if quantize not in EXPORT_QUANTIZE:
+        raise ConfigError(f"--quantize must be one of {', '.join(EXPORT_QUANTIZE)}; got "
+                          f"{quantize!r}")
     if atol < 0 or rtol < 0:
         raise ConfigError("--atol and --rtol must be non-negative")
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -113,9 +122,9 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
                                       rtol, x_test, y_test, ck_sha)
                 entry["trained"] = dim in cfg.levels
                 entry["accuracy"]["metrics_json"] = metrics.get("test_accuracy", {}).get(str(dim))
-                if quantize == "dynamic":
-                    entry["int8"] = _quantize_dynamic(out, entry["file"], dim, named, x_test,
-                                                      y_test)
+                if quantize != "none":
+                    entry["int8"] = _quantize(out, entry["file"], dim, named, x_test, y_test,
+                                              quantize)
                 manifest["levels"].append(entry)
             commit_manifest(out, manifest)
             for name in (BENCH_JSON, BENCH_MD):  # they measured the graphs just replaced
@@ -181,7 +190,8 @@ def _export_level(model, dim, levels, out: Path, named: dict[str, str], opset, s
     same = float((ort_logits.argmax(-1) == torch_logits.argmax(-1)).mean())
     return {
         "dim": dim, **install(out, tmp, level_file(dim), named), "params": count_params(small),
-        "flops_per_sample": flops_per_sample(model.config, dim), "opset": opset,
+        "flops_per_sample": flops_per_sample(model.config, dim),
+        "flops": flops_terms(model.config, dim), "opset": opset,
         "parity": parity,
         "accuracy": {"onnx": _acc(ort_logits, y), "torch": _acc(torch_logits, y),
                      "same_argmax": same, "split": "test", "n": int(len(y))},
@@ -192,15 +202,14 @@ def _acc(logits: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(-1) == y).mean())
 
 
-def _quantize_dynamic(out: Path, src: str, dim: int, named: dict[str, str], x: np.ndarray,
-                      y: np.ndarray) -> dict:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+def _quantize(out: Path, src: str, dim: int, named: dict[str, str], x: np.ndarray,
+              y: np.ndarray, method: str) -> dict:
+    """The level's INT8 graph by `method` (matryoshka.quantize), with its test accuracy."""
     tmp = temp_path(out, level_file(dim, "int8"))
-    with quiet_root_logger(), writing(out / level_file(dim, "int8")):
-        quantize_dynamic(str(out / src), str(tmp), weight_type=QuantType.QInt8)
+    with writing(out / level_file(dim, "int8")):
+        quantize_level(out / src, tmp, method)
     logits = run_graph(cpu_session(tmp), x)
-    return {**install(out, tmp, level_file(dim, "int8"), named), "method": "dynamic",
+    return {**install(out, tmp, level_file(dim, "int8"), named), "method": method,
             "accuracy": _acc(logits, y)}
 
 
