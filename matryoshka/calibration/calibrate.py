@@ -26,7 +26,8 @@ from matryoshka.calibration.thresholds import (
 from matryoshka.data.source import for_export
 from matryoshka.errors import ConfigError, DataError
 from matryoshka.io import temp_path, writing
-from matryoshka.logs import quiet_root_logger
+from matryoshka.quantize import STATIC_CALIBRATION as INT8_METHODS
+from matryoshka.quantize import quantize_level
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.inputs import check_input
 from matryoshka.runtime.manifest import (
@@ -37,9 +38,9 @@ from matryoshka.runtime.manifest import (
     named_files,
     read_manifest,
 )
+from matryoshka.runtime.runtime import VARIANTS
 
 log = logging.getLogger(__name__)
-INT8_METHODS = ("minmax", "entropy", "percentile")
 
 
 def check_args(target: str, epsilon: float, delta: float, split: str, variant: str,
@@ -52,8 +53,8 @@ def check_args(target: str, epsilon: float, delta: float, split: str, variant: s
     if split not in ("train", "val"):
         raise ConfigError(f"--split must be train or val (test is kept for the report); "
                           f"got {split!r}")
-    if variant not in ("fp32", "int8"):
-        raise ConfigError(f"--variant must be fp32 or int8; got {variant!r}")
+    if variant not in VARIANTS:
+        raise ConfigError(f"--variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
     if int8 not in (None, "static"):
         raise ConfigError(f"--int8 must be static; got {int8!r}")
     if method not in INT8_METHODS:
@@ -84,14 +85,23 @@ def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val
                                                       for lv in manifest["levels"]):
             raise ConfigError("--variant int8 needs int8 graphs: add --int8 static, or export "
                               "with --quantize dynamic")
+        if variant == "auto" and not manifest.get("plan"):
+            raise ConfigError(f"--variant auto needs a precision plan; make one with: "
+                              f"matryoshka tune {export_dir}")
         if int8 == "static":
             _quantize_static(export_dir, manifest, x_cal, x_test, y_test, method, progress)
-            # the int8 calibration, if any, was fitted on the graphs just replaced
-            (manifest.get("calibration") or {}).pop("int8", None)
+            # the int8 and auto calibrations, and the plan, measured the graphs just replaced
+            for stale in ("int8", "auto"):
+                (manifest.get("calibration") or {}).pop(stale, None)
+            if manifest.pop("plan", None) is not None:
+                log.warning("the precision plan measured the INT8 graphs just replaced and "
+                            "was dropped; run matryoshka tune %s again", export_dir)
         rt = Runtime.from_manifest(export_dir, manifest, device="cpu", variant=variant)
         record = _calibrate_thresholds(rt, x_cal, y_cal, x_test, y_test, target, epsilon,
                                        delta, progress)
         record.update(variant=variant, split=split, data=data_record,
+                      precisions=[rt.precision(d) for d in rt.levels],
+                      graphs=[rt.entry(d)["sha256"] for d in rt.levels],
                       data_sha256=data_record.get("sha256"),
                       created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         manifest.setdefault("calibration", {})[variant] = record
@@ -107,7 +117,8 @@ def check_labels(dataset: dict, n_classes: int, data) -> None:
                             f"{n_classes} classes (0 to {n_classes - 1})")
 
 
-def _all_logits(rt: Runtime, x: np.ndarray, batch: int = 256) -> list[np.ndarray]:
+def level_logits(rt: Runtime, x: np.ndarray, batch: int = 256) -> list[np.ndarray]:
+    """The logits of every level of `rt` on x, in chunks of `batch` rows."""
     return [np.concatenate([rt.run_level(d, x[i:i + batch]) for i in range(0, len(x), batch)])
             for d in rt.levels]
 
@@ -117,8 +128,8 @@ def _calibrate_thresholds(rt: Runtime, x_cal, y_cal, x_test, y_test, target, eps
     dims = rt.levels
     flops = [float(lv["flops_per_sample"]) for lv in rt.manifest["levels"]]
     bar = tqdm(total=3, desc="calibrate", disable=None if progress else True, leave=False)
-    cal = _all_logits(rt, x_cal)
-    test = _all_logits(rt, x_test)
+    cal = level_logits(rt, x_cal)
+    test = level_logits(rt, x_test)
     bar.update(1)
     temps = [fit_temperature(z, y_cal) for z in cal]
     bar.update(1)
@@ -158,39 +169,14 @@ def _calibrate_thresholds(rt: Runtime, x_cal, y_cal, x_test, y_test, target, eps
     }
 
 
-class _Reader:
-    """onnxruntime CalibrationDataReader over an array, in batches."""
-
-    def __init__(self, name: str, x: np.ndarray, batch: int = 64):
-        self._batches = iter([{name: x[i:i + batch]} for i in range(0, len(x), batch)])
-
-    def get_next(self):
-        return next(self._batches, None)
-
-    def rewind(self):  # pragma: no cover - ORT only calls this for some methods
-        pass
-
-
 def _quantize_static(folder: Path, manifest: dict, x_cal, x_test, y_test, method: str,
                      progress: bool) -> None:
-    """INT8 QDQ quantization of every level's MatMul/Gemm, calibrated on the calibration split.
-
-    No fusion first: onnxruntime's maintainers note that static quantization breaks after
-    transformer fusions, and our graphs are exported unfused for that reason. Each new graph
-    gets a name the committed manifest does not use; `manifest` (in memory) is updated.
-    """
+    """INT8 QDQ quantization of every level's MatMul/Gemm, calibrated on the calibration split
+    (`matryoshka.quantize`, method static), each validated for accuracy against fp32 on the
+    test split. Each new graph gets a name the committed manifest does not use; `manifest`
+    (in memory) is updated."""
     import onnxruntime as ort
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    reader_cls = type("Reader", (_Reader, CalibrationDataReader), {})
     name = manifest["input"]["name"]
     named = named_files(manifest)
     fp32 = Runtime.from_manifest(folder, manifest, device="cpu")
@@ -198,11 +184,8 @@ def _quantize_static(folder: Path, manifest: dict, x_cal, x_test, y_test, method
                    leave=False):
         dim = lv["dim"]
         tmp = temp_path(folder, level_file(dim, "int8"))
-        with quiet_root_logger(), writing(folder / level_file(dim, "int8")):
-            quantize_static(str(folder / lv["file"]), str(tmp), reader_cls(name, x_cal),
-                            quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm"],
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=methods[method], per_channel=True)
+        with writing(folder / level_file(dim, "int8")):
+            quantize_level(folder / lv["file"], tmp, "static", (name, x_cal), method)
         acc_fp32 = _accuracy(fp32.run_level(dim, x_test), y_test)
         sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         acc = _accuracy(sess.run(None, {name: x_test})[0], y_test)
@@ -228,6 +211,7 @@ def calibration_table(record: dict, manifest: dict) -> str:
                               if record["thresholds"] is not None else
                               "none certified (largest level only)"),
         f"  guarantee:    {record['guarantee']}",
+        "  graphs:       " + ", ".join(f"{d}: {p}" for d, p in zip(dims, record["precisions"])),
         f"  calibration split: empirical risk {record['empirical_risk']:.4f}, expected "
         f"relative cost {record['expected_relative_cost']:.3f}",
         f"test split (n {t['n']}, never used to fit):",

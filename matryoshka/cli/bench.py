@@ -25,7 +25,7 @@ from matryoshka.cli.core import DEMO_EXPORT, check_destination, cli, parse_ints
 @click.option("--baselines", default="", help="Comma-separated: torch, padded.")
 @click.option("--checkpoint", default=None,
               help="Checkpoint for the torch baseline [the one named in the manifest].")
-@click.option("--variant", type=click.Choice(["fp32", "int8"]), default="fp32",
+@click.option("--variant", type=click.Choice(["fp32", "int8", "auto"]), default="fp32",
               show_default=True, help="Graph set to measure.")
 @click.option("--json", "json_out", default=None, help="Also write the record to this file.")
 @click.option("--plot", "plot_out", default=None, help="Write a PNG (needs matryoshka[plot]).")

@@ -21,7 +21,8 @@ from matryoshka.cli.core import DEMO_EXPORT, cli
 @click.option("--delta", type=float, default=0.1, show_default=True,
               help="Probability that the guarantee fails over the calibration draw.")
 @click.option("--variant", default="fp32", show_default=True,
-              help="Graph set to calibrate: fp32 or int8.")
+              help="Graph set to calibrate: fp32, int8, or auto (the precision plan of "
+              "`matryoshka tune`).")
 @click.option("--int8", "int8", default=None, help="'static': INT8 static quantization first.")
 @click.option("--method", default="minmax", show_default=True,
               help="INT8 calibration method: minmax, entropy or percentile.")

@@ -19,7 +19,7 @@ from matryoshka.cli.core import cli, parse_floats
               help="Cascade thresholds, one per level but the last, e.g. 0.9,0.9,0.9.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="auto",
               show_default=True)
-@click.option("--variant", type=click.Choice(["fp32", "int8"]), default="fp32",
+@click.option("--variant", type=click.Choice(["fp32", "int8", "auto"]), default="fp32",
               show_default=True)
 @click.option("--key", default=None,
               help="The array to read when INPUT_NPY is an .npz archive [its only array].")

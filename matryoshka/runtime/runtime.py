@@ -27,7 +27,9 @@ from matryoshka.runtime.providers import (
 )
 
 log = logging.getLogger(__name__)
-VARIANTS = ("fp32", "int8")
+# fp32 or int8 graphs at every level, or "auto": the precision the manifest's plan (written by
+# `matryoshka tune` from measurements on a device) chose for each level.
+VARIANTS = ("fp32", "int8", "auto")
 DEFAULT_BATCH = 256  # rows per session.run in predict: bounds the activations' memory
 
 
@@ -103,8 +105,10 @@ class Runtime:
         seen = _commit_id(folder)  # before the read: a commit after it shows as a change
         manifest = read_manifest(folder)
         try:
-            return cls.from_manifest(folder, manifest, device, threads, preload, variant,
-                                     batch_size)
+            rt = cls.from_manifest(folder, manifest, device, threads, preload, variant,
+                                   batch_size)
+            rt.calibration()  # a calibration fitted on other graphs fails the open
+            return rt
         except ArtifactError:
             # A writer may have committed a new manifest (a new file: os.replace) and deleted
             # the files of the one we read: then read the new one before blaming the folder.
@@ -137,10 +141,20 @@ class Runtime:
         return rt
 
     # -- files and sessions -------------------------------------------------------------------
+    def precision(self, dim: int) -> str:
+        """fp32 or int8: the precision this runtime runs level `dim` at."""
+        if self.variant != "auto":
+            return self.variant
+        plan = self.manifest.get("plan")
+        if plan is None:
+            raise ArtifactError(f"{self.folder} has no precision plan for variant 'auto'; "
+                                f"make one with: matryoshka tune {self.folder}")
+        return plan["precisions"][self.levels.index(dim)]
+
     def entry(self, dim: int) -> dict:
         """The manifest entry (file, sha256) of level `dim` in this runtime's variant."""
         entry = self._entries[dim]
-        if self.variant == "fp32":
+        if self.precision(dim) == "fp32":
             return entry
         if "int8" not in entry:
             raise ArtifactError(f"{self.folder} has no int8 graph for level {dim}; make one with "
@@ -248,8 +262,20 @@ class Runtime:
 
     # -- prediction ---------------------------------------------------------------------------
     def calibration(self) -> dict | None:
-        """The calibration record of this variant, or None."""
-        return (self.manifest.get("calibration") or {}).get(self.variant)
+        """The calibration record of this variant, or None. It must have been fitted on
+        exactly the graphs this runtime runs (its `graphs` list of sha256), or the guarantee
+        would not hold for what runs: anything else is refused."""
+        cal = (self.manifest.get("calibration") or {}).get(self.variant)
+        if cal is not None and "graphs" in cal:  # records written before the list are kept
+            running = [self.entry(d)["sha256"] for d in self.levels]
+            if cal["graphs"] != running:
+                changed = [d for d, a, b in zip(self.levels, cal["graphs"], running) if a != b]
+                raise ArtifactError(
+                    f"the {self.variant} calibration of {self.folder} was fitted on other "
+                    f"graphs than the ones it would run (level(s) "
+                    f"{', '.join(map(str, changed))} changed); rerun: matryoshka calibrate "
+                    f"{self.folder} --variant {self.variant}")
+        return cal
 
     def temperatures(self) -> list[float]:
         cal = self.calibration()
