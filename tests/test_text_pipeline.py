@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from matryoshka.cli import cli, mexport
 from matryoshka.errors import ArtifactError, ConfigError
 from matryoshka.runtime import Runtime
+from matryoshka.runtime.manifest import level_flops
 from matryoshka.runtime.text import TextInputError
 from tests.conftest import tree_bytes
 
@@ -126,6 +127,13 @@ def test_calibrate_and_bench_default_to_the_export_data(text_model, tmp_path):
     assert r.exit_code == 0, r.output
     results = json.loads((exp / "bench.json").read_text())["records"][0]["results"]
     assert all(r["tokens_per_s"] > 0 and 1 <= r["seq"] <= 24 for r in results)
+    # FLOPs (and so GFLOP/s and roofline) at the padded length each batch really ran
+    entries = {lv["dim"]: lv for lv in json.loads((exp / "manifest.json").read_text())["levels"]}
+    for r in results:
+        assert r["flops_per_sample"] == level_flops(entries[r["level"]], r["seq"])
+        assert r["gflops"] == pytest.approx(r["flops_per_sample"] * r["batch"]
+                                            / (r["p50_ms"] / 1e3) / 1e9)
+    assert any(r["seq"] < 24 for r in results), "the demo's texts are shorter than max_len"
     r = run(cli, "bench", exp, "--batch", "8", "--iters", "3", "--warmup", "0",
             "--seq-len", "20", "--no-progress")
     assert r.exit_code == 0, r.output

@@ -117,3 +117,46 @@ def test_time_pair_alternates_and_counts_every_call():
     timed = calls[4:]  # after the warmup pairs: blocks of 5, alternating
     assert timed[:10] == ["a"] * 5 + ["b"] * 5
     assert a["p50_ms"] <= a["p90_ms"] <= a["p99_ms"] and b["p50_ms"] <= b["p99_ms"]
+
+
+def test_peak_graphs_are_what_their_builder_writes():
+    import importlib.util
+    from pathlib import Path
+
+    from matryoshka.runtime.bench import PEAK_GRAPHS
+
+    path = Path(__file__).parents[2] / "scripts" / "make_peak_graphs.py"
+    spec = importlib.util.spec_from_file_location("make_peak_graphs", path)
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    files = builder.peak_files()
+    assert {PEAK_GRAPHS[p].name: PEAK_GRAPHS[p].read_bytes() for p in PEAK_GRAPHS} == files
+
+
+def test_int8_peak_runs_a_real_integer_product():
+    import numpy as np
+    import onnxruntime as ort
+
+    from matryoshka.runtime.bench import PEAK_GRAPHS, matmul_peak
+
+    s = ort.InferenceSession(str(PEAK_GRAPHS["int8"]), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (5, 7), dtype=np.uint8)
+    b = rng.integers(-128, 128, (7, 3), dtype=np.int8)
+    assert np.array_equal(s.run(None, {"a": a, "b": b})[0],
+                          a.astype(np.int32) @ b.astype(np.int32))
+    assert matmul_peak("int8", ["CPUExecutionProvider"], None, sizes=(64,), iters=2) > 0
+
+
+def test_int8_rows_are_measured_against_the_int8_peak(tiny_export_dir, tmp_path):
+    folder = tmp_path / "export"
+    shutil.copytree(tiny_export_dir, folder)
+    r = CliRunner().invoke(cli, ["bench", str(folder), "--batch", "2", "--iters", "3",
+                                 "--warmup", "0", "--variant", "int8", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((folder / "bench.json").read_text())["records"][0]
+    assert rec["peak_int8_gops"] > 0 and rec["variant"] == "int8"
+    for x in rec["results"]:
+        assert x["precision"] == "int8"
+        assert x["roofline"] == pytest.approx(x["gflops"] / rec["peak_int8_gops"])
+    assert "GOP/s INT8" in r.stdout
