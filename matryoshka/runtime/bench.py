@@ -85,20 +85,29 @@ def time_call(fn: Callable[[], object], warmup: int, iters: int) -> dict:
     return _stats(_times(fn, iters))
 
 
+def time_many(fns: dict[str, Callable[[], object]], warmup: int, iters: int,
+              rounds: int = 10) -> dict[str, dict]:
+    """Time several calls side by side: `warmup` untimed calls of each, then round-robin
+    blocks of iters/rounds calls each, the first one rotating every round, so that the
+    machine's slow and fast moments fall on all alike. Returns each one's percentiles."""
+    check_counts(warmup, iters)
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    per = max(1, iters // rounds)
+    times: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for r in range(max(1, iters // per)):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(_times(fns[name], per))
+    return {n: _stats(np.concatenate(ts)) for n, ts in times.items()}
+
+
 def time_pair(fa: Callable[[], object], fb: Callable[[], object], warmup: int, iters: int,
               rounds: int = 10) -> tuple[dict, dict]:
-    """Time two calls side by side: alternating blocks of iters/rounds calls each, so that
-    the machine's slow and fast moments fall on both alike. Returns both percentile dicts."""
-    check_counts(warmup, iters)
-    for _ in range(warmup):
-        fa()
-        fb()
-    per = max(1, iters // rounds)
-    ta, tb = [], []
-    for _ in range(max(1, iters // per)):
-        ta.append(_times(fa, per))
-        tb.append(_times(fb, per))
-    return _stats(np.concatenate(ta)), _stats(np.concatenate(tb))
+    """`time_many` of two calls; returns both percentile dicts."""
+    t = time_many({"a": fa, "b": fb}, warmup, iters, rounds)
+    return t["a"], t["b"]
 
 
 def matmul_peak(precision: str, providers: list[str], threads: int | None,
