@@ -11,7 +11,6 @@ quantizer every shape it needs.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 from matryoshka.errors import ConfigError
@@ -107,6 +106,3 @@ def _weight_only(pre: Path, dst) -> None:
     q.process()
     q.model.save_model_to_file(str(dst), False)
 
-
-def methods_help(methods: Iterable[str] = METHODS) -> str:
-    return "; ".join(f"{m}: {METHODS[m]}" for m in methods)
