@@ -186,15 +186,16 @@ def _quantize_static(folder: Path, manifest: dict, x_cal, x_test, y_test, method
         tmp = temp_path(folder, level_file(dim, "int8"))
         with writing(folder / level_file(dim, "int8")):
             quantize_level(folder / lv["file"], tmp, "static", (name, x_cal), method)
-        acc_fp32 = _accuracy(fp32.run_level(dim, x_test), y_test)
+        acc_fp32 = accuracy_of(fp32.run_level(dim, x_test), y_test)
         sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        acc = _accuracy(sess.run(None, {name: x_test})[0], y_test)
+        acc = accuracy_of(sess.run(None, {name: x_test})[0], y_test)
         lv["int8"] = {**install(folder, tmp, level_file(dim, "int8"), named),
                       "method": f"static-{method}", "accuracy": acc, "accuracy_fp32": acc_fp32,
                       "accuracy_change": acc - acc_fp32}
 
 
-def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+def accuracy_of(logits: np.ndarray, y: np.ndarray) -> float:
+    """The share of rows whose argmax is the label."""
     return float((logits.argmax(axis=1) == y).mean())
 
 

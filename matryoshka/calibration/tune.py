@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from matryoshka.calibration.calibrate import check_labels, level_logits
+from matryoshka.calibration.calibrate import accuracy_of, check_labels, level_logits
 from matryoshka.data.source import for_export
 from matryoshka.errors import ConfigError
 from matryoshka.runtime import Runtime
@@ -56,7 +56,7 @@ def tune(export_dir: str | Path, data: str | None = None, split: str = "val",
                     for p in PRECISIONS}
         timings = _time_levels(runtimes, x, batches, warmup, iters, progress)
         logits = {p: level_logits(rt, x) for p, rt in runtimes.items()}
-        accuracy = {str(d): {p: _accuracy(logits[p][i], y) for p in PRECISIONS}
+        accuracy = {str(d): {p: accuracy_of(logits[p][i], y) for p in PRECISIONS}
                     for i, d in enumerate(runtimes["fp32"].levels)}
         by_batch = plan_by_batch(timings, accuracy, runtimes["fp32"].levels, max_loss)
         fp32 = runtimes["fp32"]
@@ -110,10 +110,6 @@ def _time_levels(runtimes: dict[str, Runtime], x: np.ndarray, batches, warmup: i
         for precision, t in (("fp32", tf), ("int8", ti)):
             timings.append({"level": dim, "batch": b, "precision": precision, **t})
     return timings
-
-
-def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
-    return float((logits.argmax(axis=1) == y).mean())
 
 
 def plan_table(plan: dict, levels: list[int]) -> str:
