@@ -8,7 +8,9 @@ from matryoshka.model.config import (
     resize,
     validate_levels,
 )
+from matryoshka.model.spec import Spec, check_mix_name, parse_mix, parse_spec
 from matryoshka.model.transformer import (
+    Level,
     MatryoshkaTransformer,
     count_params,
     extract_level,
@@ -18,6 +20,7 @@ from matryoshka.model.transformer import (
 
 __all__ = [
     "PRESETS",
+    "Level",
     "MatryoshkaConfig",
     "MatryoshkaTransformer",
     "count_params",
@@ -26,6 +29,10 @@ __all__ = [
     "flops_terms",
     "parse_levels",
     "preset",
+    "Spec",
+    "check_mix_name",
+    "parse_mix",
+    "parse_spec",
     "resize",
     "validate_levels",
 ]

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from matryoshka.errors import ConfigError
+from matryoshka.model.spec import Spec, check_spec
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,15 @@ class MatryoshkaConfig:
     n_classes: int = 10  # output classes
     dropout: float = 0.0  # dropout on attention output and FFN output, training only
     name: str = "matryoshka"  # model name written into exported graphs
+    # A cut-out Mix'n'Match sub-model (model/spec.py) has its own widths in each layer. Empty
+    # for trained models and their levels, whose every layer uses ffn_width and d / head_dim.
+    layer_ffn: tuple[int, ...] = ()  # FFN hidden width of each layer
+    layer_heads: tuple[int, ...] = ()  # attention heads of each layer
 
     def __post_init__(self) -> None:
         _check_types(self)
-        object.__setattr__(self, "levels", tuple(self.levels))
+        for name in ("levels", "layer_ffn", "layer_heads"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in ("d_model", "n_layers", "head_dim", "d_mid", "n_classes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -69,6 +75,13 @@ class MatryoshkaConfig:
             raise ConfigError("sinusoidal positional encoding needs every level to be even")
         for d in self.levels:
             self.ffn_width(d)  # raises when d_mid * d / d_model is not a whole number
+        if self.layer_ffn or self.layer_heads:
+            if len(self.levels) != 1 or not (len(self.layer_ffn) == len(self.layer_heads)
+                                             == self.n_layers):
+                raise ConfigError("layer_ffn and layer_heads describe one cut-out sub-model: "
+                                  f"one level and {self.n_layers} entries each")
+            if min(self.layer_ffn + self.layer_heads) < 1:
+                raise ConfigError("layer_ffn and layer_heads must be positive integers")
 
     @property
     def n_tokens(self) -> int:
@@ -89,18 +102,48 @@ class MatryoshkaConfig:
             )
         return width
 
-    def for_level(self, dim: int) -> MatryoshkaConfig:
-        """The config of the standalone model that level `dim` becomes when cut out."""
-        validate_levels((dim,), self.head_dim, self.d_model, trained=False)
-        return dataclasses.replace(
-            self, d_model=dim, levels=(dim,), d_mid=self.ffn_width(dim)
-        )
+    def spec(self, level: int | Spec | None = None) -> Spec:
+        """The widths a level runs at in every layer. An int is a width (a trained level, or
+        any multiple of head_dim: its own widths everywhere); a Spec is checked against the
+        trained granularities, its left-out parts filled in; None is the full model.
+
+        >>> str(preset("tiny").spec(16))
+        '16:ffn=24,24:heads=2,2'
+        """
+        if level is None:
+            level = self.d_model
+        if isinstance(level, Spec):
+            if self.layer_ffn and level.dim == self.d_model:  # a cut-out mix's own spec
+                if level == self.spec(None):
+                    return level
+            return check_spec(level, self.levels, self.n_layers, self.head_dim, self.ffn_width)
+        if isinstance(level, bool) or not isinstance(level, int):
+            raise ConfigError(f"a level is a width or a Spec; got {level!r}")
+        validate_levels((level,), self.head_dim, self.d_model, trained=False)
+        if self.layer_ffn and level == self.d_model:
+            return Spec(level, self.layer_ffn, self.layer_heads)
+        n = self.n_layers
+        return Spec(level, (self.ffn_width(level),) * n, (level // self.head_dim,) * n)
+
+    def for_level(self, level: int | Spec) -> MatryoshkaConfig:
+        """The config of the standalone model that a level (a width or a Spec) becomes when
+        cut out. A trained level's own spec gives the plain config of that width."""
+        spec = self.spec(level)
+        if spec == self.spec(spec.dim) and not self.layer_ffn:
+            return dataclasses.replace(self, d_model=spec.dim, levels=(spec.dim,),
+                                       d_mid=self.ffn_width(spec.dim))
+        return dataclasses.replace(self, d_model=spec.dim, levels=(spec.dim,),
+                                   d_mid=max(spec.ffn), ffn_nesting="fixed",
+                                   layer_ffn=spec.ffn, layer_heads=spec.heads)
 
     def to_dict(self) -> dict:
         """The fields that mean something for this input kind (a text model's config has no
         image_size, an image model's no vocab_size)."""
         d = dataclasses.asdict(self)
-        d["levels"] = list(self.levels)
+        for name in ("levels", "layer_ffn", "layer_heads"):
+            d[name] = list(getattr(self, name))
+        if not self.layer_ffn:  # a trained model's config.json stays as it was
+            del d["layer_ffn"], d["layer_heads"]
         for name in KIND_FIELDS:
             if self.input_kind not in KIND_FIELDS[name]:
                 del d[name]
@@ -140,7 +183,7 @@ def _check_types(cfg: MatryoshkaConfig) -> None:
             want = "a finite number"
         elif f.type == "str":
             ok, want = isinstance(v, str), "a string"
-        else:  # levels: tuple[int, ...]
+        else:  # levels, layer_ffn, layer_heads: tuple[int, ...]
             ok = isinstance(v, (list, tuple)) and all(_is_int(d) for d in v)
             want = "a list of integers"
         if not ok:

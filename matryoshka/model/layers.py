@@ -1,22 +1,39 @@
-"""Nested layers: every weight is read through the prefix that a level of width `dim` owns.
+"""Nested layers: every weight is read through the prefix that a level's widths own.
 
-DESIGN.md, "The model, made precise". Each layer has `forward(x, dim)`, which runs the matrix
-products on the sliced tensors, and `view(dim)`, which names exactly the slices it reads; the
-exporter copies those slices and the optimiser derives per-level shells from them.
+DESIGN.md, "The model, made precise". Each layer has `forward(x, w)`, which runs the matrix
+products on the sliced tensors at the widths `w`, and `view(w)`, which names exactly the
+slices it reads; the exporter copies those slices and the optimiser derives per-level shells
+from them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# An axis is "d" (scales with the level width), "ffn" (scales with the level's FFN width)
-# or None (the same at every level).
-Width = Callable[[str | None, int], int]
+
+
+class Widths(NamedTuple):
+    """The widths one block runs at (a level's, or a Mix'n'Match spec's for that layer)."""
+
+    dim: int  # the residual stream
+    attn: int  # attention: heads * head_dim
+    ffn: int  # the FFN's hidden layer
+
+
+def widths(kind: str | None, w: Widths) -> int:
+    """An axis of kind "d", "attn" or "ffn" at the widths w (None: not nested, see Width)."""
+    return {"d": w.dim, "attn": w.attn, "ffn": w.ffn}[kind]
+
+
+# An axis is "d" (the residual width), "attn" (the attention width), "ffn" (the FFN width) or
+# None (the same at every level, e.g. the classes): a Width maps (kind, widths) to its size.
+Width = Callable[[str | None, Widths], int]
 View = dict[str, tuple[str, tuple[slice, ...]]]
 
 
@@ -28,9 +45,9 @@ def prefix(p: torch.Tensor, *sizes: int) -> torch.Tensor:
 
 
 class NestedLinear(nn.Module):
-    """y = x W[:out(dim), :in(dim)]^T + b[:out(dim)]."""
+    """y = x W[:out(w), :in(w)]^T + b[:out(w)], the axes sized by the widths w."""
 
-    def __init__(self, in_kind: str | None, out_kind: str | None, width: Width, full: int,
+    def __init__(self, in_kind: str | None, out_kind: str | None, width: Width, full: Widths,
                  bias: bool = True):
         super().__init__()
         self.in_kind, self.out_kind, self.width = in_kind, out_kind, width
@@ -38,16 +55,16 @@ class NestedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(width(out_kind, full))) if bias else None
         nn.init.normal_(self.weight, std=1.0 / math.sqrt(self.weight.shape[1]))
 
-    def sizes(self, dim: int) -> tuple[int, int]:
-        return self.width(self.out_kind, dim), self.width(self.in_kind, dim)
+    def sizes(self, w: Widths) -> tuple[int, int]:
+        return self.width(self.out_kind, w), self.width(self.in_kind, w)
 
-    def forward(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        out, inp = self.sizes(dim)
+    def forward(self, x: torch.Tensor, w: Widths) -> torch.Tensor:
+        out, inp = self.sizes(w)
         bias = prefix(self.bias, out) if self.bias is not None else None
         return F.linear(x, prefix(self.weight, out, inp), bias)
 
-    def view(self, dim: int) -> View:
-        out, inp = self.sizes(dim)
+    def view(self, w: Widths) -> View:
+        out, inp = self.sizes(w)
         view = {"weight": ("weight", (slice(0, out), slice(0, inp)))}
         if self.bias is not None:
             view["bias"] = ("bias", (slice(0, out),))
@@ -88,75 +105,75 @@ class NestedLayerNorm(nn.Module):
 
 
 class NestedAttention(nn.Module):
-    """Multi-scale attention: level dim uses the first dim/head_dim heads (seed section 2)."""
+    """Multi-scale attention: widths w use the first w.attn / head_dim heads (seed section 2;
+    a trained level has w.attn = w.dim)."""
 
-    def __init__(self, width: Width, d_model: int, head_dim: int, dropout: float):
+    def __init__(self, width: Width, full: Widths, head_dim: int, dropout: float):
         super().__init__()
         self.head_dim = head_dim
-        self.q = NestedLinear("d", "d", width, d_model)
+        self.q = NestedLinear("d", "attn", width, full)
         # No key bias: it adds q.b to every score of a query alike, which softmax ignores, so
         # its gradient is exactly zero and Adam would only amplify rounding noise in it.
-        self.k = NestedLinear("d", "d", width, d_model, bias=False)
-        self.v = NestedLinear("d", "d", width, d_model)
-        self.o = NestedLinear("d", "d", width, d_model)
+        self.k = NestedLinear("d", "attn", width, full, bias=False)
+        self.v = NestedLinear("d", "attn", width, full)
+        self.o = NestedLinear("attn", "d", width, full)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, dim: int,
+    def forward(self, x: torch.Tensor, w: Widths,
                 key_bias: torch.Tensor | None = None) -> torch.Tensor:
         """key_bias [batch, 1, 1, n]: 0 for a real key, MASKED for padding (text input)."""
         b, n, _ = x.shape
-        heads = dim // self.head_dim
+        heads = w.attn // self.head_dim
 
         def split(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(b, n, heads, self.head_dim).transpose(1, 2)
 
-        q, k, v = split(self.q(x, dim)), split(self.k(x, dim)), split(self.v(x, dim))
+        q, k, v = split(self.q(x, w)), split(self.k(x, w)), split(self.v(x, w))
         scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
         if key_bias is not None:
             scores = scores + key_bias
         ctx = torch.matmul(torch.softmax(scores, dim=-1), v)
-        ctx = ctx.transpose(1, 2).reshape(b, n, dim)
-        return self.drop(self.o(ctx, dim))
+        ctx = ctx.transpose(1, 2).reshape(b, n, w.attn)
+        return self.drop(self.o(ctx, w))
 
-    def view(self, dim: int) -> View:
-        return _merge(dim, q=self.q, k=self.k, v=self.v, o=self.o)
+    def view(self, w: Widths) -> View:
+        return _merge(w, q=self.q, k=self.k, v=self.v, o=self.o)
 
 
 class NestedFFN(nn.Module):
     """FFN^(i)(x) = max(0, x W1^(i) + b1^(i)) W2^(i) + b2^(i) (seed layer-wise section 1)."""
 
-    def __init__(self, width: Width, d_model: int, dropout: float):
+    def __init__(self, width: Width, full: Widths, dropout: float):
         super().__init__()
-        self.w1 = NestedLinear("d", "ffn", width, d_model)
-        self.w2 = NestedLinear("ffn", "d", width, d_model)
+        self.w1 = NestedLinear("d", "ffn", width, full)
+        self.w2 = NestedLinear("ffn", "d", width, full)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        return self.drop(self.w2(torch.relu(self.w1(x, dim)), dim))
+    def forward(self, x: torch.Tensor, w: Widths) -> torch.Tensor:
+        return self.drop(self.w2(torch.relu(self.w1(x, w)), w))
 
-    def view(self, dim: int) -> View:
-        return _merge(dim, w1=self.w1, w2=self.w2)
+    def view(self, w: Widths) -> View:
+        return _merge(w, w1=self.w1, w2=self.w2)
 
 
 class NestedBlock(nn.Module):
     """Pre-norm transformer block: h + Attn(LN(h)), then h + FFN(LN(h))."""
 
-    def __init__(self, width: Width, levels: tuple[int, ...], head_dim: int,
+    def __init__(self, full: Widths, levels: tuple[int, ...], head_dim: int,
                  per_level_norm: bool, dropout: float):
         super().__init__()
-        d_model = levels[-1]
         self.ln1 = NestedLayerNorm(levels, per_level_norm)
-        self.attn = NestedAttention(width, d_model, head_dim, dropout)
+        self.attn = NestedAttention(widths, full, head_dim, dropout)
         self.ln2 = NestedLayerNorm(levels, per_level_norm)
-        self.ffn = NestedFFN(width, d_model, dropout)
+        self.ffn = NestedFFN(widths, full, dropout)
 
-    def forward(self, h: torch.Tensor, dim: int,
+    def forward(self, h: torch.Tensor, w: Widths,
                 key_bias: torch.Tensor | None = None) -> torch.Tensor:
-        h = h + self.attn(self.ln1(h, dim), dim, key_bias)
-        return h + self.ffn(self.ln2(h, dim), dim)
+        h = h + self.attn(self.ln1(h, w.dim), w, key_bias)
+        return h + self.ffn(self.ln2(h, w.dim), w)
 
-    def view(self, dim: int) -> View:
-        return _merge(dim, ln1=self.ln1, attn=self.attn, ln2=self.ln2, ffn=self.ffn)
+    def view(self, w: Widths) -> View:
+        return _merge(w, ln1=self.ln1, attn=self.attn, ln2=self.ln2, ffn=self.ffn)
 
 
 # Added to the attention score of a padded key. Finite (not -inf), so that even a row of
@@ -174,10 +191,12 @@ def sinusoid(n: int, dim: int) -> torch.Tensor:
     return torch.stack([torch.sin(pos * freq), torch.cos(pos * freq)], dim=-1).reshape(n, dim)
 
 
-def _merge(dim: int, **children: nn.Module) -> View:
-    """Prefix every child's view with the child's attribute name."""
+def _merge(w: Widths, **children: nn.Module) -> View:
+    """Prefix every child's view with the child's attribute name (a LayerNorm's view takes
+    the residual width alone)."""
     out: View = {}
     for name, child in children.items():
-        for tgt, (src, sl) in child.view(dim).items():
+        for tgt, (src, sl) in child.view(w.dim if isinstance(child, NestedLayerNorm)
+                                         else w).items():
             out[f"{name}.{tgt}"] = (f"{name}.{src}", sl)
     return out

@@ -9,17 +9,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from matryoshka.errors import ConfigError
-from matryoshka.model.config import MatryoshkaConfig, validate_levels
+from matryoshka.model.config import MatryoshkaConfig
 from matryoshka.model.layers import (
     MASKED,
     NestedBlock,
     NestedLayerNorm,
     NestedLinear,
     View,
+    Widths,
     _merge,
     prefix,
     sinusoid,
+    widths,
 )
+from matryoshka.model.spec import Spec
+
+# What a level is, wherever one is asked for: a width (a trained level's own widths in every
+# layer), a Mix'n'Match Spec, or None for the full model.
+Level = int | Spec | None
 
 
 class MatryoshkaTransformer(nn.Module):
@@ -34,10 +41,10 @@ class MatryoshkaTransformer(nn.Module):
     def __init__(self, config: MatryoshkaConfig):
         super().__init__()
         self.config = c = config
-        width = self._width
+        full = self.layer_widths(c.spec(None))
         if c.input_kind == "image":
-            self.embed = NestedLinear(None, "d", lambda k, n: c.patch_size**2 if k is None else
-                                      width(k, n), c.d_model)
+            self.embed = NestedLinear(None, "d", lambda k, w: c.patch_size**2 if k is None else
+                                      widths(k, w), full[0])
         else:
             self.embed = nn.Embedding(c.vocab_size, c.d_model)
             nn.init.normal_(self.embed.weight, std=1.0)
@@ -45,22 +52,21 @@ class MatryoshkaTransformer(nn.Module):
             self.pos = nn.Parameter(torch.randn(c.n_tokens, c.d_model) * 0.02)
         per_level = c.norm == "per_level"
         self.blocks = nn.ModuleList(
-            NestedBlock(width, c.levels, c.head_dim, per_level, c.dropout)
-            for _ in range(c.n_layers)
+            NestedBlock(w, c.levels, c.head_dim, per_level, c.dropout) for w in full
         )
         self.ln_f = NestedLayerNorm(c.levels, per_level)
-        self.head = NestedLinear("d", None, lambda k, n: c.n_classes if k is None else
-                                 width(k, n), c.d_model)
+        self.head = NestedLinear("d", None, lambda k, w: c.n_classes if k is None else
+                                 widths(k, w), full[0])
 
-    def _width(self, kind: str | None, dim: int) -> int:
-        return self.config.ffn_width(dim) if kind == "ffn" else dim
+    def layer_widths(self, spec: Spec) -> list[Widths]:
+        """The widths each block runs at under `spec`."""
+        hd = self.config.head_dim
+        return [Widths(spec.dim, h * hd, m) for m, h in zip(spec.ffn, spec.heads)]
 
-    def check_level(self, level: int | None) -> int:
-        """The width to run: `level` itself after checking it, or d_model when None."""
-        if level is None:
-            return self.config.d_model
-        validate_levels((int(level),), self.config.head_dim, self.config.d_model, trained=False)
-        return int(level)
+    def check_level(self, level: Level) -> Spec:
+        """The spec to run: a width's own widths, a Spec checked against the trained
+        granularities, or the full model when None."""
+        return self.config.spec(level)
 
     def tokens(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         """Preprocess the raw input and embed it at width dim: [batch, n, dim]."""
@@ -70,7 +76,7 @@ class MatryoshkaTransformer(nn.Module):
             g, p = c.image_size // c.patch_size, c.patch_size
             x = x.to(torch.float32) * (1.0 / c.pixel_scale)
             x = x.reshape(b, g, p, g, p).permute(0, 1, 3, 2, 4).reshape(b, g * g, p * p)
-            h = self.embed(x, dim)
+            h = self.embed(x, Widths(dim, dim, dim))
         else:
             h = F.embedding(x, prefix(self.embed.weight, c.vocab_size, dim))
         n = h.shape[1]
@@ -78,21 +84,22 @@ class MatryoshkaTransformer(nn.Module):
             return h + prefix(self.pos, c.n_tokens, dim)[:n]
         return h + sinusoid(c.n_tokens, dim)[:n]
 
-    def forward(self, x: torch.Tensor, level: int | None = None, return_hidden: bool = False):
-        """Logits [batch, n_classes] at width `level` (default d_model).
+    def forward(self, x: torch.Tensor, level: Level = None, return_hidden: bool = False):
+        """Logits [batch, n_classes] at `level`: a width, a Spec, or None (d_model).
 
         Text input: mask = (ids != pad_id) is computed here, from the ids alone, so the graph
         takes one tensor; padded keys get no attention weight and pooling is the masked mean,
         which makes a row's logits the same alone and inside a padded batch.
         With return_hidden, also the list of every block's output h^(l,i), [batch, n, dim].
         """
-        dim = self.check_level(level)
+        spec = self.check_level(level)
+        dim = spec.dim
         h = self.tokens(x, dim)
         mask = self.mask(x)
         key_bias = None if mask is None else ((~mask)[:, None, None, :]).to(h.dtype) * MASKED
         hidden = []
-        for block in self.blocks:
-            h = block(h, dim, key_bias)
+        for block, w in zip(self.blocks, self.layer_widths(spec)):
+            h = block(h, w, key_bias)
             hidden.append(h)
         h = self.ln_f(h, dim)
         if mask is None:
@@ -100,20 +107,24 @@ class MatryoshkaTransformer(nn.Module):
         else:
             m = mask.unsqueeze(-1).to(h.dtype)
             pooled = (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
-        logits = self.head(pooled, dim)
+        logits = self.head(pooled, Widths(dim, dim, dim))
         return (logits, hidden) if return_hidden else logits
 
     def mask(self, x: torch.Tensor) -> torch.Tensor | None:
         """[batch, n] True at real tokens, for text input; None for every other kind."""
         return x != self.config.pad_id if self.config.input_kind == "text" else None
 
-    def view(self, dim: int) -> View:
-        """Map each parameter of the standalone width-`dim` model to (own name, slices)."""
+    def view(self, level: Level) -> View:
+        """Map each parameter of the standalone model of `level` to (own name, slices)."""
         c = self.config
-        out = _merge(dim, ln_f=self.ln_f, head=self.head,
-                     **{f"blocks.{i}": b for i, b in enumerate(self.blocks)})
+        spec = self.check_level(level)
+        dim = spec.dim
+        top = Widths(dim, dim, dim)
+        out = _merge(top, ln_f=self.ln_f, head=self.head)
+        for i, (block, w) in enumerate(zip(self.blocks, self.layer_widths(spec))):
+            out.update(_merge(w, **{f"blocks.{i}": block}))
         if c.input_kind == "image":
-            out.update(_merge(dim, embed=self.embed))
+            out.update(_merge(top, embed=self.embed))
         else:
             out["embed.weight"] = ("embed.weight", (slice(None), slice(0, dim)))
         if c.pos_encoding == "learned":
@@ -121,8 +132,9 @@ class MatryoshkaTransformer(nn.Module):
         return out
 
 
-def extract_level(model: MatryoshkaTransformer, dim: int) -> MatryoshkaTransformer:
-    """A standalone model of width `dim` whose parameters are copies of the prefixes.
+def extract_level(model: MatryoshkaTransformer, level: Level) -> MatryoshkaTransformer:
+    """A standalone model of `level` (a width or a Spec) whose parameters are copies of the
+    prefixes.
 
     >>> from matryoshka.model import preset
     >>> m = MatryoshkaTransformer(preset("tiny"))
@@ -130,10 +142,10 @@ def extract_level(model: MatryoshkaTransformer, dim: int) -> MatryoshkaTransform
     >>> max(max(p.shape) for p in small.parameters()) < 64
     True
     """
-    dim = model.check_level(dim)
-    small = MatryoshkaTransformer(model.config.for_level(dim))
+    spec = model.check_level(level)
+    small = MatryoshkaTransformer(model.config.for_level(spec))
     source = dict(model.named_parameters())
-    view = model.view(dim)
+    view = model.view(spec)
     state = {}
     for name, param in small.named_parameters():
         if name not in view:
@@ -153,24 +165,26 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def flops_terms(config: MatryoshkaConfig, dim: int) -> dict[str, int]:
-    """FLOPs (multiply-adds x2) of one sample at width `dim` as a polynomial in its length n:
-    per_token * n + per_pair * n**2 + per_sample.
+def flops_terms(config: MatryoshkaConfig, level: Level) -> dict[str, int]:
+    """FLOPs (multiply-adds x2) of one sample at `level` (a width or a Spec) as a polynomial
+    in its length n: per_token * n + per_pair * n**2 + per_sample.
 
     per_token: the patch projection (a text embedding is a gather: no FLOPs), the q, k, v, o
-    projections, the FFN and the pooling sum; per_pair: attention's scores q.k and context
-    p.v, n**2 * dim each, in every layer; per_sample: the head.
+    projections (dim x attn each), the FFN (dim x ffn, twice) and the pooling sum; per_pair:
+    attention's scores q.k and context p.v, n**2 * attn each, in every layer; per_sample: the
+    head.
     """
-    m, c = config.ffn_width(dim), config.n_classes
+    spec = config.spec(level)
+    dim, c, hd = spec.dim, config.n_classes, config.head_dim
     embed = config.patch_size**2 * dim if config.input_kind == "image" else 0
-    per_layer = 4 * dim * dim + 2 * dim * m  # q, k, v, o; W1 and W2
-    return {"per_token": 2 * (embed + config.n_layers * per_layer) + dim,
-            "per_pair": 2 * config.n_layers * 2 * dim,
+    layers = sum(4 * dim * h * hd + 2 * dim * m for m, h in zip(spec.ffn, spec.heads))
+    return {"per_token": 2 * (embed + layers) + dim,
+            "per_pair": 2 * 2 * hd * sum(spec.heads),
             "per_sample": 2 * dim * c}
 
 
-def flops_per_sample(config: MatryoshkaConfig, dim: int) -> int:
-    """FLOPs of one sample at width dim and full length (max_len for text); the runtime's
+def flops_per_sample(config: MatryoshkaConfig, level: Level) -> int:
+    """FLOPs of one sample at `level` and full length (max_len for text); the runtime's
     `level_flops` evaluates the same polynomial at any length."""
-    t, n = flops_terms(config, dim), config.n_tokens
+    t, n = flops_terms(config, level), config.n_tokens
     return t["per_token"] * n + t["per_pair"] * n**2 + t["per_sample"]
