@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 class Widths(NamedTuple):
     """The widths one block runs at (a level's, or a Mix'n'Match spec's for that layer)."""
 
