@@ -128,7 +128,7 @@ def test_calibrate_and_bench_default_to_the_export_data(text_model, tmp_path):
     results = json.loads((exp / "bench.json").read_text())["records"][0]["results"]
     assert all(r["tokens_per_s"] > 0 and 1 <= r["seq"] <= 24 for r in results)
     # FLOPs (and so GFLOP/s and roofline) at the padded length each batch really ran
-    entries = {lv["dim"]: lv for lv in json.loads((exp / "manifest.json").read_text())["levels"]}
+    entries = {lv["name"]: lv for lv in json.loads((exp / "manifest.json").read_text())["levels"]}
     for r in results:
         assert r["flops_per_sample"] == level_flops(entries[r["level"]], r["seq"])
         assert r["gflops"] == pytest.approx(r["flops_per_sample"] * r["batch"]

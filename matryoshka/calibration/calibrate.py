@@ -34,6 +34,7 @@ from matryoshka.runtime.manifest import (
     commit_manifest,
     install,
     level_file,
+    level_name,
     manifest_writer,
     named_files,
     read_manifest,
@@ -140,19 +141,8 @@ def _calibrate_thresholds(rt: Runtime, x_cal, y_cal, x_test, y_test, target, eps
         log.warning("no thresholds could be certified for %s <= %g at delta %g on %d samples; "
                     "the runtime will use the largest level alone", target, epsilon, delta,
                     len(y_cal))
-    thr = cert.thresholds if cert.thresholds is not None else [1.0] * (len(dims) - 1)
-    out = simulate(test, dims, temps, thr, y_test, flops, target)
-    largest = test[-1].argmax(axis=1)
-    report = {
-        "n": int(len(y_test)),
-        "risk": float(out.loss.mean()),
-        "disagreement": float((out.labels != largest).mean()),
-        "accuracy": float((out.labels == y_test).mean()),
-        "accuracy_largest": float((largest == y_test).mean()),
-        "relative_cost": float(out.cost.mean()),
-        "exit_fractions": [float((out.levels == d).mean()) for d in dims],
-    }
-    return {
+    report = _test_report(test, y_test, dims, temps, cert, flops, target)
+    record = {
         "temperatures": temps,
         "nll": {"before": [nll(z, y_cal) for z in cal],
                 "after": [nll(z, y_cal, t) for z, t in zip(cal, temps)]},
@@ -167,6 +157,41 @@ def _calibrate_thresholds(rt: Runtime, x_cal, y_cal, x_test, y_test, target, eps
         "exit_fractions": cert.exit_fractions,
         "test": report,
     }
+    trained = [i for i, name in enumerate(dims) if name.isdigit()]
+    if 1 < len(trained) < len(dims) and trained[-1] == len(dims) - 1:
+        record["trained_only"] = _trained_only(trained, cal, y_cal, test, y_test, dims, temps,
+                                               flops, epsilon, delta, target)
+    return record
+
+
+def _test_report(test, y_test, dims, temps, cert, flops, target) -> dict:
+    """The certified cascade replayed on the test split."""
+    thr = cert.thresholds if cert.thresholds is not None else [1.0] * (len(dims) - 1)
+    out = simulate(test, dims, temps, thr, y_test, flops, target)
+    largest = test[-1].argmax(axis=1)
+    return {
+        "n": int(len(y_test)),
+        "risk": float(out.loss.mean()),
+        "disagreement": float((out.labels != largest).mean()),
+        "accuracy": float((out.labels == y_test).mean()),
+        "accuracy_largest": float((largest == y_test).mean()),
+        "relative_cost": float(out.cost.mean()),
+        "exit_fractions": [float((out.levels == d).mean()) for d in dims],
+    }
+
+
+def _trained_only(keep: list[int], cal, y_cal, test, y_test, dims, temps, flops, epsilon,
+                  delta, target) -> dict:
+    """For comparison: the cascade over the trained levels alone, certified at the same
+    target, epsilon and delta on the same calibration draw (its cost is relative to the same
+    largest level)."""
+    pick = [dims[i] for i in keep]
+    sub = ([cal[i] for i in keep], [test[i] for i in keep], [temps[i] for i in keep],
+           [flops[i] for i in keep])
+    cert = learn_then_test(sub[0], y_cal, pick, sub[2], sub[3], epsilon, delta, target)
+    return {"levels": pick, "thresholds": cert.thresholds,
+            "expected_relative_cost": cert.expected_relative_cost,
+            "test": _test_report(sub[1], y_test, pick, sub[2], cert, sub[3], target)}
 
 
 def _quantize_static(folder: Path, manifest: dict, x_cal, x_test, y_test, method: str,
@@ -182,14 +207,14 @@ def _quantize_static(folder: Path, manifest: dict, x_cal, x_test, y_test, method
     fp32 = Runtime.from_manifest(folder, manifest, device="cpu")
     for lv in tqdm(manifest["levels"], desc="int8", disable=None if progress else True,
                    leave=False):
-        dim = lv["dim"]
-        tmp = temp_path(folder, level_file(dim, "int8"))
-        with writing(folder / level_file(dim, "int8")):
+        level = level_name(lv)
+        tmp = temp_path(folder, level_file(level, "int8"))
+        with writing(folder / level_file(level, "int8")):
             quantize_level(folder / lv["file"], tmp, "static", (name, x_cal), method)
-        acc_fp32 = accuracy_of(fp32.run_level(dim, x_test), y_test)
+        acc_fp32 = accuracy_of(fp32.run_level(level, x_test), y_test)
         sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         acc = accuracy_of(sess.run(None, {name: x_test})[0], y_test)
-        lv["int8"] = {**install(folder, tmp, level_file(dim, "int8"), named),
+        lv["int8"] = {**install(folder, tmp, level_file(level, "int8"), named),
                       "method": f"static-{method}", "accuracy": acc, "accuracy_fp32": acc_fp32,
                       "accuracy_change": acc - acc_fp32}
 
@@ -202,7 +227,7 @@ def accuracy_of(logits: np.ndarray, y: np.ndarray) -> float:
 def calibration_table(record: dict, manifest: dict) -> str:
     """The closing report of `matryoshka calibrate`, on the test split."""
     t = record["test"]
-    dims = [lv["dim"] for lv in manifest["levels"]]
+    dims = [level_name(lv) for lv in manifest["levels"]]
     lines = [
         f"calibration ({record['variant']}, target {record['target']}, "
         f"epsilon {record['epsilon']:g}, delta {record['delta']:g}, n {record['n']})",
@@ -222,10 +247,16 @@ def calibration_table(record: dict, manifest: dict) -> str:
         f"  relative FLOPs cost {t['relative_cost']:.3f}; answered per level: "
         + ", ".join(f"{d}: {f:.1%}" for d, f in zip(dims, t["exit_fractions"])),
     ]
+    if "trained_only" in record:
+        o = record["trained_only"]
+        lines.append(f"  trained levels alone ({', '.join(o['levels'])}), same epsilon and "
+                     f"delta: relative FLOPs cost {o['test']['relative_cost']:.3f} on test "
+                     f"(calibration split {o['expected_relative_cost']:.3f}), accuracy "
+                     f"{o['test']['accuracy']:.4f}")
     int8 = [lv for lv in manifest["levels"] if "int8" in lv and "accuracy_fp32" in lv["int8"]]
     for lv in int8:
         q = lv["int8"]
-        lines.append(f"  int8 level {lv['dim']}: accuracy {q['accuracy']:.4f} "
+        lines.append(f"  int8 level {level_name(lv)}: accuracy {q['accuracy']:.4f} "
                      f"(fp32 {q['accuracy_fp32']:.4f}, change {q['accuracy_change']:+.4f}), "
                      f"{q['bytes'] / 1024:.0f} KB vs {lv['bytes'] / 1024:.0f} KB")
     return "\n".join(lines)

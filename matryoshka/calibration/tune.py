@@ -112,7 +112,7 @@ def _time_levels(runtimes: dict[str, Runtime], x: np.ndarray, batches, warmup: i
     return timings
 
 
-def plan_table(plan: dict, levels: list[int]) -> str:
+def plan_table(plan: dict, levels: list[str]) -> str:
     """The closing report of `matryoshka tune`."""
     lines = [f"plan for batch {plan['batch']} on {plan['device']}, {plan['provider']}, "
              f"threads {plan['threads']} (accuracy bound: {plan['max_loss'] * 100:g} points "

@@ -27,6 +27,15 @@ def _export_options(f):
                      "dynamic (per-tensor weight scales), dynamic-pc (per-channel) or weight4 "
                      "(4-bit weights, int8 compute). Static INT8: matryoshka calibrate --int8 "
                      "static."),
+        click.option("--mix", "mixes", multiple=True, metavar="NAME=SPEC",
+                     help="Also export a Mix'n'Match sub-model as a level named NAME; SPEC is "
+                     "DIM[:ffn=W,...][:heads=H,...], one value per layer (or one for all), "
+                     "e.g. mid=256:ffn=1024,512:heads=8,4. Repeatable."),
+        click.option("--from-search", default=None, metavar="SEARCH_JSON",
+                     help="Also export sub-models from the frontier of `matryoshka search`."),
+        click.option("--pick", default="all", show_default=True,
+                     help="With --from-search: frontier picks to export, e.g. 1,3, or all, "
+                     "or best (the best under the search's budget)."),
         click.option("--data", default=None,
                      help="Validation data [the data the checkpoint was trained on]."),
         click.option("--force", is_flag=True, help="Replace an existing --out."),
@@ -37,8 +46,8 @@ def _export_options(f):
     return f
 
 
-def _run_export(levels, checkpoint, out, opset, no_simplify, atol, rtol, quantize, data,
-                force, no_progress) -> None:
+def _run_export(levels, checkpoint, out, opset, no_simplify, atol, rtol, quantize, mixes,
+                from_search, pick, data, force, no_progress) -> None:
     from matryoshka.model import parse_levels
 
     parsed = parse_levels(levels) if levels is not None else None
@@ -47,9 +56,26 @@ def _run_export(levels, checkpoint, out, opset, no_simplify, atol, rtol, quantiz
 
     manifest = run_export(checkpoint, out, parsed, opset=opset, simplify=not no_simplify,
                           atol=atol, rtol=rtol, quantize=quantize, force=force, data=data,
-                          progress=not no_progress)
+                          progress=not no_progress,
+                          mixes=_mixes(checkpoint, mixes, from_search, pick))
     click.echo(export_table(manifest))
     click.echo(f"{len(manifest['levels'])} graphs and manifest.json written to {out}")
+
+
+def _mixes(checkpoint, mixes, from_search, pick) -> list:
+    """(name, Spec) of every --mix and --from-search pick, parsed against the checkpoint."""
+    if not mixes and from_search is None:
+        return []
+    from matryoshka.model import parse_mix
+    from matryoshka.model.checkpoint import checkpoint_sha256, read_config
+
+    cfg = read_config(checkpoint)
+    chosen = [parse_mix(m, cfg.n_layers, cfg.head_dim) for m in mixes]
+    if from_search is not None:
+        from matryoshka.search import load_picks
+
+        chosen += load_picks(from_search, pick, checkpoint_sha256(checkpoint))
+    return chosen
 
 
 @cli.command("export")
@@ -57,7 +83,7 @@ def _run_export(levels, checkpoint, out, opset, no_simplify, atol, rtol, quantiz
 def export_cmd(**kwargs) -> None:
     """Export one validated ONNX graph per level (also installed as `mexport`).
 
-    Example: mexport --levels 64,128,256,512
+    Example: mexport --levels 64,128,256,512 --mix mid=256:ffn=1024,512
     """
     _run_export(**kwargs)
 
@@ -66,8 +92,9 @@ def export_cmd(**kwargs) -> None:
 @debug_option
 @_export_options
 def mexport(**kwargs) -> None:
-    """Export one validated ONNX graph per level of a checkpoint.
+    """Export one validated ONNX graph per level of a checkpoint, and each Mix'n'Match
+    sub-model asked for (--mix, --from-search) as a level beside them, ordered by FLOPs.
 
-    Example: mexport --levels 64,128,256,512
+    Example: mexport --levels 64,128,256,512 --from-search artifacts/demo/search.json
     """
     _run_export(**kwargs)

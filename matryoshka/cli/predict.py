@@ -14,7 +14,8 @@ from matryoshka.cli.core import cli, parse_floats
               help="A text to classify (repeatable); the export must hold a tokenizer.")
 @click.option("--input-file", default=None,
               help="A UTF-8 file of texts, one per line (blank lines are skipped).")
-@click.option("--level", type=int, default=None, help="Run this one level.")
+@click.option("--level", default=None,
+              help="Run this one level: its name, or a trained level's width.")
 @click.option("--thresholds", default=None,
               help="Cascade thresholds, one per level but the last, e.g. 0.9,0.9,0.9.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="auto",
@@ -38,8 +39,6 @@ def predict(export_dir, input_npy, texts, input_file, level, thresholds, device,
       matryoshka predict artifacts/text/export --text "WIN a FREE cruise!!!" --text "lunch?"
     """
     import json as _json
-
-    import numpy as np
 
     from matryoshka.errors import ConfigError
     from matryoshka.runtime import Runtime
@@ -72,8 +71,8 @@ def predict(export_dir, input_npy, texts, input_file, level, thresholds, device,
     for i, (lab, lev, conf) in enumerate(zip(out.labels, out.levels, out.confidence)):
         click.echo(f"{i:>5} {names[lab]:>{width}} {lev:>6} {conf:>11.4f}")
     if len(out):
-        dims, counts = np.unique(out.levels, return_counts=True)
-        share = ", ".join(f"{d}: {c}" for d, c in zip(dims, counts))
+        counts = {d: int((out.levels == d).sum()) for d in rt.levels}
+        share = ", ".join(f"{d}: {c}" for d, c in counts.items() if c)
         click.echo(f"{len(out)} rows answered by level ({share})")
 
 

@@ -40,12 +40,12 @@ def tune_cmd(export_dir, batch, for_batch, max_loss, data, split, device, thread
     Example: matryoshka tune artifacts/demo/export --batch 1,32 --for-batch 32
     """
     from matryoshka.calibration.tune import plan_table, tune
-    from matryoshka.runtime.manifest import read_manifest
+    from matryoshka.runtime.manifest import level_name, read_manifest
 
     plan = tune(export_dir, data=data, split=split, batches=tuple(parse_ints(batch, "--batch")),
                 for_batch=for_batch, max_loss=max_loss / 100.0, device=device, threads=threads,
                 warmup=warmup, iters=iters, progress=not no_progress)
-    levels = [lv["dim"] for lv in read_manifest(export_dir)["levels"]]
+    levels = [level_name(lv) for lv in read_manifest(export_dir)["levels"]]
     click.echo(plan_table(plan, levels))
     click.echo(f"plan written to {export_dir}/manifest.json; certify it with: matryoshka "
                f"calibrate {export_dir} --variant auto")

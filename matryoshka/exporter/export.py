@@ -32,6 +32,8 @@ from matryoshka.io import (
     writing,
 )
 from matryoshka.model import (
+    Spec,
+    check_mix_name,
     count_params,
     extract_level,
     flops_per_sample,
@@ -47,6 +49,7 @@ from matryoshka.runtime.manifest import (
     commit_manifest,
     install,
     level_file,
+    level_name,
     manifest_writer,
     named_files,
 )
@@ -67,11 +70,34 @@ def check_export_levels(levels: tuple[int, ...], head_dim: int, d_model: int,
     return [d for d in levels if d not in trained]
 
 
+def plan_levels(cfg, levels: tuple[int, ...],
+                mixes: list[tuple[str, Spec]]) -> list[tuple[str, int | Spec]]:
+    """The levels to export as (name, level), ordered by FLOPs: each width named by itself,
+    each Mix'n'Match spec checked against the trained granularities under its own name."""
+    items: list[tuple[str, int | Spec]] = [(str(d), d) for d in levels]
+    taken = {str(d): f"level {d}" for d in levels}
+    own = {cfg.spec(d): str(d) for d in cfg.levels}
+    for name, spec in mixes:
+        check_mix_name(name, taken)
+        spec = cfg.spec(spec)
+        if spec in own:
+            raise ConfigError(f"mix {name!r} ({spec}) is trained level {own[spec]} itself; "
+                              "export it with --levels")
+        twin = next((n for n, lv in items if lv == spec), None)
+        if twin is not None:
+            raise ConfigError(f"mixes {twin!r} and {name!r} have the same spec {spec}")
+        taken[name] = f"mix {name!r}"
+        items.append((name, spec))
+    return sorted(items, key=lambda item: flops_per_sample(cfg, item[1]))
+
+
 def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | None = None,
            opset: int = 17, simplify: bool = True, atol: float = 1e-4, rtol: float = 1e-3,
            quantize: str = "none", force: bool = False, data: str | None = None,
-           progress: bool = True) -> dict:
-    """Export every level of a checkpoint to `out`; returns the manifest.
+           progress: bool = True, mixes: list[tuple[str, Spec]] | None = None) -> dict:
+    """Export every level of a checkpoint to `out`, and each Mix'n'Match sub-model of
+    `mixes` (name, Spec) as a level beside them; returns the manifest. Levels are ordered by
+    FLOPs and named: a width by itself, a mix by its name.
 
     >>> manifest = export("artifacts/demo/checkpoint", "artifacts/demo/export",
     ...                   levels=(64, 128, 256, 512), force=True)  # doctest: +SKIP
@@ -93,6 +119,7 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
     for d in check_export_levels(levels, cfg.head_dim, cfg.d_model, cfg.levels):
         log.warning("level %d was not trained (trained: %s); its accuracy may be poor",
                     d, ",".join(map(str, cfg.levels)))
+    items = plan_levels(cfg, levels, list(mixes or []))
     tokenizer_json = checkpoint_tokenizer(checkpoint, cfg)
     tokenizer = load_tokenizer(tokenizer_json) if tokenizer_json is not None else None
     dataset, record = resolve(data, metrics.get("data") or "demo", tokenizer)
@@ -114,16 +141,16 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
             if tokenizer is not None:
                 manifest["tokenizer"] = _install_tokenizer(out, tokenizer_json, tokenizer,
                                                            named)
-            bar = tqdm(levels, desc="export", unit="level", disable=None if progress else True,
+            bar = tqdm(items, desc="export", unit="level", disable=None if progress else True,
                        leave=False)
-            for dim in bar:
-                bar.set_postfix(level=dim)
-                entry = _export_level(model, dim, levels, out, named, opset, simplify, atol,
-                                      rtol, x_test, y_test, ck_sha)
-                entry["trained"] = dim in cfg.levels
-                entry["accuracy"]["metrics_json"] = metrics.get("test_accuracy", {}).get(str(dim))
+            for name, level in bar:
+                bar.set_postfix(level=name)
+                entry = _export_level(model, name, level, items, out, named, opset, simplify,
+                                      atol, rtol, x_test, y_test, ck_sha)
+                entry["trained"] = level in cfg.levels
+                entry["accuracy"]["metrics_json"] = metrics.get("test_accuracy", {}).get(name)
                 if quantize != "none":
-                    entry["int8"] = _quantize(out, entry["file"], dim, named, x_test, y_test,
+                    entry["int8"] = _quantize(out, entry["file"], name, named, x_test, y_test,
                                               quantize)
                 manifest["levels"].append(entry)
             commit_manifest(out, manifest)
@@ -177,21 +204,24 @@ def _manifest_head(model, checkpoint, ck_sha, record: dict, opset, simplify) -> 
     }
 
 
-def _export_level(model, dim, levels, out: Path, named: dict[str, str], opset, simplify, atol,
-                  rtol, x, y, ck_sha) -> dict:
-    small = extract_level(model, dim).eval()
-    tmp = temp_path(out, level_file(dim))
-    meta = {"matryoshka.level": levels.index(dim), "matryoshka.dim": dim,
-            "matryoshka.levels": ",".join(map(str, levels)),
+def _export_level(model, name: str, level: int | Spec, items, out: Path, named: dict[str, str],
+                  opset, simplify, atol, rtol, x, y, ck_sha) -> dict:
+    spec = model.config.spec(level)
+    small = extract_level(model, spec).eval()
+    tmp = temp_path(out, level_file(name))
+    meta = {"matryoshka.level": [n for n, _ in items].index(name), "matryoshka.dim": spec.dim,
+            "matryoshka.name": name, "matryoshka.spec": str(spec),
+            "matryoshka.levels": ",".join(n for n, _ in items),
             "matryoshka.model": model.config.name, "matryoshka.checkpoint_sha256": ck_sha,
             "matryoshka.schema_version": SCHEMA_VERSION}
     to_onnx(small, tmp, opset, simplify, meta)
-    parity, ort_logits, torch_logits = validate_level(model, dim, tmp, x, atol, rtol)
+    parity, ort_logits, torch_logits = validate_level(model, spec, tmp, x, atol, rtol, name)
     same = float((ort_logits.argmax(-1) == torch_logits.argmax(-1)).mean())
     return {
-        "dim": dim, **install(out, tmp, level_file(dim), named), "params": count_params(small),
-        "flops_per_sample": flops_per_sample(model.config, dim),
-        "flops": flops_terms(model.config, dim), "opset": opset,
+        "name": name, "dim": spec.dim, "spec": spec.to_dict(),
+        **install(out, tmp, level_file(name), named), "params": count_params(small),
+        "flops_per_sample": flops_per_sample(model.config, spec),
+        "flops": flops_terms(model.config, spec), "opset": opset,
         "parity": parity,
         "accuracy": {"onnx": _acc(ort_logits, y), "torch": _acc(torch_logits, y),
                      "same_argmax": same, "split": "test", "n": int(len(y))},
@@ -202,27 +232,29 @@ def _acc(logits: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(-1) == y).mean())
 
 
-def _quantize(out: Path, src: str, dim: int, named: dict[str, str], x: np.ndarray,
+def _quantize(out: Path, src: str, name: str, named: dict[str, str], x: np.ndarray,
               y: np.ndarray, method: str) -> dict:
     """The level's INT8 graph by `method` (matryoshka.quantize), with its test accuracy."""
-    tmp = temp_path(out, level_file(dim, "int8"))
-    with writing(out / level_file(dim, "int8")):
+    tmp = temp_path(out, level_file(name, "int8"))
+    with writing(out / level_file(name, "int8")):
         quantize_level(out / src, tmp, method)
     logits = run_graph(cpu_session(tmp), x)
-    return {**install(out, tmp, level_file(dim, "int8"), named), "method": method,
+    return {**install(out, tmp, level_file(name, "int8"), named), "method": method,
             "accuracy": _acc(logits, y)}
 
 
 def export_table(manifest: dict) -> str:
     """The closing table: level, params, MFLOPs, size, parity error, ONNX and torch accuracy."""
     int8 = any("int8" in lv for lv in manifest["levels"])
-    head = (f"{'level':>6} {'params':>10} {'MFLOPs':>8} {'size KB':>9} {'max|err|':>9} "
+    width = max(6, *(len(level_name(lv)) for lv in manifest["levels"]))
+    head = (f"{'level':>{width}} {'params':>10} {'MFLOPs':>8} {'size KB':>9} {'max|err|':>9} "
             f"{'acc onnx':>9} {'acc torch':>9}")
     if int8:
         head += f" {'int8 acc':>9} {'int8 KB':>8}"
     rows = [head]
     for lv in manifest["levels"]:
-        row = (f"{lv['dim']:>6} {lv['params']:>10,} {lv['flops_per_sample'] / 1e6:>8.2f} "
+        row = (f"{level_name(lv):>{width}} {lv['params']:>10,} "
+               f"{lv['flops_per_sample'] / 1e6:>8.2f} "
                f"{lv['bytes'] / 1024:>9.1f} {lv['parity']['max_abs']:>9.1e} "
                f"{lv['accuracy']['onnx']:>9.4f} {lv['accuracy']['torch']:>9.4f}")
         if "int8" in lv:

@@ -15,7 +15,7 @@ import torch
 
 from matryoshka.errors import ValidationError
 from matryoshka.exporter.graph import INPUT
-from matryoshka.model import MatryoshkaTransformer
+from matryoshka.model import Level, MatryoshkaTransformer
 
 ODD_BATCH = 7
 
@@ -30,10 +30,10 @@ def run_graph(session: ort.InferenceSession, x: np.ndarray, batch: int = 512) ->
 
 
 @torch.no_grad()
-def torch_logits(model: MatryoshkaTransformer, x: np.ndarray, dim: int,
+def torch_logits(model: MatryoshkaTransformer, x: np.ndarray, level: Level,
                  batch: int = 512) -> np.ndarray:
     xt = torch.as_tensor(x)
-    return torch.cat([model(xt[i:i + batch], level=dim)
+    return torch.cat([model(xt[i:i + batch], level=level)
                       for i in range(0, len(xt), batch)]).numpy()
 
 
@@ -49,9 +49,11 @@ def compare(ort_out: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> d
     }
 
 
-def validate_level(model: MatryoshkaTransformer, dim: int, path: Path, x: np.ndarray,
-                   atol: float, rtol: float) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Check the graph at `path` against model(x, level=dim).
+def validate_level(model: MatryoshkaTransformer, level: Level, path: Path, x: np.ndarray,
+                   atol: float, rtol: float,
+                   name: str | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Check the graph at `path` against model(x, level=level) (a width or a Spec; `name`
+    names it in the error).
 
     Returns the parity record for the manifest and both logit arrays (ORT, torch) on x.
     Raises ValidationError on any miss.
@@ -59,7 +61,7 @@ def validate_level(model: MatryoshkaTransformer, dim: int, path: Path, x: np.nda
     if len(x) < 64:
         raise ValidationError(f"validation needs at least 64 real samples, got {len(x)}")
     session = cpu_session(path)
-    ref = torch_logits(model, x, dim)
+    ref = torch_logits(model, x, level)
     got = run_graph(session, x)
     worst = compare(got, ref, atol, rtol)
     for n in (1, ODD_BATCH):  # the batch axis must really be dynamic
@@ -71,6 +73,7 @@ def validate_level(model: MatryoshkaTransformer, dim: int, path: Path, x: np.nda
               "rtol": rtol, "n": int(len(x)), "batches": [int(len(x)), 1, ODD_BATCH]}
     if not worst["ok"]:
         raise ValidationError(
-            f"level {dim}: ONNX output differs from torch beyond atol={atol:g} + rtol={rtol:g}"
-            f"*|torch| (max abs error {worst['max_abs']:.3g}); the export is not written")
+            f"level {name or level}: ONNX output differs from torch beyond atol={atol:g} + "
+            f"rtol={rtol:g}*|torch| (max abs error {worst['max_abs']:.3g}); the export is not "
+            "written")
     return parity, got, ref

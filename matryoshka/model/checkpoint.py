@@ -47,11 +47,8 @@ def save_checkpoint(folder: str | Path, model: MatryoshkaTransformer, metrics: d
     write_json_atomic(folder / METRICS, metrics)
 
 
-def load_checkpoint(folder: str | Path) -> tuple[MatryoshkaTransformer, dict]:
-    """The model (in eval mode) and its metrics.json.
-
-    >>> model, metrics = load_checkpoint("artifacts/demo/checkpoint")  # doctest: +SKIP
-    """
+def read_config(folder: str | Path) -> MatryoshkaConfig:
+    """The checkpoint's config, after checking that the folder holds a whole checkpoint."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingArtifactError(f"checkpoint folder not found: {folder}; make one with: "
@@ -60,9 +57,18 @@ def load_checkpoint(folder: str | Path) -> tuple[MatryoshkaTransformer, dict]:
         if not (folder / name).is_file():
             raise MissingArtifactError(f"checkpoint {folder} lacks {name}")
     try:
-        config = MatryoshkaConfig.from_dict(read_json_object(folder / CONFIG))
+        return MatryoshkaConfig.from_dict(read_json_object(folder / CONFIG))
     except ConfigError as e:
         raise ArtifactError(f"{folder / CONFIG}: {e}") from None
+
+
+def load_checkpoint(folder: str | Path) -> tuple[MatryoshkaTransformer, dict]:
+    """The model (in eval mode) and its metrics.json.
+
+    >>> model, metrics = load_checkpoint("artifacts/demo/checkpoint")  # doctest: +SKIP
+    """
+    folder = Path(folder)
+    config = read_config(folder)
     metrics = read_json_object(folder / METRICS)
     try:
         state = load_file(str(folder / WEIGHTS))
@@ -94,4 +100,5 @@ def checkpoint_sha256(folder: str | Path) -> str:
     return sha256_file(Path(folder) / WEIGHTS)
 
 
-__all__ = ["checkpoint_sha256", "checkpoint_tokenizer", "load_checkpoint", "save_checkpoint"]
+__all__ = ["checkpoint_sha256", "checkpoint_tokenizer", "load_checkpoint", "read_config",
+           "save_checkpoint"]

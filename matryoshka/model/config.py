@@ -113,9 +113,10 @@ class MatryoshkaConfig:
         if level is None:
             level = self.d_model
         if isinstance(level, Spec):
-            if self.layer_ffn and level.dim == self.d_model:  # a cut-out mix's own spec
-                if level == self.spec(None):
-                    return level
+            # a width's own spec (an untrained width passed as a Spec, or a cut-out mix's own)
+            if level.dim <= self.d_model and level.dim % self.head_dim == 0 \
+                    and level == self.spec(level.dim):
+                return level
             return check_spec(level, self.levels, self.n_layers, self.head_dim, self.ffn_width)
         if isinstance(level, bool) or not isinstance(level, int):
             raise ConfigError(f"a level is a width or a Spec; got {level!r}")

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from matryoshka.errors import ArtifactError, ConfigError, MatryoshkaError
 from matryoshka.io import read_json_object, write_bytes_atomic, write_json_atomic, writer_lock
 from matryoshka.runtime.cascade import relative_cost
-from matryoshka.runtime.manifest import level_flops
+from matryoshka.runtime.manifest import level_flops, level_name
 from matryoshka.runtime.providers import session_options
 from matryoshka.runtime.text import trim
 
@@ -133,7 +133,7 @@ def matmul_peak(precision: str, providers: list[str], threads: int | None,
 
 def bench_level(graph: bytes, providers: list[str], threads: int | None, input_name: str,
                 inputs: dict[int, np.ndarray], warmup: int, iters: int, entry: dict,
-                peak: float, dim: int, pad_id: int | None = None,
+                peak: float, level: str, pad_id: int | None = None,
                 precision: str = "fp32") -> list[dict]:
     """Load one graph (timing the load and its memory), then time it on each batch of
     `inputs` (batch size -> rows). `graph` holds the bytes already checked against the
@@ -151,7 +151,7 @@ def bench_level(graph: bytes, providers: list[str], threads: int | None, input_n
         seconds = t["p50_ms"] / 1e3
         flops = level_flops(entry, int(xb.shape[1]) if pad_id is not None else None)
         gflops = flops * b / seconds / 1e9
-        row = {"level": dim, "batch": b, "precision": precision, **t,
+        row = {"level": level, "batch": b, "precision": precision, **t,
                "throughput": b / seconds, "flops_per_sample": flops,
                "gflops": gflops, "roofline": gflops / peak if peak else None,
                "load_ms": load_ms, "rss_mb": grown, "bytes": len(graph),
@@ -216,21 +216,26 @@ def new_record(provider: str, threads: int | None, peak: float,
 
 
 def choose_level(results: list[dict], budget_ms: float, batch: int = 1,
-                 percentile: str = "p90") -> int:
-    """The largest level whose measured latency at `batch` fits `budget_ms`."""
+                 percentile: str = "p90", order: list[str] | None = None) -> str:
+    """The largest level (the last in `order`, the export's levels by FLOPs; by default the
+    order the record measured them in) whose measured latency at `batch` fits `budget_ms`.
+    Levels are named; records of schema 1 exports name them by their width."""
     if percentile not in PERCENTILES:
         raise ConfigError(f"percentile must be one of {', '.join(PERCENTILES)}")
     rows = [r for r in results if r["batch"] == batch]
     if not rows:
         raise MatryoshkaError(f"the bench record has no measurement at batch {batch}; run "
                               f"matryoshka bench --batch {batch}")
-    fits = [r["level"] for r in rows if r[f"{percentile}_ms"] <= budget_ms]
+    rank = {name: i for i, name in enumerate(order or dict.fromkeys(
+        str(r["level"]) for r in results))}
+    fits = [str(r["level"]) for r in rows if r[f"{percentile}_ms"] <= budget_ms
+            and str(r["level"]) in rank]
     if not fits:
         fastest = min(rows, key=lambda r: r[f"{percentile}_ms"])
         raise MatryoshkaError(f"no level fits {budget_ms:g} ms at batch {batch} "
                               f"({percentile}); the fastest, level {fastest['level']}, "
                               f"takes {fastest[f'{percentile}_ms']:.3f} ms")
-    return max(fits)
+    return max(fits, key=rank.__getitem__)
 
 
 def _peaks(rec: dict) -> str:
@@ -337,27 +342,28 @@ def _measure(rt, x: np.ndarray, y: np.ndarray | None, batches: list[int], warmup
     record["providers"] = active
     if pad is not None:
         record["seq_len"] = seq_len or "the data's length mix"
-    flops = {lv["dim"]: float(lv["flops_per_sample"]) for lv in rt.manifest["levels"]}
-    entries = {lv["dim"]: lv for lv in rt.manifest["levels"]}
-    steps = len(rt.levels) * (1 + len(baselines))
+    entries = {level_name(lv): lv for lv in rt.manifest["levels"]}
+    flops = {name: float(lv["flops_per_sample"]) for name, lv in entries.items()}
+    trained = [name for name in rt.levels if name.isdigit()]  # the baselines know widths only
+    steps = len(rt.levels) + len(trained) * len(baselines)
     bar = _progress(steps, progress)
-    for dim in rt.levels:
-        record["results"] += bench_level(rt.graph_bytes(dim), providers, threads,
+    for level in rt.levels:
+        record["results"] += bench_level(rt.graph_bytes(level), providers, threads,
                                          rt.input_spec["name"], inputs, warmup, iters,
-                                         entries[dim], peaks[precisions[dim]], dim, pad,
-                                         precisions[dim])
+                                         entries[level], peaks[precisions[level]], level, pad,
+                                         precisions[level])
         bar.update(1)
     for name, fn in baselines.items():
-        for dim in rt.levels:
-            if name == "padded" and dim == rt.levels[-1]:
+        for level in trained:
+            if name == "padded" and level == rt.levels[-1]:
                 bar.update(1)
                 continue  # the full level padded to itself is the full level
             for b, xb in inputs.items():
-                session = rt._session(dim)
+                session = rt._session(level)
                 mine, theirs = time_pair(
                     lambda s=session, xb=xb: s.run(None, {rt.input_spec["name"]: xb}),
-                    fn(dim, xb), warmup, iters)
-                record["baselines"].append({"name": name, "level": dim, "batch": b, **theirs,
+                    fn(rt.dim(level), xb), warmup, iters)
+                record["baselines"].append({"name": name, "level": level, "batch": b, **theirs,
                                             "sliced_p50_ms": mine["p50_ms"],
                                             "ratio": theirs["p50_ms"] / mine["p50_ms"]})
             bar.update(1)

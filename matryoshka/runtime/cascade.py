@@ -2,7 +2,8 @@
 
 DESIGN.md, "Escalation and calibration". Only the rows still undecided are gathered and sent
 to the next level; the last level answers every row it receives. Pure numpy: `run_level` is
-any callable that maps (dim, rows) to logits, so the logic is testable without graphs.
+any callable that maps (level, rows) to logits, so the logic is testable without graphs. A level
+is whatever key the caller uses: the runtime uses level names ('64', or a mix's name).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ class Prediction:
     labels: np.ndarray  # int64 [n], argmax class
     probs: np.ndarray  # float32 [n, classes], softmax(z / T) at the answering level
     confidence: np.ndarray  # float32 [n], max of probs
-    levels: np.ndarray  # int64 [n], the width (dim) that answered each row
+    levels: np.ndarray  # [n], the level that answered each row (the runtime: its name)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -43,22 +44,30 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return z
 
 
-def empty(n_classes: int) -> Prediction:
+def empty(n_classes: int, levels: Sequence = ()) -> Prediction:
+    """A prediction of no rows; `levels` (the keys a cascade would report) sets its dtype."""
     return Prediction(np.zeros(0, np.int64), np.zeros((0, n_classes), np.float32),
-                      np.zeros(0, np.float32), np.zeros(0, np.int64))
+                      np.zeros(0, np.float32), np.zeros(0, np.asarray(levels).dtype
+                                                         if len(levels) else np.int64))
 
 
-def relative_cost(levels: np.ndarray, dims: Sequence[int], flops: Sequence[float]) -> np.ndarray:
+def relative_cost(levels: np.ndarray, keys: Sequence, flops: Sequence[float]) -> np.ndarray:
     """Per row: the FLOPs of every level run to answer it (all levels up to the answering
-    one), relative to the largest level's FLOPs."""
+    one, `keys` in cascade order), relative to the last level's FLOPs."""
     cum = np.cumsum(np.asarray(flops, dtype=np.float64)) / float(flops[-1])
-    return cum[np.searchsorted(np.asarray(dims), levels)]
+    stage = np.full(len(levels), -1)
+    for i, key in enumerate(keys):
+        stage[np.asarray(levels) == key] = i
+    if (stage < 0).any():
+        raise ValueError("a row answered at a level that is not in the cascade")
+    return cum[stage]
 
 
-def run_cascade(x: np.ndarray, dims: Sequence[int], thresholds: Sequence[float],
+def run_cascade(x: np.ndarray, dims: Sequence, thresholds: Sequence[float],
                 temperatures: Sequence[float],
-                run_level: Callable[[int, np.ndarray], np.ndarray]) -> Prediction:
-    """Escalate row by row, running each level on the undecided rows only.
+                run_level: Callable[[object, np.ndarray], np.ndarray]) -> Prediction:
+    """Escalate row by row, running each level (`dims`: the keys of the levels, in cascade
+    order) on the undecided rows only; each row reports the key of the level that answered.
 
     thresholds has one entry per level but the last; with a single level it is empty.
     """
@@ -72,10 +81,11 @@ def run_cascade(x: np.ndarray, dims: Sequence[int], thresholds: Sequence[float],
     p = softmax(run_level(dims[0], x), temperatures[0])
     c = p.max(axis=1)
     done = np.ones(n, bool) if last == 0 else c > thresholds[0]
+    keys = np.asarray(dims)
     if done.all():
-        return Prediction(p.argmax(axis=1), p, c, np.full(n, dims[0], np.int64))
+        return Prediction(p.argmax(axis=1), p, c, np.full(n, keys[0], keys.dtype))
     labels = np.zeros(n, np.int64)
-    levels = np.zeros(n, np.int64)
+    levels = np.zeros(n, keys.dtype)
     probs = np.zeros((n, p.shape[1]), np.float32)
     conf = np.zeros(n, np.float32)
     todo = np.arange(n)

@@ -19,22 +19,31 @@ from matryoshka.errors import ArtifactError, MissingArtifactError
 from matryoshka.io import read_json_object, sha256_file, write_json_atomic, writer_lock
 from matryoshka.runtime.plan import check_plan
 
-SCHEMA_VERSION = 1
+# 2: a level is named (`name`; a trained level by its width, a Mix'n'Match sub-model by the
+# user) and may carry its `spec`; levels are ordered by FLOPs. Version 1 (levels by `dim`
+# alone, strictly increasing) is still read: each level is named by its width.
+SCHEMA_VERSION = 2
+READS = (1, 2)
 MANIFEST = "manifest.json"
 DTYPES = ("float32", "int64")
 BARE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Files the exporter and calibrate write; only these are ever deleted by a writer.
-GRAPH_FILE = re.compile(r"^(level-\d{4}(-[0-9a-f]{8,64})?(\.[a-z0-9]+)?\.onnx"
-                        r"|tokenizer(-[0-9a-f]{8,64})?\.json)$")
+GRAPH_FILE = re.compile(r"^(level-(\d{4,}|[A-Za-z][A-Za-z0-9_]*)(-[0-9a-f]{8,64})?"
+                        r"(\.[a-z0-9]+)?\.onnx|tokenizer(-[0-9a-f]{8,64})?\.json)$")
+# A trained level is named by its width; a mix by a letter, then letters, digits or '_'.
+LEVEL_NAME = re.compile(r"^(\d+|[A-Za-z][A-Za-z0-9_]{0,31})$")
 TOKENIZER_FILE = "tokenizer.json"
 FLOPS_TERMS = ("per_token", "per_pair", "per_sample")
 
 
-def level_file(dim: int, variant: str = "fp32", tag: str | None = None) -> str:
-    """'level-0064.onnx' for fp32, 'level-0064.int8.onnx' for int8; a tag (a short sha256)
-    makes a second name while the first is still named by the committed manifest."""
-    stem = f"level-{dim:04d}" + (f"-{tag}" if tag else "")
+def level_file(name: str | int, variant: str = "fp32", tag: str | None = None) -> str:
+    """'level-0064.onnx' for the fp32 graph of level '64', 'level-mid.int8.onnx' for the int8
+    graph of the mix 'mid'; a tag (a short sha256) makes a second name while the first is still
+    named by the committed manifest."""
+    name = str(name)
+    stem = (f"level-{int(name):04d}" if name.isdigit() else f"level-{name}") + \
+        (f"-{tag}" if tag else "")
     return f"{stem}.onnx" if variant == "fp32" else f"{stem}.{variant}.onnx"
 
 
@@ -52,8 +61,8 @@ def level_flops(entry: dict, length: int | None = None) -> float:
 def read_manifest(folder: str | Path) -> dict:
     """Load and check manifest.json of an export folder.
 
-    >>> read_manifest("artifacts/demo/export")["levels"][0]["dim"]  # doctest: +SKIP
-    64
+    >>> read_manifest("artifacts/demo/export")["levels"][0]["name"]  # doctest: +SKIP
+    '64'
     """
     folder = Path(folder)
     path = folder / MANIFEST
@@ -64,7 +73,7 @@ def read_manifest(folder: str | Path) -> dict:
         raise MissingArtifactError(f"{folder} has no {MANIFEST}; is it an export folder?")
     manifest = read_json_object(path)
     check_manifest(manifest, path)
-    return manifest
+    return upgrade(manifest)
 
 
 def check_manifest(m: dict, path: str | Path = MANIFEST) -> None:
@@ -73,9 +82,9 @@ def check_manifest(m: dict, path: str | Path = MANIFEST) -> None:
         return ArtifactError(f"{path}: {what}")
 
     version = m.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READS or isinstance(version, bool):
         raise ArtifactError(f"{path} has schema_version {version!r}; this matryoshka reads "
-                            f"version {SCHEMA_VERSION}")
+                            f"versions {', '.join(map(str, READS))}")
     for key in ("input", "output", "levels", "model"):
         if not isinstance(m.get(key), list if key == "levels" else dict):
             raise bad(f"the {key!r} section is missing or not a "
@@ -86,12 +95,15 @@ def check_manifest(m: dict, path: str | Path = MANIFEST) -> None:
         raise bad("output.shape must be a list ending in the number of classes")
     if not m["levels"]:
         raise bad("lists no levels")
-    dims = []
+    dims, names, flops_order = [], [], []
     for i, lv in enumerate(m["levels"]):
         if not isinstance(lv, dict):
             raise bad(f"levels[{i}] is not a JSON object")
         if not _positive_int(lv.get("dim")):
             raise bad(f"levels[{i}].dim must be a positive integer; got {lv.get('dim')!r}")
+        if version >= 2:
+            _check_level_name(lv, i, bad)
+            names.append(lv["name"])
         _check_file_entry(lv, f"levels[{i}]", bad)
         if "int8" in lv:
             _check_file_entry(lv["int8"], f"levels[{i}].int8", bad)
@@ -103,8 +115,13 @@ def check_manifest(m: dict, path: str | Path = MANIFEST) -> None:
                 _number(terms.get(t)) and terms[t] >= 0 for t in FLOPS_TERMS)):
             raise bad(f"levels[{i}].flops must hold {', '.join(FLOPS_TERMS)} (numbers >= 0)")
         dims.append(lv["dim"])
-    if any(b <= a for a, b in zip(dims, dims[1:])):
+        flops_order.append(flops)
+    if version == 1 and any(b <= a for a, b in zip(dims, dims[1:])):
         raise bad(f"level dims must be strictly increasing; got {dims}")
+    if len(set(names)) < len(names):
+        raise bad(f"level names must be unique; got {names}")
+    if any(b < a for a, b in zip(flops_order, flops_order[1:])):
+        raise bad("levels must be ordered by flops_per_sample")
     if "tokenizer" in m:
         _check_file_entry(m["tokenizer"], "tokenizer", bad)
     labels = m["output"].get("labels")
@@ -117,6 +134,40 @@ def check_manifest(m: dict, path: str | Path = MANIFEST) -> None:
                                                                 m["plan"]["precisions"])
                              if p == "int8"):
         raise bad("plan.precisions names int8 for a level without an int8 graph")
+
+
+def _check_level_name(lv: dict, i: int, bad) -> None:
+    name = lv.get("name")
+    if not (isinstance(name, str) and LEVEL_NAME.match(name)):
+        raise bad(f"levels[{i}].name must be a width or a letter then letters, digits or '_'; "
+                  f"got {name!r}")
+    if name.isdigit() and int(name) != lv["dim"]:
+        raise bad(f"levels[{i}] is named {name} but has dim {lv['dim']}; a level named by a "
+                  "width is that width")
+    spec = lv.get("spec")
+    if spec is None:
+        return
+    if not (isinstance(spec, dict) and spec.get("dim") == lv["dim"]
+            and all(isinstance(spec.get(k), list) and spec[k]
+                    and all(_positive_int(v) for v in spec[k]) for k in ("ffn", "heads"))
+            and len(spec["ffn"]) == len(spec["heads"])):
+        raise bad(f"levels[{i}].spec must hold the level's dim and one ffn width and one head "
+                  "count per layer")
+
+
+def level_name(entry: dict) -> str:
+    """A level's name: its own (schema 2), or its width (schema 1)."""
+    return entry.get("name") or str(entry["dim"])
+
+
+def upgrade(m: dict) -> dict:
+    """A checked manifest of an older schema in the current one (in memory): a version 1
+    manifest names each level by its width. A writer commits the upgraded form."""
+    if m["schema_version"] == 1:
+        for lv in m["levels"]:
+            lv["name"] = str(lv["dim"])
+        m["schema_version"] = SCHEMA_VERSION
+    return m
 
 
 def _check_input(spec: dict, bad) -> None:

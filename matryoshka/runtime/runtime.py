@@ -17,7 +17,7 @@ from matryoshka.errors import ArtifactError, ConfigError, MatryoshkaError, Missi
 from matryoshka.io import sha256_bytes
 from matryoshka.runtime.cascade import Prediction, concat, empty, run_cascade
 from matryoshka.runtime.inputs import check_input
-from matryoshka.runtime.manifest import MANIFEST, read_manifest
+from matryoshka.runtime.manifest import MANIFEST, level_name, read_manifest
 from matryoshka.runtime.providers import (
     CUDA,
     check_active,
@@ -69,6 +69,10 @@ class Runtime:
     >>> rt = Runtime.open("artifacts/demo/export", device="cpu")  # doctest: +SKIP
     >>> out = rt.predict(x, level=128)                            # doctest: +SKIP
     >>> out.labels, out.levels                                    # doctest: +SKIP
+
+    Levels are named: a trained level by its width ('64'), a Mix'n'Match sub-model by the name
+    it was exported under; `levels` lists them in order of FLOPs, and a width is accepted
+    wherever a level is asked for.
     """
 
     def __init__(self, folder: Path, manifest: dict, device: str, providers: list[str],
@@ -76,12 +80,12 @@ class Runtime:
         self.folder, self.manifest, self.device, self.variant = folder, manifest, device, variant
         self._providers, self._threads = providers, threads
         self.batch_size = batch_size
-        self._entries = {lv["dim"]: lv for lv in manifest["levels"]}
-        self.levels: list[int] = [lv["dim"] for lv in manifest["levels"]]
+        self._entries = {level_name(lv): lv for lv in manifest["levels"]}
+        self.levels: list[str] = list(self._entries)  # names, in order of FLOPs
         self.input_spec: dict = manifest["input"]
         self.n_classes: int = manifest["output"]["shape"][-1]
-        self._sessions: dict[int, ort.InferenceSession] = {}
-        self._active: dict[int, list[str]] = {}
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        self._active: dict[str, list[str]] = {}
         self._lock = threading.Lock()
         self._warned = False
         self._tokenizer = None
@@ -100,7 +104,7 @@ class Runtime:
 
         >>> rt = Runtime.open("artifacts/demo/export", device="cpu")  # doctest: +SKIP
         >>> rt.levels                                                 # doctest: +SKIP
-        [64, 128, 256, 512]
+        ['64', '128', '256', '512']
         """
         folder = Path(folder)
         seen = _commit_id(folder)  # before the read: a commit after it shows as a change
@@ -130,11 +134,11 @@ class Runtime:
             raise ConfigError(f"batch_size must be a positive integer; got {batch_size!r}")
         providers = requested_providers(device)
         rt = cls(Path(folder), manifest, device, providers, threads, variant, batch_size)
-        for dim in rt.levels:
+        for name in rt.levels:
             if preload:
-                rt._session(dim)
+                rt._session(name)
             else:
-                rt.graph_bytes(dim)
+                rt.graph_bytes(name)
         if manifest.get("tokenizer"):
             read_named(rt.folder, manifest["tokenizer"])  # a wrong tokenizer fails the open
         if device == "auto" and CUDA not in providers:
@@ -142,33 +146,46 @@ class Runtime:
         return rt
 
     # -- files and sessions -------------------------------------------------------------------
-    def precision(self, dim: int) -> str:
-        """fp32 or int8: the precision this runtime runs level `dim` at."""
+    def level(self, level: str | int) -> str:
+        """The name of a level of this export, given its name or (a trained level) its width."""
+        name = str(level) if not isinstance(level, bool) else None
+        if name not in self._entries:
+            raise ConfigError(f"level {level} is not in this export (levels: "
+                              f"{', '.join(self.levels)})")
+        return name
+
+    def dim(self, level: str | int) -> int:
+        """The residual width of a level."""
+        return int(self._entries[self.level(level)]["dim"])
+
+    def precision(self, level: str | int) -> str:
+        """fp32 or int8: the precision this runtime runs a level at."""
         if self.variant != "auto":
             return self.variant
         plan = self.manifest.get("plan")
         if plan is None:
             raise ArtifactError(f"{self.folder} has no precision plan for variant 'auto'; "
                                 f"make one with: matryoshka tune {self.folder}")
-        return plan["precisions"][self.levels.index(dim)]
+        return plan["precisions"][self.levels.index(self.level(level))]
 
-    def entry(self, dim: int) -> dict:
-        """The manifest entry (file, sha256) of level `dim` in this runtime's variant."""
-        entry = self._entries[dim]
-        if self.precision(dim) == "fp32":
+    def entry(self, level: str | int) -> dict:
+        """The manifest entry (file, sha256) of a level in this runtime's variant."""
+        name = self.level(level)
+        entry = self._entries[name]
+        if self.precision(name) == "fp32":
             return entry
         if "int8" not in entry:
-            raise ArtifactError(f"{self.folder} has no int8 graph for level {dim}; make one with "
+            raise ArtifactError(f"{self.folder} has no int8 graph for level {name}; make one with "
                                 "mexport --quantize dynamic or matryoshka calibrate --int8 "
                                 "static")
         return entry["int8"]
 
-    def file(self, dim: int) -> Path:
-        return self.folder / self.entry(dim)["file"]
+    def file(self, level: str | int) -> Path:
+        return self.folder / self.entry(level)["file"]
 
-    def graph_bytes(self, dim: int) -> bytes:
-        """The graph of level `dim`, read once and checked against the manifest's sha256."""
-        return read_named(self.folder, self.entry(dim))
+    def graph_bytes(self, level: str | int) -> bytes:
+        """The graph of a level, read once and checked against the manifest's sha256."""
+        return read_named(self.folder, self.entry(level))
 
     @property
     def tokenizer(self):
@@ -186,50 +203,53 @@ class Runtime:
         return list(self.manifest["output"].get("labels")
                     or [str(i) for i in range(self.n_classes)])
 
-    def _session(self, dim: int) -> ort.InferenceSession:
-        session = self._sessions.get(dim)
+    def _session(self, level: str | int) -> ort.InferenceSession:
+        session = self._sessions.get(level)
         if session is not None:
             return session
+        level = self.level(level)
         with self._lock:  # one creation per level, however many threads ask at once
-            session = self._sessions.get(dim)
+            session = self._sessions.get(level)
             if session is None:
-                name = self.entry(dim)["file"]
-                data = self.graph_bytes(dim)  # the bytes hashed are the bytes loaded
+                name = self.entry(level)["file"]
+                data = self.graph_bytes(level)  # the bytes hashed are the bytes loaded
                 options = session_options(self._threads)
                 try:
                     session = ort.InferenceSession(data, options, providers=self._providers)
                 except Exception as e:  # onnxruntime raises its own untyped errors
                     raise ArtifactError(f"onnxruntime cannot load {name}: {e}") from None
-                self._check_graph(session, dim, name)
+                self._check_graph(session, level, name)
                 device = "cuda" if self.device == "cuda" else "cpu"
-                self._active[dim] = check_active(session, device, name)
-                self._sessions[dim] = session
+                self._active[level] = check_active(session, device, name)
+                self._sessions[level] = session
         return session
 
-    def _check_graph(self, session: ort.InferenceSession, dim: int, name: str) -> None:
-        """The graph must say it is level `dim` and take the manifest's input."""
-        meta = session.get_modelmeta().custom_metadata_map.get("matryoshka.dim")
-        if meta != str(dim):
-            raise ArtifactError(f"{name} is listed as level {dim} but the graph's own "
-                                f"matryoshka.dim metadata says {meta}; the folder was changed "
-                                "by hand")
+    def _check_graph(self, session: ort.InferenceSession, level: str, name: str) -> None:
+        """The graph must say it is this level (its width, and its name where it records one)
+        and take the manifest's input."""
+        meta = session.get_modelmeta().custom_metadata_map
+        for key, want in (("matryoshka.dim", str(self.dim(level))), ("matryoshka.name", level)):
+            if meta.get(key, want if key == "matryoshka.name" else None) != want:
+                raise ArtifactError(f"{name} is listed as level {level} but the graph's own "
+                                    f"{key} metadata says {meta.get(key)}; the folder was "
+                                    "changed by hand")
         inputs = [i.name for i in session.get_inputs()]
         if inputs != [self.input_spec["name"]]:
             raise ArtifactError(f"{name} takes the input(s) {inputs} but manifest.json says "
                                 f"{self.input_spec['name']!r}")
 
     @property
-    def providers(self) -> dict[int, list[str]]:
+    def providers(self) -> dict[str, list[str]]:
         """The providers each level's session really runs on (loads every level)."""
-        for dim in self.levels:
-            self._session(dim)
+        for level in self.levels:
+            self._session(level)
         return dict(self._active)
 
-    def run_level(self, dim: int, x: np.ndarray) -> np.ndarray:
-        """Raw logits of level `dim` on an already checked input."""
-        session = self._session(dim)
+    def run_level(self, level: str | int, x: np.ndarray) -> np.ndarray:
+        """Raw logits of a level on an already checked input."""
+        session = self._session(level)
         name = self.input_spec["name"]
-        if self._active[dim][0] == CUDA:
+        if self._active[str(level)][0] == CUDA:
             # io-binding: ORT copies the input to the device once and writes the output
             # straight into host memory it owns, instead of staging both through run().
             binding = session.io_binding()
@@ -239,12 +259,12 @@ class Runtime:
             return binding.copy_outputs_to_cpu()[0]
         return session.run(None, {name: x})[0]
 
-    def select_level(self, budget_ms: float, batch: int = 1, percentile: str = "p90") -> int:
-        """The largest level whose latency measured by `matryoshka bench` on this device and
-        provider fits budget_ms.
+    def select_level(self, budget_ms: float, batch: int = 1, percentile: str = "p90") -> str:
+        """The largest level (by FLOPs: a trained level or a mix) whose latency measured by
+        `matryoshka bench` on this device and provider fits budget_ms.
 
         >>> rt.select_level(5.0, batch=1, percentile="p90")  # doctest: +SKIP
-        256
+        '256'
         """
         from matryoshka.runtime.bench import choose_level, device_name, read_bench
 
@@ -259,7 +279,7 @@ class Runtime:
             raise MatryoshkaError(f"no bench record for {here} with {provider} in "
                                   f"{self.folder}; run: matryoshka bench {self.folder}")
         latest = max(records, key=lambda r: r.get("created", ""))
-        return choose_level(latest["results"], budget_ms, batch, percentile)
+        return choose_level(latest["results"], budget_ms, batch, percentile, self.levels)
 
     # -- prediction ---------------------------------------------------------------------------
     def calibration(self) -> dict | None:
@@ -273,6 +293,7 @@ class Runtime:
             running = [self.entry(d)["sha256"] for d in self.levels]
             if cal["graphs"] != running:
                 changed = [d for d, a, b in zip(self.levels, cal["graphs"], running) if a != b]
+                changed = changed or ["the list of levels"]
                 raise ArtifactError(
                     f"the {self.variant} calibration of {self.folder} was fitted on other "
                     f"graphs than the ones it would run (level(s) "
@@ -285,12 +306,12 @@ class Runtime:
         cal = self.calibration()
         return list(cal["temperatures"]) if cal else [1.0] * len(self.levels)
 
-    def predict(self, x, level: int | None = None,
+    def predict(self, x, level: str | int | None = None,
                 thresholds: list[float] | None = None) -> Prediction:
         """Predict a batch, in chunks of `batch_size` rows (the same answers as one call,
         with memory bounded by the chunk and not by the batch).
 
-        - level=d: run that one level.
+        - level=name (or a trained level's width): run that one level.
         - thresholds=[t_1..t_{k-1}]: the cascade with these thresholds.
         - neither: the calibrated cascade when the manifest has one, else the largest level.
 
@@ -309,17 +330,14 @@ class Runtime:
         x = check_input(x, self.input_spec)
         temps = self.temperatures()
         if level is not None:
-            if isinstance(level, bool) or level not in self.levels:
-                raise ConfigError(f"level {level} is not in this export (levels: "
-                                  f"{', '.join(map(str, self.levels))})")
-            i = self.levels.index(level)
-            dims, thr, temps = [level], [], [temps[i]]
+            level = self.level(level)
+            dims, thr, temps = [level], [], [temps[self.levels.index(level)]]
         elif thresholds is not None:
             dims, thr = self.levels, self._check_thresholds(thresholds)
         else:
             dims, thr, temps = self._default_plan(temps)
         if len(x) == 0:
-            return empty(self.n_classes)
+            return empty(self.n_classes, self.levels)
         b = self.batch_size
         return concat([run_cascade(x[i:i + b], dims, thr, temps, self.run_level)
                        for i in range(0, len(x), b)])
@@ -334,8 +352,8 @@ class Runtime:
         rows = encode(self.tokenizer, texts)
         n = len(rows)
         if n == 0:
-            return empty(self.n_classes)
-        labels, levels = np.zeros(n, np.int64), np.zeros(n, np.int64)
+            return empty(self.n_classes, self.levels)
+        labels, levels = np.zeros(n, np.int64), np.zeros(n, np.asarray(self.levels).dtype)
         probs, conf = np.zeros((n, self.n_classes), np.float32), np.zeros(n, np.float32)
         for idx in buckets([len(r) for r in rows], self.batch_size):
             out = self.predict(pad([rows[i] for i in idx]), level, thresholds)
@@ -358,7 +376,7 @@ class Runtime:
             raise ConfigError(f"thresholds must lie in [0, 1]; got {thr}")
         return thr
 
-    def _default_plan(self, temps: list[float]) -> tuple[list[int], list[float], list[float]]:
+    def _default_plan(self, temps: list[float]) -> tuple[list[str], list[float], list[float]]:
         cal = self.calibration()
         if cal and cal.get("thresholds") is not None:
             return self.levels, list(cal["thresholds"]), temps
@@ -368,6 +386,6 @@ class Runtime:
                     self._warned = True
                     why = ("its calibration certified no thresholds" if cal else
                            "it has no calibration (run `matryoshka calibrate`)")
-                    log.warning("%s: %s; predicting with the largest level %d", self.folder,
+                    log.warning("%s: %s; predicting with the largest level %s", self.folder,
                                 why, self.levels[-1])
         return [self.levels[-1]], [], [temps[-1]]

@@ -16,7 +16,7 @@ from matryoshka.runtime import Runtime
 from matryoshka.runtime.manifest import commit_manifest, manifest_writer
 from matryoshka.runtime.plan import choose_precisions
 
-LEVELS = [16, 32, 64]
+LEVELS = ["16", "32", "64"]
 
 
 def _run(*args):

@@ -29,13 +29,15 @@ def test_manifest_describes_every_level(tiny_export, tiny_checkpoint):
     out, manifest = tiny_export
     model, metrics = load_checkpoint(tiny_checkpoint)
     assert json.loads((out / "manifest.json").read_text()) == manifest
-    assert manifest["schema_version"] == 1
+    assert manifest["schema_version"] == 2
     assert manifest["input"]["shape"] == ["batch", 8, 8]
     assert [lv["dim"] for lv in manifest["levels"]] == [16, 32, 64]
+    assert [lv["name"] for lv in manifest["levels"]] == ["16", "32", "64"]
     for lv in manifest["levels"]:
         assert lv["file"] == f"level-{lv['dim']:04d}.onnx"
         assert lv["bytes"] == (out / lv["file"]).stat().st_size
         assert lv["params"] == count_params(extract_level(model, lv["dim"]))
+        assert lv["spec"] == model.config.spec(lv["dim"]).to_dict() and lv["trained"]
         assert lv["parity"]["max_abs"] <= 1e-4 and lv["parity"]["n"] >= 64
         assert lv["accuracy"]["onnx"] == pytest.approx(metrics["test_accuracy"][str(lv["dim"])],
                                                        abs=0.002)
@@ -49,8 +51,9 @@ def test_graph_metadata_and_dynamic_batch(tiny_export, tiny_checkpoint):
     g = onnx.load(str(out / "level-0032.onnx"))
     meta = {p.key: p.value for p in g.metadata_props}
     assert meta["matryoshka.dim"] == "32" and meta["matryoshka.levels"] == "16,32,64"
+    assert meta["matryoshka.name"] == "32" and meta["matryoshka.spec"] == "32:ffn=48,48:heads=4,4"
     assert meta["matryoshka.checkpoint_sha256"] == manifest["checkpoint"]["sha256"]
-    assert meta["matryoshka.schema_version"] == "1"
+    assert meta["matryoshka.schema_version"] == "2"
     assert g.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert {n.domain for n in g.graph.node} <= {""}, "graphs must be standard ONNX"
     assert g.opset_import[0].version == 17

@@ -22,15 +22,30 @@ def _rows():
 
 def test_choose_level_picks_the_largest_that_fits():
     rows = _rows()
-    assert choose_level(rows, (0.3 + 0.9) / 2, batch=1, percentile="p50") == 128
-    assert choose_level(rows, 0.9, batch=1, percentile="p50") == 256  # the bound is inclusive
-    assert choose_level(rows, 0.9, batch=1, percentile="p90") == 128
-    assert choose_level(rows, 100.0, batch=32, percentile="p99") == 256
-    assert choose_level(rows, 200.0, batch=32, percentile="p99") == 512
+    assert choose_level(rows, (0.3 + 0.9) / 2, batch=1, percentile="p50") == "128"
+    assert choose_level(rows, 0.9, batch=1, percentile="p50") == "256"  # the bound is inclusive
+    assert choose_level(rows, 0.9, batch=1, percentile="p90") == "128"
+    assert choose_level(rows, 100.0, batch=32, percentile="p99") == "256"
+    assert choose_level(rows, 200.0, batch=32, percentile="p99") == "512"
     with pytest.raises(MatryoshkaError, match="no level fits 0.05 ms"):
         choose_level(rows, 0.05, batch=1)
     with pytest.raises(MatryoshkaError, match="no measurement at batch 8"):
         choose_level(rows, 1.0, batch=8)
+
+
+def test_choose_level_returns_a_mix_between_the_levels():
+    """Named levels in FLOPs order: a mix that fits where the next trained level does not is
+    the answer, and the order, not the name, decides which is largest."""
+    rows = [{**r, "level": str(r["level"])} for r in _rows() if r["level"] != 512]
+    rows += [{**r, "level": "mid", "p50_ms": 0.6 * r["batch"]} for r in _rows()
+             if r["level"] == 512]
+    order = ["64", "128", "mid", "256"]
+    assert choose_level(rows, 0.7, batch=1, percentile="p50", order=order) == "mid"
+    assert choose_level(rows, 0.5, batch=1, percentile="p50", order=order) == "128"
+    assert choose_level(rows, 0.9, batch=1, percentile="p50", order=order) == "256"
+    # a level the export no longer has is never chosen
+    assert choose_level(rows, 0.7, batch=1, percentile="p50", order=["64", "128", "256"]) \
+        == "128"
 
 
 def test_select_level_reads_this_devices_record(tiny_export_dir, tmp_path):
@@ -47,7 +62,7 @@ def test_select_level_reads_this_devices_record(tiny_export_dir, tmp_path):
     mine = {**new_record("CPUExecutionProvider", None, 100.0), "results": rows}
     store_record(folder, other)
     store_record(folder, mine)
-    assert rt.select_level((0.3 + 0.9) / 2, batch=1, percentile="p50") == 32
+    assert rt.select_level((0.3 + 0.9) / 2, batch=1, percentile="p50") == "32"
     assert len(json.loads((folder / "bench.json").read_text())["records"]) == 2
     assert "| 32 | fp32 | 1 |" in (folder / "bench.md").read_text()
 
@@ -66,13 +81,13 @@ def test_real_bench_run(tiny_export_dir, tmp_path, tiny_checkpoint):
         assert key in rec, key
     assert rec["providers"] == ["CPUExecutionProvider"]
     assert {(x["level"], x["batch"]) for x in rec["results"]} == {
-        (d, b) for d in (16, 32, 64) for b in (1, 4)}
+        (d, b) for d in ("16", "32", "64") for b in (1, 4)}
     for x in rec["results"]:
         assert x["p50_ms"] <= x["p90_ms"] <= x["p99_ms"]
         assert x["roofline"] == pytest.approx(x["gflops"] / rec["peak_gflops"])
     names = {(b["name"], b["level"]) for b in rec["baselines"]}
-    assert ("torch", 64) in names and ("padded", 16) in names
-    assert ("padded", 64) not in names, "padding the full level to itself measures nothing"
+    assert ("torch", "64") in names and ("padded", "16") in names
+    assert ("padded", "64") not in names, "padding the full level to itself measures nothing"
     assert set(rec["accuracy"]) == {"16", "32", "64"}
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
     stored = json.loads((folder / "bench.json").read_text())["records"]

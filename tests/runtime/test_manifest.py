@@ -61,7 +61,12 @@ CALIBRATION = {"fp32": {"temperatures": [1.0, 1.0, 1.0], "thresholds": [0.9, 0.9
     (_set(("levels", 0, "file"), "../x"), "levels[0].file must be a bare file name"),
     (_set(("levels", 0, "file"), "/etc/passwd"), "levels[0].file must be a bare file name"),
     (_set(("levels", 0, "file"), ".."), "levels[0].file must be a bare file name"),
-    (_set(("levels", 1, "dim"), 16), "level dims must be strictly increasing"),
+    (_set(("levels", 1, "dim"), 16), "levels[1] is named 32 but has dim 16"),
+    (_set(("levels", 1, "flops_per_sample"), 1), "levels must be ordered by flops_per_sample"),
+    (_set(("levels", 1, "name"), "a-b"), "levels[1].name must be a width or a letter"),
+    (_set(("levels", 1, "spec"), {"dim": 32, "ffn": [48], "heads": [4, 4]}),
+     "levels[1].spec must hold the level's dim and one ffn width and one head count per layer"),
+    (_set(("schema_version",), 3), "this matryoshka reads versions 1, 2"),
     (_set(("calibration",), {"fp32": {"temperatures": [1.0, 0.0, 1.0], "thresholds": None}}),
      "temperatures must be 3 finite numbers > 0"),
     (_set(("calibration",), {"fp32": {"temperatures": [1.0] * 3, "thresholds": [0.5, 1.5]}}),
@@ -185,3 +190,36 @@ def test_a_reader_of_a_corrupt_folder_fails_at_once(export_copy, monkeypatch):
     with pytest.raises(ArtifactError, match="level-0032.onnx does not match the sha256"):
         Runtime.open(export_copy, device="cpu")
     assert len(calls) == 1  # the committed manifest did not change: no second attempt
+
+
+def _as_schema_1(m):
+    """What mexport wrote before levels had names (schema 1)."""
+    m["schema_version"] = 1
+    for lv in m["levels"]:
+        del lv["name"], lv["spec"]
+
+
+def test_a_schema_1_manifest_still_opens_with_levels_named_by_width(export_copy, demo_data):
+    x = demo_data["test"][0][:50]
+    before = Runtime.open(export_copy, device="cpu").predict(x, level=32)
+    _edit(export_copy, _as_schema_1)
+    rt = Runtime.open(export_copy, device="cpu")
+    assert rt.levels == ["16", "32", "64"] and rt.dim("32") == 32
+    after = rt.predict(x, level=32)
+    np.testing.assert_array_equal(after.probs, before.probs)
+    assert (after.levels == "32").all()
+
+
+def test_a_schema_1_manifest_keeps_its_own_rules(export_copy):
+    _edit(export_copy, lambda m: (_as_schema_1(m), _set(("levels", 1, "dim"), 16)(m)))
+    with pytest.raises(ArtifactError, match="level dims must be strictly increasing"):
+        Runtime.open(export_copy, device="cpu")
+
+
+def test_mix_file_names_are_graph_files():
+    assert level_file("mid") == "level-mid.onnx"
+    assert level_file("mid", "int8", "1a2b3c4d") == "level-mid-1a2b3c4d.int8.onnx"
+    assert level_file("64") == level_file(64) == "level-0064.onnx"
+    for name in ("level-mid.onnx", "level-mid-1a2b3c4d.int8.onnx", "level-a_1.int8.onnx"):
+        assert GRAPH_FILE.match(name)
+    assert not GRAPH_FILE.match("level-.onnx") and not GRAPH_FILE.match("level-_x.onnx")

@@ -29,19 +29,19 @@ def mid(rt, x_test):
 
 
 def test_levels_and_active_providers(rt):
-    assert rt.levels == [16, 32, 64]
-    assert rt.providers == {d: ["CPUExecutionProvider"] for d in (16, 32, 64)}
+    assert rt.levels == ["16", "32", "64"]
+    assert rt.providers == {d: ["CPUExecutionProvider"] for d in ("16", "32", "64")}
 
 
 def test_threshold_zero_answers_at_the_first_level(rt, x_test):
     out = rt.predict(x_test, thresholds=[0, 0])
-    assert (out.levels == 16).all()
+    assert (out.levels == "16").all()
     np.testing.assert_array_equal(out.labels, rt.predict(x_test, level=16).labels)
 
 
 def test_threshold_one_answers_at_the_last_level(rt, x_test):
     out = rt.predict(x_test, thresholds=[1.0, 1.0])
-    assert (out.levels == 64).all()
+    assert (out.levels == "64").all()
     np.testing.assert_array_equal(out.labels, rt.predict(x_test, level=64).labels)
 
 
@@ -69,15 +69,15 @@ def test_next_session_receives_exactly_the_undecided_rows(tiny_export_dir, x_tes
     first = rt.predict(x_test, level=16)
     undecided = first.confidence <= mid[0]
     assert 0 < undecided.sum() < len(x_test)
-    np.testing.assert_array_equal(seen[32], x_test[undecided].astype(np.float32))
-    assert (out.levels[~undecided] == 16).all()
+    np.testing.assert_array_equal(seen["32"], x_test[undecided].astype(np.float32))
+    assert (out.levels[~undecided] == "16").all()
 
 
 def test_default_without_calibration_uses_largest_level_and_warns_once(rt, x_test, caplog):
     fresh = Runtime.open(rt.folder, device="cpu")
     a = fresh.predict(x_test[:5])
     fresh.predict(x_test[:5])
-    assert (a.levels == 64).all()
+    assert (a.levels == "64").all()
     assert caplog.text.count("has no calibration") == 1
 
 
@@ -245,7 +245,7 @@ def test_predict_cli_json_and_errors(tiny_export_dir, tmp_path, x_test):
     out = json.loads(r.stdout)
     rt = Runtime.open(tiny_export_dir, device="cpu")
     assert out["labels"] == rt.predict(x_test[:6], level=32).labels.tolist()
-    assert out["levels"] == [32] * 6
+    assert out["levels"] == ["32"] * 6
     np.save(tmp_path / "bad.npy", x_test[:2, :, :5])
     r = CliRunner().invoke(cli, ["predict", str(tiny_export_dir), str(tmp_path / "bad.npy"),
                                  "--device", "cpu"])
