@@ -3,7 +3,7 @@
 DESIGN.md, "Errors". Importing this package registers every command on the group.
 """
 
-from matryoshka.cli import bench, calibrate, predict, train, tune  # noqa: F401  (registers commands)
+from matryoshka.cli import bench, calibrate, predict, search, train, tune  # noqa: F401  (registers commands)
 from matryoshka.cli.core import cli
 from matryoshka.cli.export import mexport
 
