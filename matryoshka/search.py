@@ -198,6 +198,31 @@ def frontier(levels: list[dict], candidates: list[dict]) -> list[dict]:
     return out
 
 
+def between(levels: list[dict], candidates: list[dict]) -> list[dict]:
+    """For each pair of consecutive trained levels (by FLOPs), the most accurate candidate
+    strictly between their FLOPs (ties: the cheaper), named mid<lower>_<upper>. On a small
+    validation split a level often ties a larger one, and the frontier then skips the gap;
+    these are the sub-models a budget between the two levels would get.
+
+    >>> lv = [{"name": "8", "flops_per_sample": 1, "accuracy": .9},
+    ...       {"name": "16", "flops_per_sample": 4, "accuracy": .9}]
+    >>> c = [{"flops_per_sample": f, "accuracy": a, "spec": f} for f, a in [(2, .9), (3, .8)]]
+    >>> [(m["name"], m["flops_per_sample"]) for m in between(lv, c)]
+    [('mid8_16', 2)]
+    """
+    trained = sorted(levels, key=lambda lv: lv["flops_per_sample"])
+    specs = [lv["spec"] for lv in levels]
+    out = []
+    for lo, hi in zip(trained, trained[1:]):
+        inside = [c for c in candidates if c["spec"] not in specs
+                  and lo["flops_per_sample"] < c["flops_per_sample"] < hi["flops_per_sample"]]
+        if inside:
+            best = max(inside, key=lambda c: (c["accuracy"], -c["flops_per_sample"]))
+            out.append({"name": f"mid{lo['name']}_{hi['name']}", "lower": lo["name"],
+                        "upper": hi["name"], **best, "trained": False})
+    return out
+
+
 def pick_best(front: list[dict], budget_flops: float | None) -> dict | None:
     """The most accurate frontier entry whose FLOPs fit the budget; None without a budget."""
     if budget_flops is None:
@@ -264,7 +289,7 @@ def results(model: MatryoshkaTransformer, accuracy: dict[Spec, float],
     candidates = [entry(s) for s in accuracy]
     front = frontier(levels, candidates)
     return {"levels": levels, "candidates": candidates, "frontier": front,
-            "best": pick_best(front, budget_flops)}
+            "between": between(levels, candidates), "best": pick_best(front, budget_flops)}
 
 
 def search_path(checkpoint: str | Path, out: str | Path | None = None) -> Path:
@@ -354,7 +379,9 @@ def load_picks(path: str | Path, picks: str, checkpoint_sha256: str) -> list[tup
     """(name, spec) of each pick of a search.json made for the checkpoint of that sha256.
 
     `picks`: comma-separated pick numbers ("1,3", the frontier's mixes), "all" (every mix on
-    the frontier) or "best" (the budget's best), in any mix ("best,1"); each mix once. Only
+    the frontier), "between" (the most accurate mix inside each gap between trained levels)
+    or "best" (the budget's best), in any mix ("best,1"); each spec once, under the name it
+    is first picked by. Only
     mixes are returned: a best that is a trained level adds nothing (a warning says so),
     since the export has it as a level. The specs are checked for form only; the model
     checks them against its granularities.
@@ -368,11 +395,11 @@ def load_picks(path: str | Path, picks: str, checkpoint_sha256: str) -> list[tup
         raise ConfigError(f"{path} was made for another checkpoint (sha {str(sha)[:12]}, this "
                           f"one {checkpoint_sha256[:12]}); rerun matryoshka search")
     by_pick = {p["pick"]: p for p in record["frontier"] if p.get("pick") is not None}
-    chosen: dict[str, Spec] = {}
+    chosen: dict[Spec, str] = {}
     for word in [w.strip() for w in str(picks).split(",") if w.strip()] or [""]:
         for p in _resolve_pick(path, record, by_pick, word):
-            chosen.setdefault(str(p["name"]), Spec.from_dict(p["spec"]))
-    return list(chosen.items())
+            chosen.setdefault(Spec.from_dict(p["spec"]), str(p["name"]))
+    return [(name, spec) for spec, name in chosen.items()]
 
 
 def _resolve_pick(path, record: dict, by_pick: dict, word: str) -> list[dict]:
@@ -382,6 +409,10 @@ def _resolve_pick(path, record: dict, by_pick: dict, word: str) -> list[dict]:
             raise ConfigError(f"{path}: no mix is on the frontier (only trained levels); "
                               "nothing to pick")
         return [by_pick[k] for k in sorted(by_pick)]
+    if word == "between":
+        if not record.get("between"):
+            raise ConfigError(f"{path}: no scored spec lies between two trained levels")
+        return list(record["between"])
     if word == "best":
         if record.get("best") is None:
             raise ConfigError(f"{path} was made without --budget-flops, so it has no best; "
@@ -397,7 +428,7 @@ def _resolve_pick(path, record: dict, by_pick: dict, word: str) -> list[dict]:
         return [by_pick[int(word)]]
     except (ValueError, KeyError):
         raise ConfigError(f"--pick {word!r} is not a pick of {path}; valid picks: {valid} "
-                          "(or all, best)") from None
+                          "(or all, between, best)") from None
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -405,20 +436,30 @@ def search_table(record: dict) -> str:
     """The frontier as a fixed-width table: trained levels and the budget's best marked."""
     specs = [str(Spec.from_dict(p["spec"])) for p in record["frontier"]]
     w = max([len("spec"), *map(len, specs)])
+    nw = max(len(p["name"]) for p in record["frontier"] + record.get("between", []))
+    nw = max(nw, len("name"))
     budget = record.get("budget_flops")
     lines = [f"{record['method']} search: {len(record['candidates'])} specs scored on "
              f"{record['split']} (n {record['n']}); the frontier holds "
              f"{len(record['frontier'])}" + (f"; budget {budget / 1e6:g} MFLOPs"
                                               if budget is not None else ""),
-             f"{'pick':>4}  {'name':<6}  {'spec':<{w}}  {'MFLOPs':>9}  {'params':>10}  "
+             f"{'pick':>4}  {'name':<{nw}}  {'spec':<{w}}  {'MFLOPs':>9}  {'params':>10}  "
              f"{'val acc':>7}"]
     best = record.get("best")
     for p, spec in zip(record["frontier"], specs):
         marks = (["trained"] if p["trained"] else []) + (
             ["best under budget"] if best is not None and p["spec"] == best["spec"] else [])
-        lines.append(f"{p.get('pick') or '-':>4}  {p['name']:<6}  {spec:<{w}}  "
+        lines.append(f"{p.get('pick') or '-':>4}  {p['name']:<{nw}}  {spec:<{w}}  "
                      f"{p['flops_per_sample'] / 1e6:>9.4f}  {p['params']:>10,}  "
                      f"{p['accuracy']:>7.4f}  {', '.join(marks)}".rstrip())
+    if record.get("between"):
+        lines.append("between the trained levels (the most accurate inside each gap; "
+                     "--pick between):")
+        for p in record["between"]:
+            spec = str(Spec.from_dict(p["spec"]))
+            lines.append(f"{'-':>4}  {p['name']:<{nw}}  {spec:<{w}}  "
+                         f"{p['flops_per_sample'] / 1e6:>9.4f}  {p['params']:>10,}  "
+                         f"{p['accuracy']:>7.4f}")
     return "\n".join(lines)
 
 
@@ -458,17 +499,26 @@ def plot_search(record: dict, out: str | Path) -> Path:
     front = record["frontier"]
     ax.plot([p["flops_per_sample"] / 1e6 for p in front], [p["accuracy"] for p in front], "-",
             color="C0", label="frontier")
-    for p in front:
+    for p in front + record["levels"]:  # every trained level, on the frontier or not
         xy = (p["flops_per_sample"] / 1e6, p["accuracy"])
-        ax.plot(*xy, "s" if p["trained"] else "o", color="C1" if p["trained"] else "C0")
+        trained = "pick" not in p
+        ax.plot(*xy, "s" if trained else "o", color="C1" if trained else "C0",
+                label="trained levels" if p is record["levels"][0] else None)
         ax.annotate(p["name"], xy, textcoords="offset points", xytext=(4, -10), fontsize=8)
+    # the interesting band: from a little below the worst trained level to the top
+    low = min(lv["accuracy"] for lv in record["levels"]) - 0.05
+    ax.set_ylim(bottom=max(low, min(c["accuracy"] for c in record["candidates"]) - 0.01))
+    for p in record.get("between", []):
+        ax.plot(p["flops_per_sample"] / 1e6, p["accuracy"], "D", color="C2", markersize=5,
+                label="between levels" if p is record["between"][0] else None)
     if record.get("budget_flops") is not None:
         ax.axvline(record["budget_flops"] / 1e6, color="C3", linestyle="--", label="budget")
     if record.get("best") is not None:
         b = record["best"]
         ax.plot([b["flops_per_sample"] / 1e6], [b["accuracy"]], "*", color="C3", markersize=14,
                 label=f"best: {b['name']}")
-    ax.set_xlabel("MFLOPs per sample")
+    ax.set_xscale("log")
+    ax.set_xlabel("MFLOPs per sample (log scale)")
     ax.set_ylabel(f"{record['split']} accuracy (n {record['n']})")
     ax.set_title(f"Mix'n'Match {record['method']} search: squares are trained levels", fontsize=9)
     ax.grid(True, alpha=0.3)
@@ -485,7 +535,7 @@ def plot_search(record: dict, out: str | Path) -> Path:
     return out
 
 
-__all__ = ["Evaluations", "evaluate", "exhaustive_count", "exhaustive_specs", "frontier",
+__all__ = ["Evaluations", "between", "evaluate", "exhaustive_count", "exhaustive_specs", "frontier",
            "granularities", "greedy_walk", "load_picks", "narrowings", "pareto", "pick_best",
            "plot_search", "read_search", "results", "run_method", "search", "search_path",
            "search_table", "spec_params", "val_split"]

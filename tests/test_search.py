@@ -289,12 +289,29 @@ def test_without_matplotlib_the_plot_is_a_warning(searched, monkeypatch, caplog,
 def test_table_lists_the_frontier_with_marks(searched):
     _, record = searched
     lines = search_table(record).splitlines()
-    assert len(lines) == 2 + len(record["frontier"])
+    n = len(record["frontier"])
+    assert len(lines) == 2 + n + 1 + len(record["between"])
+    assert lines[2 + n].startswith("between the trained levels")
     best = [ln for ln in lines if ln.endswith("best under budget")]
     assert len(best) == 1 and f" {record['best']['name']} " in best[0]
-    assert sum("trained" in ln for ln in lines[2:]) == sum(p["trained"]
-                                                           for p in record["frontier"])
-    assert str(Spec.from_dict(record["frontier"][-1]["spec"])) in lines[-1]
+    assert sum(ln.endswith("trained") for ln in lines[2:]) == sum(p["trained"]
+                                                                 for p in record["frontier"])
+    assert str(Spec.from_dict(record["frontier"][-1]["spec"])) in lines[1 + n]
+    for p, line in zip(record["between"], lines[3 + n:]):
+        assert f" {p['name']} " in line and str(Spec.from_dict(p["spec"])) in line
+
+
+def test_between_holds_the_best_inside_each_gap(searched):
+    _, record = searched
+    levels = sorted(record["levels"], key=lambda lv: lv["flops_per_sample"])
+    assert [p["name"] for p in record["between"]] == [
+        f"mid{a['name']}_{b['name']}" for a, b in zip(levels, levels[1:])]
+    for p, lo, hi in zip(record["between"], levels, levels[1:]):
+        inside = [c for c in record["candidates"]
+                  if lo["flops_per_sample"] < c["flops_per_sample"] < hi["flops_per_sample"]]
+        assert p["accuracy"] == max(c["accuracy"] for c in inside)
+        assert p["flops_per_sample"] == min(c["flops_per_sample"] for c in inside
+                                            if c["accuracy"] == p["accuracy"])
 
 
 # -- load_picks --------------------------------------------------------------------------------
@@ -321,7 +338,7 @@ def test_bad_picks_and_files_say_what_is_wrong(searched, tmp_path):
     n = sum(not p["trained"] for p in record["frontier"])
     valid = ", ".join(map(str, range(1, n + 1)))
     for bad in (str(n + 1), "0", "mix1", ""):
-        with pytest.raises(ConfigError, match=f"valid picks: {valid} \\(or all, best\\)"):
+        with pytest.raises(ConfigError, match=f"valid picks: {valid} \\(or all, between, best\\)"):
             load_picks(path, bad, sha)
     with pytest.raises(ConfigError, match="made for another checkpoint .* rerun matryoshka "
                                           "search"):

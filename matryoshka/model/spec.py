@@ -85,7 +85,10 @@ def parse_mix(text: str, n_layers: int, head_dim: int) -> tuple[str, Spec]:
     name, eq, spec = str(text).partition("=")
     if not eq or ":" in name:
         raise ConfigError(f"--mix {text!r}: write NAME=SPEC, e.g. mid=128:ffn=512,256")
-    return check_mix_name(name.strip()), parse_spec(spec, n_layers, head_dim)
+    name = name.strip()
+    # a width as a name is refused where the export's levels are known: it may collide
+    return (name if name.isdigit() else check_mix_name(name)), parse_spec(spec, n_layers,
+                                                                           head_dim)
 
 
 def check_mix_name(name: str, taken: dict[str, str] | None = None) -> str:
