@@ -112,13 +112,14 @@ def locate(args: argparse.Namespace) -> tuple[Path, str, dict]:
         raise SystemExit(f"no export at {folder} (no manifest.json): run `bash scripts/demo.sh` "
                          "or pass --export DIR or --graph PATH.onnx")
     manifest = json.loads(manifest_path.read_text())
-    levels = {int(e["dim"]): e["file"] for e in manifest.get("levels", [])}
+    # levels by name (schema 2), or by width (schema 1), in the manifest's order of FLOPs
+    levels = {e.get("name", str(e["dim"])): e["file"] for e in manifest.get("levels", [])}
     if not levels:
         raise SystemExit(f"{manifest_path} lists no levels")
-    level = args.level if args.level is not None else max(levels)
+    level = args.level if args.level is not None else list(levels)[-1]
     if level not in levels:
         raise SystemExit(f"--level {level} is not in {manifest_path}: it has "
-                         f"{', '.join(map(str, sorted(levels)))}")
+                         f"{', '.join(levels)}")
     return folder / levels[level], f"level {level}", spec_of(manifest)
 
 
@@ -353,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--export", default="artifacts/demo/export",
                     help="export folder with manifest.json [artifacts/demo/export]")
     ap.add_argument("--graph", help="run this .onnx file instead of an export's level")
-    ap.add_argument("--level", type=int, default=None, help="level (dim) [the largest]")
+    ap.add_argument("--level", default=None, help="level name (a trained level's width, or "
+                    "a mix's name) [the largest]")
     ap.add_argument("--batches", default="1,32", help="batch sizes [1,32]")
     ap.add_argument("--seconds", type=float, default=3.0,
                     help="wall-clock seconds of each config's run, all rounds together [3]")

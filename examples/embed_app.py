@@ -11,8 +11,6 @@ calibrated cascade: easy inputs are answered by the small level, hard ones escal
 import logging
 import sys
 
-import numpy as np
-
 from matryoshka.runtime import MatryoshkaError, Runtime
 
 
@@ -40,12 +38,12 @@ def main(export_dir: str = "artifacts/demo/export") -> int:
             continue
         correct += int((out.labels == y[start:start + 32]).sum())
         used.extend(out.levels.tolist())
-    dims, counts = np.unique(used, return_counts=True)
     print(f"accuracy {correct / len(x):.4f}; rows answered per level: "
-          + ", ".join(f"{d}: {c}" for d, c in zip(dims, counts)))
+          + ", ".join(f"{name}: {used.count(name)}" for name in rt.levels if name in used))
 
     # A fixed level, e.g. the largest one that fits this device's budget:
-    print("level 64 on the first 5 digits:", rt.predict(x[:5], level=rt.levels[0]).labels)
+    print(f"level {rt.levels[0]} on the first 5 digits:",
+          rt.predict(x[:5], level=rt.levels[0]).labels)
     return 0
 
 

