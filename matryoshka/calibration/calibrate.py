@@ -65,10 +65,13 @@ def check_args(target: str, epsilon: float, delta: float, split: str, variant: s
 def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val",
               target: str = "agreement", epsilon: float = 0.02, delta: float = 0.1,
               variant: str = "fp32", int8: str | None = None, method: str = "minmax",
-              progress: bool = True) -> dict:
+              progress: bool = True, cascade: str = "all") -> dict:
     """Calibrate an export folder in place (atomically); returns the calibration record.
 
     data: 'demo', a .npz or a text file [the data the export was made from].
+    cascade: the levels the cascade escalates through: "all", "trained" (the levels named by
+    their width, without the Mix'n'Match sub-models) or comma-separated names. Temperatures
+    are fitted for every level.
 
     >>> rec = calibrate("artifacts/demo/export", epsilon=0.02, delta=0.1)  # doctest: +SKIP
     >>> rec["thresholds"], rec["test"]["relative_cost"]                    # doctest: +SKIP
@@ -77,6 +80,7 @@ def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val
     export_dir = Path(export_dir)
     # a missing or broken folder is reported before the data loads
     dataset, data_record = for_export(export_dir, read_manifest(export_dir), data)
+    cascade_of([level_name(lv) for lv in read_manifest(export_dir)["levels"]], cascade)
     with manifest_writer(export_dir) as manifest:
         spec = manifest["input"]
         x_cal, y_cal = check_input(dataset[split][0], spec), dataset[split][1]
@@ -98,8 +102,8 @@ def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val
                 log.warning("the precision plan measured the INT8 graphs just replaced and "
                             "was dropped; run matryoshka tune %s again", export_dir)
         rt = Runtime.from_manifest(export_dir, manifest, device="cpu", variant=variant)
-        record = _calibrate_thresholds(rt, x_cal, y_cal, x_test, y_test, target, epsilon,
-                                       delta, progress)
+        record = _calibrate_thresholds(rt, cascade_of(rt.levels, cascade), x_cal, y_cal,
+                                       x_test, y_test, target, epsilon, delta, progress)
         record.update(variant=variant, split=split, data=data_record,
                       precisions=[rt.precision(d) for d in rt.levels],
                       graphs=[rt.entry(d)["sha256"] for d in rt.levels],
@@ -124,16 +128,38 @@ def level_logits(rt: Runtime, x: np.ndarray, batch: int = 256) -> list[np.ndarra
             for d in rt.levels]
 
 
-def _calibrate_thresholds(rt: Runtime, x_cal, y_cal, x_test, y_test, target, epsilon, delta,
-                          progress) -> dict:
-    dims = rt.levels
-    flops = [float(lv["flops_per_sample"]) for lv in rt.manifest["levels"]]
+def cascade_of(levels: list[str], cascade: str) -> list[str]:
+    """The levels of `calibrate --cascade`, in the export's order (of FLOPs)."""
+    if cascade == "all":
+        return list(levels)
+    if cascade == "trained":
+        chosen = [n for n in levels if n.isdigit()]
+    else:
+        wanted = [c.strip() for c in str(cascade).split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in levels]
+        if unknown or not wanted:
+            raise ConfigError(f"--cascade must be all, trained or level names of the export "
+                              f"({', '.join(levels)}); got {cascade!r}")
+        chosen = [n for n in levels if n in wanted]
+    if not chosen:
+        raise ConfigError(f"--cascade {cascade!r} names no level of the export")
+    return chosen
+
+
+def _calibrate_thresholds(rt: Runtime, cascade: list[str], x_cal, y_cal, x_test, y_test,
+                          target, epsilon, delta, progress) -> dict:
+    names = rt.levels
     bar = tqdm(total=3, desc="calibrate", disable=None if progress else True, leave=False)
-    cal = level_logits(rt, x_cal)
-    test = level_logits(rt, x_test)
+    cal_all = level_logits(rt, x_cal)
+    test_all = level_logits(rt, x_test)
     bar.update(1)
-    temps = [fit_temperature(z, y_cal) for z in cal]
+    temps_all = [fit_temperature(z, y_cal) for z in cal_all]
     bar.update(1)
+    pick = [names.index(n) for n in cascade]
+    dims = cascade
+    cal, test = [cal_all[i] for i in pick], [test_all[i] for i in pick]
+    temps = [temps_all[i] for i in pick]
+    flops = [float(rt.manifest["levels"][i]["flops_per_sample"]) for i in pick]
     cert = learn_then_test(cal, y_cal, dims, temps, flops, epsilon, delta, target)
     bar.update(1)
     bar.close()
@@ -143,9 +169,10 @@ def _calibrate_thresholds(rt: Runtime, x_cal, y_cal, x_test, y_test, target, eps
                     len(y_cal))
     report = _test_report(test, y_test, dims, temps, cert, flops, target)
     record = {
-        "temperatures": temps,
-        "nll": {"before": [nll(z, y_cal) for z in cal],
-                "after": [nll(z, y_cal, t) for z, t in zip(cal, temps)]},
+        "levels": list(cascade),
+        "temperatures": temps_all,
+        "nll": {"before": [nll(z, y_cal) for z in cal_all],
+                "after": [nll(z, y_cal, t) for z, t in zip(cal_all, temps_all)]},
         "thresholds": cert.thresholds,
         "target": target, "epsilon": epsilon, "delta": delta, "n": int(len(y_cal)),
         "guarantee": (f"P({target} risk > {epsilon:g}) <= {delta:g} over the calibration draw"
@@ -158,7 +185,7 @@ def _calibrate_thresholds(rt: Runtime, x_cal, y_cal, x_test, y_test, target, eps
         "test": report,
     }
     trained = [i for i, name in enumerate(dims) if name.isdigit()]
-    if 1 < len(trained) < len(dims) and trained[-1] == len(dims) - 1:
+    if cascade == names and 1 < len(trained) < len(dims) and trained[-1] == len(dims) - 1:
         record["trained_only"] = _trained_only(trained, cal, y_cal, test, y_test, dims, temps,
                                                flops, epsilon, delta, target)
     return record
@@ -227,17 +254,20 @@ def accuracy_of(logits: np.ndarray, y: np.ndarray) -> float:
 def calibration_table(record: dict, manifest: dict) -> str:
     """The closing report of `matryoshka calibrate`, on the test split."""
     t = record["test"]
-    dims = [level_name(lv) for lv in manifest["levels"]]
+    names = [level_name(lv) for lv in manifest["levels"]]
+    dims = record.get("levels", names)
     lines = [
         f"calibration ({record['variant']}, target {record['target']}, "
         f"epsilon {record['epsilon']:g}, delta {record['delta']:g}, n {record['n']})",
+        "  cascade:      " + ", ".join(dims),
         "  temperatures: " + ", ".join(f"{d}: {x:.3f}" for d, x in
-                                        zip(dims, record["temperatures"])),
+                                        zip(names, record["temperatures"])),
         "  thresholds:   " + (", ".join(f"{x:.4f}" for x in record["thresholds"])
                               if record["thresholds"] is not None else
                               "none certified (largest level only)"),
         f"  guarantee:    {record['guarantee']}",
-        "  graphs:       " + ", ".join(f"{d}: {p}" for d, p in zip(dims, record["precisions"])),
+        "  graphs:       " + ", ".join(f"{d}: {p}" for d, p in zip(names,
+                                                                     record["precisions"])),
         f"  calibration split: empirical risk {record['empirical_risk']:.4f}, expected "
         f"relative cost {record['expected_relative_cost']:.3f}",
         f"test split (n {t['n']}, never used to fit):",

@@ -26,9 +26,12 @@ from matryoshka.cli.core import DEMO_EXPORT, cli
 @click.option("--int8", "int8", default=None, help="'static': INT8 static quantization first.")
 @click.option("--method", default="minmax", show_default=True,
               help="INT8 calibration method: minmax, entropy or percentile.")
+@click.option("--cascade", default="all", show_default=True,
+              help="Levels the cascade escalates through: all, trained (without the "
+              "Mix'n'Match sub-models) or level names, e.g. 64,mix1,512.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def calibrate_cmd(export_dir, data, split, target, epsilon, delta, variant, int8, method,
-                  no_progress) -> None:
+                  cascade, no_progress) -> None:
     """Fit temperatures and certified escalation thresholds into EXPORT_DIR's manifest.
 
     Example: matryoshka calibrate artifacts/demo/export --epsilon 0.02 --delta 0.1
@@ -38,5 +41,5 @@ def calibrate_cmd(export_dir, data, split, target, epsilon, delta, variant, int8
 
     record = calibrate(export_dir, data=data, split=split, target=target, epsilon=epsilon,
                        delta=delta, variant=variant, int8=int8, method=method,
-                       progress=not no_progress)
+                       progress=not no_progress, cascade=cascade)
     click.echo(calibration_table(record, read_manifest(export_dir)))

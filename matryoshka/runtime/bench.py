@@ -414,7 +414,7 @@ def cascade_row(rt, x: np.ndarray, y: np.ndarray, batch: int, flops: dict,
         one_pass()
         times.append(time.perf_counter() - t0)
     elapsed = float(np.median(times))
-    dims = rt.levels
+    dims = rt.cascade_levels()
     cost = float(relative_cost(lv, dims, [flops[d] for d in dims]).mean())
     return {"name": "cascade", "batch": batch, "accuracy": float((lab == y).mean()),
             "ms_per_sample": elapsed * 1e3 / len(x), "levels": dims,

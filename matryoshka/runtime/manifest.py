@@ -128,7 +128,7 @@ def check_manifest(m: dict, path: str | Path = MANIFEST) -> None:
     if labels is not None and not (isinstance(labels, list) and len(labels) == shape[-1]
                                    and all(isinstance(x, str) for x in labels)):
         raise bad(f"output.labels must be {shape[-1]} class names")
-    _check_calibration(m.get("calibration"), len(dims), bad)
+    _check_calibration(m.get("calibration"), [level_name(lv) for lv in m["levels"]], bad)
     check_plan(m.get("plan"), len(dims), bad)
     if m.get("plan") and any("int8" not in lv for lv, p in zip(m["levels"],
                                                                 m["plan"]["precisions"])
@@ -191,9 +191,10 @@ def _check_file_entry(entry, where: str, bad) -> None:
         raise bad(f"{where}.sha256 must be 64 lower-case hex digits")
 
 
-def _check_calibration(cal, k: int, bad) -> None:
+def _check_calibration(cal, names: list[str], bad) -> None:
     if cal is None:
         return
+    k = len(names)
     if not isinstance(cal, dict):
         raise bad("calibration must be a JSON object")
     for variant, rec in cal.items():
@@ -204,11 +205,15 @@ def _check_calibration(cal, k: int, bad) -> None:
         if not (isinstance(temps, list) and len(temps) == k
                 and all(_number(t) and t > 0 for t in temps)):
             raise bad(f"{where}.temperatures must be {k} finite numbers > 0; got {temps!r}")
+        cascade = rec.get("levels", names)  # the cascade's levels; before the list: all
+        if not (isinstance(cascade, list) and cascade and all(c in names for c in cascade)
+                and [n for n in names if n in cascade] == cascade):
+            raise bad(f"{where}.levels must list levels of the export, in its order")
         thr = rec.get("thresholds")
-        if thr is not None and not (isinstance(thr, list) and len(thr) == k - 1
+        if thr is not None and not (isinstance(thr, list) and len(thr) == len(cascade) - 1
                                     and all(_number(t) and 0 <= t <= 1 for t in thr)):
-            raise bad(f"{where}.thresholds must be null or {k - 1} numbers in [0, 1]; "
-                      f"got {thr!r}")
+            raise bad(f"{where}.thresholds must be null or {len(cascade) - 1} numbers in "
+                      f"[0, 1]; got {thr!r}")
         graphs = rec.get("graphs")
         if graphs is not None and not (isinstance(graphs, list) and len(graphs) == k and all(
                 isinstance(g, str) and SHA256.match(g) for g in graphs)):

@@ -302,6 +302,12 @@ class Runtime:
         self._checked = cal
         return cal
 
+    def cascade_levels(self) -> list[str]:
+        """The levels of the calibrated cascade, in order: those `calibrate --cascade` chose
+        (by default every level)."""
+        cal = self.calibration()
+        return list(cal.get("levels", self.levels)) if cal else list(self.levels)
+
     def temperatures(self) -> list[float]:
         cal = self.calibration()
         return list(cal["temperatures"]) if cal else [1.0] * len(self.levels)
@@ -313,7 +319,8 @@ class Runtime:
 
         - level=name (or a trained level's width): run that one level.
         - thresholds=[t_1..t_{k-1}]: the cascade with these thresholds.
-        - neither: the calibrated cascade when the manifest has one, else the largest level.
+        - neither: the calibrated cascade (over the levels calibrate chose) when the manifest
+          has one, else the largest level.
 
         x is an array as the graphs take it, or, for an export with a tokenizer, a list of
         strings: they are tokenized exactly as in training, sorted by length into batches of
@@ -379,7 +386,9 @@ class Runtime:
     def _default_plan(self, temps: list[float]) -> tuple[list[str], list[float], list[float]]:
         cal = self.calibration()
         if cal and cal.get("thresholds") is not None:
-            return self.levels, list(cal["thresholds"]), temps
+            levels = self.cascade_levels()
+            return levels, list(cal["thresholds"]), [temps[self.levels.index(n)]
+                                                     for n in levels]
         if not self._warned:
             with self._lock:
                 if not self._warned:

@@ -81,6 +81,32 @@ def test_calibrate_over_all_levels_compares_the_trained_ones(mix_export, tmp_pat
     assert set(rt.predict(np.zeros((4, 8, 8), np.float32)).levels) <= set(rt.levels)
 
 
+def test_calibrate_a_cascade_of_chosen_levels(mix_export, tmp_path, demo_data):
+    import shutil
+
+    folder = tmp_path / "export"
+    shutil.copytree(mix_export[0], folder)
+    r = CliRunner().invoke(cli, ["calibrate", str(folder), "--epsilon", "0.1", "--cascade",
+                                 "trained", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((folder / "manifest.json").read_text())["calibration"]["fp32"]
+    assert rec["levels"] == ["16", "32", "64"] and len(rec["temperatures"]) == 6
+    assert rec["thresholds"] is None or len(rec["thresholds"]) == 2
+    assert "trained_only" not in rec  # it is the trained-only cascade
+    rt = Runtime.open(folder, device="cpu")
+    assert rt.cascade_levels() == ["16", "32", "64"]
+    x = demo_data["test"][0][:100].astype(np.float32)
+    assert set(rt.predict(x).levels) <= {"16", "32", "64"}
+    # names, in any order, are put in the export's order
+    r = CliRunner().invoke(cli, ["calibrate", str(folder), "--epsilon", "0.1", "--cascade",
+                                 "64,wide", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((folder / "manifest.json").read_text())["calibration"]["fp32"]
+    assert rec["levels"] == ["wide", "64"]
+    r = CliRunner().invoke(cli, ["calibrate", str(folder), "--cascade", "16,nope"])
+    _one_error(r, "--cascade must be all, trained or level names of the export")
+
+
 def test_select_level_can_return_a_mix(mix_export, tmp_path):
     import shutil
 
