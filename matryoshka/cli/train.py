@@ -53,8 +53,11 @@ POSITIVE = click.IntRange(min=1)
 @click.option("--epochs", type=int, default=None,
               help="Passes over the training split [the preset's recipe; demo: 60].")
 @click.option("--batch-size", type=int, default=None, help="Samples per step [32].")
-@click.option("--schedule", type=click.Choice(["joint", "progressive", "sampled"]),
-              default="joint", show_default=True)
+@click.option("--schedule", type=click.Choice(["joint", "progressive", "sampled", "mix"]),
+              default="joint", show_default=True,
+              help="joint: every level every step; progressive: smaller levels first; "
+              "sampled: one random level per step; mix: every level plus one random "
+              "Mix'n'Match sub-model per step (MatFormer).")
 @click.option("--alpha", default=None, help="CE weight per level, comma-separated "
               "[demo: 1,1,1,2; else 1 each].")
 @click.option("--beta", type=float, default=None, help="Consistency weight L_reg [0].")

@@ -66,24 +66,25 @@ class MultiLevel(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, levels: list[int]):
+    def forward(self, x: torch.Tensor, levels: list):  # widths, or a Spec (schedule mix)
         return [(d, *self.model(x, level=d, return_hidden=True)) for d in levels]
 
 
 def wrap(model: nn.Module, d: Dist, schedule: str) -> nn.Module:
     """MultiLevel(model), inside DDP when distributed.
 
-    `joint` runs every level every step, so every parameter gets a gradient and DDP can skip
-    the search for unused parameters. `sampled` and `progressive` steps leave whole tensors
-    unused (the LayerNorm parameters of the levels not run), so DDP must look for them:
+    `joint` (and `mix`, joint plus a sub-model) runs every level every step, so every
+    parameter gets a gradient and DDP can skip the search for unused parameters. `sampled`
+    and `progressive` steps leave whole tensors unused (the LayerNorm parameters of the
+    levels not run), so DDP must look for them:
     find_unused_parameters=True. The level drawn by `sampled` comes from an rng seeded alike
     on every rank, so all ranks run the same level in the same step.
     """
     wrapped = MultiLevel(model)
     if not d.enabled:
         return wrapped
-    return nn.parallel.DistributedDataParallel(wrapped,
-                                               find_unused_parameters=schedule != "joint")
+    unused = schedule not in ("joint", "mix")
+    return nn.parallel.DistributedDataParallel(wrapped, find_unused_parameters=unused)
 
 
 def all_reduce_sum(values: list[float], d: Dist) -> list[float]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from matryoshka.data import Dataset
@@ -24,17 +25,18 @@ from matryoshka.io import atomic_dir
 from matryoshka.model import (
     MatryoshkaConfig,
     MatryoshkaTransformer,
+    Spec,
     count_params,
     extract_level,
     flops_per_sample,
 )
 from matryoshka.model.checkpoint import save_checkpoint
 from matryoshka.training.distributed import Dist, all_reduce_sum, init_from_env, shutdown, wrap
-from matryoshka.training.objective import LevelOutput, total_loss
+from matryoshka.training.objective import LevelOutput, distillation, total_loss
 from matryoshka.training.optim import make_optimizer
 
 log = logging.getLogger(__name__)
-SCHEDULES = ("joint", "progressive", "sampled")
+SCHEDULES = ("joint", "progressive", "sampled", "mix")
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class TrainConfig:
     lr: float = 1e-3  # eta0, the base learning rate of the largest level's shell
     weight_decay: float = 0.05  # AdamW decoupled decay, matrices only
     warmup: float = 0.05  # fraction of steps with a linear warmup, then cosine to 0
-    schedule: str = "joint"  # joint | progressive | sampled
+    schedule: str = "joint"  # joint | progressive | sampled | mix (joint + a random spec)
     alpha: tuple[float, ...] | None = None  # CE weight per level; None: 1 each
     beta: float = 0.0  # consistency weight L_reg
     gamma: float = 0.5  # distillation weight L_distill
@@ -159,13 +161,28 @@ def config_for_text(cfg: MatryoshkaConfig, tokenizer, n_classes: int) -> Matryos
 
 def levels_for_step(schedule: str, levels: tuple[int, ...], epoch: int, epochs: int,
                     rng: np.random.Generator) -> list[int]:
-    """Which levels a step trains. progressive: stage s of k trains levels 1..s."""
-    if schedule == "joint":
+    """Which levels a step trains. progressive: stage s of k trains levels 1..s; mix trains
+    every level, and `random_spec` adds a sub-model."""
+    if schedule in ("joint", "mix"):
         return list(levels)
     if schedule == "sampled":
         return [levels[int(rng.integers(len(levels)))]]
     stage = min(len(levels) - 1, epoch * len(levels) // epochs)
     return list(levels[: stage + 1])
+
+
+def random_spec(cfg: MatryoshkaConfig, rng: np.random.Generator) -> Spec:
+    """A Mix'n'Match sub-model drawn uniformly (MatFormer): a trained residual width, and for
+    each layer a trained FFN width and a trained head count. Drawn from the rng seeded alike
+    on every rank, so all ranks train the same spec in a step."""
+    def draw(values: list[int]) -> int:
+        return values[int(rng.integers(len(values)))]
+
+    widths = sorted({cfg.ffn_width(d) for d in cfg.levels})
+    counts = sorted({d // cfg.head_dim for d in cfg.levels})
+    dim = draw(list(cfg.levels))
+    return Spec(dim, tuple(draw(widths) for _ in range(cfg.n_layers)),
+                tuple(draw(counts) for _ in range(cfg.n_layers)))
 
 
 def lr_at(step: int, total: int, base: float, warmup: float) -> float:
@@ -222,14 +239,27 @@ def check_finite_loss(epoch_loss: float, epoch: int, tcfg: TrainConfig, d: Dist)
 
 
 def train_step(wrapped: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor,
-               yb: torch.Tensor, active: list[int], tcfg: TrainConfig,
+               yb: torch.Tensor, active: list, tcfg: TrainConfig,
                alphas: dict[int, float], lr: float) -> dict[str, torch.Tensor]:
-    """One optimisation step: one forward over the active levels, one backward, one update."""
-    outs = [LevelOutput(dim, logits, hidden) for dim, logits, hidden in wrapped(xb, active)]
+    """One optimisation step: one forward over the active levels (and the sub-model Spec
+    among them, schedule mix), one backward, one update."""
+    outs, mixes = [], []
+    for level, logits, hidden in wrapped(xb, active):
+        if isinstance(level, Spec):
+            mixes.append(LevelOutput(level.dim, logits, hidden))
+        else:
+            outs.append(LevelOutput(level, logits, hidden))
     layers = list(tcfg.reg_layers) if tcfg.reg_layers is not None else None
     terms = total_loss(outs, yb, alphas=alphas, beta=tcfg.beta, gamma=tcfg.gamma,
                        temperature=tcfg.temperature, reg_layers=layers,
                        direction=tcfg.distill_direction)
+    for mix in mixes:  # weighted as an average level, and taught by the largest like one
+        weight = sum(alphas.values()) / len(alphas)
+        terms["ce"] = terms["ce"] + weight * F.cross_entropy(mix.logits, yb)
+        if outs and outs[-1].dim == max(alphas):  # the largest level teaches, when it ran
+            terms["distill"] = terms["distill"] + distillation(
+                [mix, outs[-1]], tcfg.gamma, tcfg.temperature, tcfg.distill_direction)
+        terms["total"] = terms["ce"] + terms["reg"] + terms["distill"]
     for g in opt.param_groups:
         g["lr"] = lr
     opt.zero_grad(set_to_none=True)
@@ -315,6 +345,8 @@ def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, d: Dist, 
                 if tcfg.augment and cfg.input_kind == "image":
                     xb = shift_images(xb, gen)
                 active = levels_for_step(tcfg.schedule, cfg.levels, epoch, tcfg.epochs, rng)
+                if tcfg.schedule == "mix":
+                    active.append(random_spec(cfg, rng))
                 lr = lr_at(step, total, tcfg.lr, tcfg.warmup)
                 terms = train_step(wrapped, opt, xb, yb, active, tcfg, alphas, lr)
                 for k in sums:
