@@ -324,21 +324,10 @@ def val_split(checkpoint: str | Path, model: MatryoshkaTransformer, metrics: dic
 
 
 def _check_fits(cfg: MatryoshkaConfig, x: np.ndarray, y: np.ndarray) -> None:
-    from matryoshka.training.loop import check_token_ids
+    """The validation split must feed this model: shapes, token ids and labels."""
+    from matryoshka.training.loop import check_data_fits
 
-    if cfg.input_kind == "image":
-        want = (cfg.image_size, cfg.image_size)
-        if x.shape[1:] != want:
-            raise DataError(f"the model takes images of shape {want}; the data has "
-                            f"{tuple(x.shape[1:])}")
-    elif x.ndim != 2 or x.shape[1] > cfg.max_len:
-        raise DataError(f"the model takes token ids [n, <= {cfg.max_len}]; the data has "
-                        f"{tuple(x.shape)}")
-    else:
-        check_token_ids({"val": (x, y)}, cfg.vocab_size)
-    if len(y) and int(y.max()) >= cfg.n_classes:
-        raise DataError(f"val labels go up to {int(y.max())} but the model has {cfg.n_classes} "
-                        "classes")
+    check_data_fits(cfg, {"train": (x, y)})  # checks the shapes of "train": here, val
 
 
 def _check_budget(budget_flops: float | None) -> float | int | None:

@@ -180,3 +180,15 @@ def test_from_search_exports_the_picks(tiny_checkpoint, tmp_path):
                                      str(tmp_path / "e2"), "--from-search", str(search),
                                      "--pick", "99"])
     _one_error(r, "--pick '99' is not a pick of")
+
+
+def test_predict_cli_runs_a_mix_by_name(mix_export, tmp_path, demo_data):
+    x = demo_data["test"][0][:5].astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = CliRunner().invoke(cli, ["predict", str(mix_export[0]), str(tmp_path / "x.npy"),
+                                 "--level", "narrow", "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["levels"] == ["narrow"] * 5
+    rt = Runtime.open(mix_export[0], device="cpu")
+    assert out["labels"] == rt.predict(x, level="narrow").labels.tolist()
