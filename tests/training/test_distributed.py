@@ -65,9 +65,19 @@ def test_two_processes_at_batch_b_equal_one_process_at_batch_2b(tmp_path):
     assert moved > 1e-3, "the step must actually change the parameters"
 
 
+def _free_port() -> int:
+    """A port free now: each torchrun gets its own, so a previous run's port, still in
+    TIME_WAIT, never makes the next one fail to start (it did, once in CI)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _torchrun(*args, timeout=240):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29500 + os.getpid() % 1000), "-m", "matryoshka", *args]
+           "--master_port", str(_free_port()), "-m", "matryoshka", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -95,5 +105,6 @@ def test_torchrun_with_a_bad_data_path_fails_fast_and_cleanly(tmp_path):
     assert r.returncode != 0
     assert time.monotonic() - t0 < 60
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
-    assert errors == [f"error: data file not found: {tmp_path / 'missing.npz'}"]
+    assert errors == [f"error: data file not found: {tmp_path / 'missing.npz'}"], \
+        r.stderr[-3000:]
     assert not (tmp_path / "ck").exists()
