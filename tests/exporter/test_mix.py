@@ -15,6 +15,7 @@ from matryoshka.model import Spec
 from matryoshka.model.checkpoint import load_checkpoint
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.bench import new_record, store_record
+from tests.exporter.test_export import _one_error  # exit 2, one `error:` line with fragment
 
 # tiny: levels 16, 32, 64; FFN widths 24, 48, 96; heads 2, 4, 8 (head_dim 8); 2 layers
 MIXES = [("wide", Spec(16, (96, 48), (4, 2))), ("narrow", Spec(64, (24, 24), (2, 4))),
@@ -126,13 +127,6 @@ def test_select_level_can_return_a_mix(mix_export, tmp_path):
     assert mixes_between, "the test needs a mix between levels 32 and 64"
     budget = (mixes_between[-1][0] + 1) / 1e6
     assert rt.select_level(budget, batch=1, percentile="p50") == mixes_between[-1][1]
-
-
-def _one_error(result, fragment):
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert fragment in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("mix,fragment", [
