@@ -55,9 +55,10 @@ def relative_cost(levels: np.ndarray, keys: Sequence, flops: Sequence[float]) ->
     """Per row: the FLOPs of every level run to answer it (all levels up to the answering
     one, `keys` in cascade order), relative to the last level's FLOPs."""
     cum = np.cumsum(np.asarray(flops, dtype=np.float64)) / float(flops[-1])
+    levels = np.asarray(levels)
     stage = np.full(len(levels), -1)
     for i, key in enumerate(keys):
-        stage[np.asarray(levels) == key] = i
+        stage[levels == key] = i
     if (stage < 0).any():
         raise ValueError("a row answered at a level that is not in the cascade")
     return cum[stage]

@@ -228,8 +228,11 @@ class Runtime:
         """The graph must say it is this level (its width, and its name where it records one)
         and take the manifest's input."""
         meta = session.get_modelmeta().custom_metadata_map
-        for key, want in (("matryoshka.dim", str(self.dim(level))), ("matryoshka.name", level)):
-            if meta.get(key, want if key == "matryoshka.name" else None) != want:
+        expected = {"matryoshka.dim": str(self.dim(level))}
+        if "matryoshka.name" in meta:  # graphs of schema 1 exports carry no name
+            expected["matryoshka.name"] = level
+        for key, want in expected.items():
+            if meta.get(key) != want:
                 raise ArtifactError(f"{name} is listed as level {level} but the graph's own "
                                     f"{key} metadata says {meta.get(key)}; the folder was "
                                     "changed by hand")
