@@ -28,7 +28,7 @@ iters/rounds calls each, the starting contender rotating every round, so that th
 slow and fast moments fall on all alike. The table gives the p50 of each and fp32/contender
 (a speed-up when > 1), the achieved GFLOP/s (model.flops_terms at --seq: per_token * seq +
 per_pair * seq**2 + per_sample per sample) against the fp32 and INT8 MatMul peaks of this CPU,
-and max|logits - torch| on the timed ids. The peaks are runtime.bench.matmul_peak's (fp32
+and max|logits - torch| on the timed ids. The peaks are runtime.timing.matmul_peak's (fp32
 MatMul, INT8 MatMulInteger), measured before and after the loop, the better kept. Absolute
 times on a shared VM drift from run to run; the ratios are
 what count. On a CPU that other work also uses, torch's default OpenMP pool (one thread per
@@ -60,9 +60,8 @@ from text_shapes import CONFIG, LEVELS, SEQ, VOCAB, build  # noqa: E402
 from matryoshka.exporter.graph import INPUT, to_onnx  # noqa: E402
 from matryoshka.model import extract_level, flops_terms  # noqa: E402
 from matryoshka.quantize import METHODS, quantize_level  # noqa: E402
-from matryoshka.runtime import bench as rbench  # noqa: E402
-from matryoshka.runtime.bench import device_name  # noqa: E402
 from matryoshka.runtime.providers import CPU, session_options  # noqa: E402
+from matryoshka.runtime.timing import device_name, matmul_peak, time_many  # noqa: E402
 
 QUANT = tuple(METHODS)  # dynamic, dynamic-pc, static, weight4
 CONTENDERS = ("fp32", "fp32-ort-opt", *QUANT, "torch")
@@ -72,8 +71,8 @@ DEFAULT_CHECKPOINT = Path("artifacts/text/checkpoint")
 
 
 def peaks(threads: int | None) -> dict:
-    """The fp32 (GFLOP/s) and INT8 (GOP/s) MatMul peaks of runtime.bench.matmul_peak."""
-    return {p: float(rbench.matmul_peak(p, [CPU], threads)) for p in ("fp32", "int8")}
+    """The fp32 (GFLOP/s) and INT8 (GOP/s) MatMul peaks of runtime.timing.matmul_peak."""
+    return {p: float(matmul_peak(p, [CPU], threads)) for p in ("fp32", "int8")}
 
 
 # -- sessions ------------------------------------------------------------------------------------
@@ -138,7 +137,7 @@ def part_speed(args, contenders: list[str], peak: dict, tmp: Path, failures: lis
                 diffs = {n: float(np.abs(np.asarray(
                     fn()[0] if n in sessions else fn().numpy()) - ref).max())
                     for n, fn in fns.items()}
-                timed = rbench.time_many(fns, args.warmup, args.iters, args.rounds)
+                timed = time_many(fns, args.warmup, args.iters, args.rounds)
             base = timed.get("fp32", {}).get("p50_ms")
             for name, t in timed.items():
                 gflops = flops * b / (t["p50_ms"] / 1e3) / 1e9

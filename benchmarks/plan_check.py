@@ -4,7 +4,7 @@
         [--data PATH] [--json OUT]
 
 levels:   at every (level, batch) that `matryoshka tune` measured, fp32 and INT8 are timed again,
-          side by side (runtime.bench.time_many), and the plan's choice at that batch (the
+          side by side (runtime.timing.time_many), and the plan's choice at that batch (the
           plan's `by_batch`) is compared with the faster of the two: chosen / fastest p50.
 cascades: the calibrated fp32, INT8 and planned (`auto`) cascades each run whole passes over
           the test split in chunks of the plan's batch, the three passes rotating, --passes
@@ -25,10 +25,10 @@ import numpy as np
 
 from matryoshka.data.source import for_export
 from matryoshka.runtime import Runtime
-from matryoshka.runtime.bench import batch_of, device_name, time_many
 from matryoshka.runtime.inputs import check_input
 from matryoshka.runtime.manifest import read_manifest
 from matryoshka.runtime.text import trim
+from matryoshka.runtime.timing import batch_of, device_name, time_many
 
 VARIANTS = ("fp32", "int8", "auto")
 

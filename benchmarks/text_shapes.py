@@ -17,7 +17,7 @@ buckets: the test texts of --data at batch 32, one full pass (every batch, sessi
   runtime.text.buckets (sorted by length), each bucket padded to its longest. The logits of
   both are compared per text.
 
-Both parts time their two contenders with runtime.bench.time_pair: alternating blocks of calls,
+Both parts time their two contenders with runtime.timing.time_pair: alternating blocks of calls,
 so that the machine's slow and fast moments fall on both alike; the table gives medians and the
 ratio of medians. Absolute times on this VM drift from run to run; the ratios are what count.
 """
@@ -37,9 +37,9 @@ import torch
 from matryoshka.exporter.graph import to_onnx
 from matryoshka.model import MatryoshkaTransformer, extract_level
 from matryoshka.model.config import MatryoshkaConfig
-from matryoshka.runtime.bench import device_name, time_pair
 from matryoshka.runtime.providers import session_options
 from matryoshka.runtime.text import buckets, encode, pad
+from matryoshka.runtime.timing import device_name, time_pair
 
 LEVELS = (64, 128, 256, 512)
 SEQ, VOCAB, BATCH = 128, 8000, 32

@@ -47,8 +47,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from matryoshka.runtime.bench import device_name
 from matryoshka.runtime.providers import session_options
+from matryoshka.runtime.timing import device_name
 
 CPU = ["CPUExecutionProvider"]
 ALONE_SHARE = 0.25  # of a P>1 config's time per round, spent on one request alone

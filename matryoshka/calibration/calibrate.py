@@ -25,6 +25,7 @@ from matryoshka.calibration.thresholds import (
 )
 from matryoshka.data.source import for_export
 from matryoshka.errors import ConfigError, DataError
+from matryoshka.exporter.cascades import refresh_cascades
 from matryoshka.io import temp_path, writing
 from matryoshka.quantize import STATIC_CALIBRATION as INT8_METHODS
 from matryoshka.quantize import quantize_level
@@ -82,6 +83,7 @@ def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val
     dataset, data_record = for_export(export_dir, read_manifest(export_dir), data)
     cascade_of([level_name(lv) for lv in read_manifest(export_dir)["levels"]], cascade)
     with manifest_writer(export_dir) as manifest:
+        committed = named_files(manifest)
         spec = manifest["input"]
         x_cal, y_cal = check_input(dataset[split][0], spec), dataset[split][1]
         x_test, y_test = check_input(dataset["test"][0], spec), dataset["test"][1]
@@ -110,6 +112,7 @@ def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val
                       data_sha256=data_record.get("sha256"),
                       created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         manifest.setdefault("calibration", {})[variant] = record
+        refresh_cascades(export_dir, manifest, committed, x_cal)
         commit_manifest(export_dir, manifest)
     return record
 

@@ -19,12 +19,18 @@ from tqdm import tqdm
 from matryoshka.calibration.calibrate import accuracy_of, check_labels, level_logits
 from matryoshka.data.source import for_export
 from matryoshka.errors import ConfigError
+from matryoshka.exporter.cascades import refresh_cascades
 from matryoshka.runtime import Runtime
-from matryoshka.runtime.bench import batch_of, check_counts, device_name, time_pair
 from matryoshka.runtime.inputs import check_input
-from matryoshka.runtime.manifest import commit_manifest, manifest_writer, read_manifest
+from matryoshka.runtime.manifest import (
+    commit_manifest,
+    manifest_writer,
+    named_files,
+    read_manifest,
+)
 from matryoshka.runtime.plan import PRECISIONS, plan_by_batch
 from matryoshka.runtime.providers import check_threads
+from matryoshka.runtime.timing import batch_of, check_counts, device_name, time_pair
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,7 @@ def tune(export_dir: str | Path, data: str | None = None, split: str = "val",
         if (manifest.get("calibration") or {}).pop("auto", None) is not None:
             log.warning("the auto calibration was fitted on the previous plan's graphs and was "
                         "dropped; run: matryoshka calibrate %s --variant auto", export_dir)
+        refresh_cascades(export_dir, manifest, named_files(manifest), x)
         commit_manifest(export_dir, manifest)
     return plan
 

@@ -27,11 +27,14 @@ from matryoshka.cli.core import DEMO_EXPORT, check_destination, cli, parse_ints
               help="Checkpoint for the torch baseline [the one named in the manifest].")
 @click.option("--variant", type=click.Choice(["fp32", "int8", "auto"]), default="fp32",
               show_default=True, help="Graph set to measure.")
+@click.option("--engine", type=click.Choice(["auto", "graph", "levels"]), default="auto",
+              show_default=True, help="Time the calibrated cascade through cascade.onnx "
+              "(graph), one session per level (levels), or both where the graph exists (auto).")
 @click.option("--json", "json_out", default=None, help="Also write the record to this file.")
 @click.option("--plot", "plot_out", default=None, help="Write a PNG (needs matryoshka[plot]).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def bench_cmd(export_dir, device, batch, warmup, iters, threads, data, seq_len, baselines,
-              checkpoint, variant, json_out, plot_out, no_progress) -> None:
+              checkpoint, variant, engine, json_out, plot_out, no_progress) -> None:
     """Measure every level of EXPORT_DIR on this device; record it in bench.json/.md.
 
     Example: matryoshka bench artifacts/demo/export --batch 1,32 --baselines torch,padded
@@ -41,9 +44,11 @@ def bench_cmd(export_dir, device, batch, warmup, iters, threads, data, seq_len, 
     from matryoshka.data.source import for_export
     from matryoshka.errors import ConfigError
     from matryoshka.io import write_json_atomic
-    from matryoshka.runtime.bench import bench_table, check_counts, plot_bench, run_bench
+    from matryoshka.runtime.bench import run_bench
     from matryoshka.runtime.manifest import read_manifest
     from matryoshka.runtime.providers import check_threads, requested_providers
+    from matryoshka.runtime.records import bench_table, plot_bench
+    from matryoshka.runtime.timing import check_counts
 
     batches = parse_ints(batch, "--batch")
     check_threads(threads)
@@ -75,7 +80,7 @@ def bench_cmd(export_dir, device, batch, warmup, iters, threads, data, seq_len, 
         record = run_bench(export_dir, device=device, batches=batches, warmup=warmup,
                            iters=iters, threads=threads, x=x, y=y, baselines=timers,
                            notes=notes, progress=not no_progress, variant=variant,
-                           seq_len=seq_len)
+                           seq_len=seq_len, engine=engine)
     finally:
         for t in timers.values():
             getattr(t, "cleanup", lambda: None)()

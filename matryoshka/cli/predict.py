@@ -22,13 +22,16 @@ from matryoshka.cli.core import cli, parse_floats
               show_default=True)
 @click.option("--variant", type=click.Choice(["fp32", "int8", "auto"]), default="fp32",
               show_default=True)
+@click.option("--engine", type=click.Choice(["auto", "graph", "levels"]), default="auto",
+              show_default=True, help="graph: the cascade in one session over cascade.onnx; "
+              "levels: one session per level; auto: the graph where the export has one.")
 @click.option("--key", default=None,
               help="The array to read when INPUT_NPY is an .npz archive [its only array].")
 @click.option("--batch-size", type=int, default=256, show_default=True,
               help="Rows per run: bounds memory, whatever the input's size.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def predict(export_dir, input_npy, texts, input_file, level, thresholds, device, variant, key,
-            batch_size, as_json) -> None:
+def predict(export_dir, input_npy, texts, input_file, level, thresholds, device, variant,
+            engine, key, batch_size, as_json) -> None:
     """Predict with the graphs in EXPORT_DIR (no torch needed): the samples in INPUT_NPY
     (.npy, or .npz with --key), or raw texts (--text, --input-file) for a text export.
 
@@ -51,7 +54,8 @@ def predict(export_dir, input_npy, texts, input_file, level, thresholds, device,
     thr = None
     if thresholds is not None:
         thr = list(parse_floats(thresholds, "--thresholds") or ())
-    rt = Runtime.open(export_dir, device=device, variant=variant, batch_size=batch_size)
+    rt = Runtime.open(export_dir, device=device, variant=variant, batch_size=batch_size,
+                      engine=engine)
     if input_npy:
         x = _load_array(input_npy, key)
     else:
@@ -64,7 +68,8 @@ def predict(export_dir, input_npy, texts, input_file, level, thresholds, device,
                                 "label_names": [names[i] for i in out.labels],
                                 "levels": out.levels.tolist(),
                                 "confidence": [round(float(c), 6) for c in out.confidence],
-                                "providers": rt.providers[rt.levels[-1]]}, allow_nan=False))
+                                "engine": rt.engine,
+                                "providers": rt.active_providers()}, allow_nan=False))
         return
     width = max([5] + [len(n) for n in names])
     click.echo(f"{'row':>5} {'label':>{width}} {'level':>6} {'confidence':>11}")
@@ -73,7 +78,8 @@ def predict(export_dir, input_npy, texts, input_file, level, thresholds, device,
     if len(out):
         counts = {d: int((out.levels == d).sum()) for d in rt.levels}
         share = ", ".join(f"{d}: {c}" for d, c in counts.items() if c)
-        click.echo(f"{len(out)} rows answered by level ({share})")
+        engine = "cascade.onnx" if rt.engine == "graph" else "one session per level"
+        click.echo(f"{len(out)} rows answered by level ({share}); engine: {engine}")
 
 
 def _read_lines(path_text: str) -> list[str]:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from matryoshka import __version__
 from matryoshka.data.source import as_input, class_names, resolve
 from matryoshka.errors import ConfigError, DataError
+from matryoshka.exporter.cascades import refresh_cascades
 from matryoshka.exporter.graph import input_spec, to_onnx
 from matryoshka.exporter.validate import cpu_session, run_graph, validate_level
 from matryoshka.io import (
@@ -42,7 +43,6 @@ from matryoshka.model import (
 )
 from matryoshka.model.checkpoint import checkpoint_sha256, checkpoint_tokenizer, load_checkpoint
 from matryoshka.quantize import quantize_level
-from matryoshka.runtime.bench import BENCH_JSON, BENCH_MD
 from matryoshka.runtime.manifest import (
     SCHEMA_VERSION,
     TOKENIZER_FILE,
@@ -53,6 +53,7 @@ from matryoshka.runtime.manifest import (
     manifest_writer,
     named_files,
 )
+from matryoshka.runtime.records import BENCH_JSON, BENCH_MD
 from matryoshka.runtime.text import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,7 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
                     entry["int8"] = _quantize(out, entry["file"], name, named, x_test, y_test,
                                               quantize)
                 manifest["levels"].append(entry)
+            refresh_cascades(out, manifest, named, x_test)
             commit_manifest(out, manifest)
             for name in (BENCH_JSON, BENCH_MD):  # they measured the graphs just replaced
                 (out / name).unlink(missing_ok=True)

@@ -1,9 +1,10 @@
 """The escalation cascade: answer a row at level i when max softmax(z_i / T_i) > tau_i.
 
 DESIGN.md, "Escalation and calibration". Only the rows still undecided are gathered and sent
-to the next level; the last level answers every row it receives. Pure numpy: `run_level` is
+to the next level; the last level answers every row it receives. `run_level` is
 any callable that maps (level, rows) to logits, so the logic is testable without graphs. A level
-is whatever key the caller uses: the runtime uses level names ('64', or a mix's name).
+is whatever key the caller uses: the runtime uses level names ('64', or a mix's name). The
+softmax is onnxruntime's own (runtime/softmax.py), so cascade.onnx gives the same bits.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from matryoshka.runtime.softmax import softmax
 
 
 @dataclass(frozen=True)
@@ -31,17 +34,6 @@ def concat(parts: Sequence[Prediction]) -> Prediction:
         return parts[0]
     return Prediction(*(np.concatenate(field) for field in zip(*(
         (p.labels, p.probs, p.confidence, p.levels) for p in parts))))
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """softmax(logits / temperature) over axis 1, as float32 (a new array)."""
-    z = np.array(logits, dtype=np.float32)  # our own copy: the steps below work in place
-    if temperature != 1.0:
-        z /= np.float32(temperature)
-    z -= z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
 
 
 def empty(n_classes: int, levels: Sequence = ()) -> Prediction:

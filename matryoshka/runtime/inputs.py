@@ -15,8 +15,12 @@ class InputError(DataError):
     """An input that does not fit the exported graphs."""
 
 
-def check_input(x, spec: dict) -> np.ndarray:
+def check_input(x, spec: dict, finite: bool = True) -> np.ndarray:
     """Return x as the dtype the graphs take, or raise InputError saying what is wrong.
+
+    finite=False leaves out the pass over the data that looks for NaN and inf: for a caller
+    that learns it from the graph itself (cascade.onnx's `row_check`) and then raises
+    `nonfinite_error`.
 
     >>> check_input(np.zeros((2, 8, 8), np.uint8), {"dtype": "float32",
     ...     "shape": ["batch", 8, 8], "kind": "image"}).dtype
@@ -44,10 +48,9 @@ def check_input(x, spec: dict) -> np.ndarray:
         # Check after the cast: a finite float64 such as 1e300 becomes inf in float32.
         with np.errstate(over="ignore", invalid="ignore"):
             cast = np.ascontiguousarray(x, dtype=want)
-        if not np.isfinite(cast).all():
-            bad = int((~np.isfinite(cast)).reshape(len(cast), -1).any(axis=1).sum())
-            raise InputError(f"input holds NaN or inf in {bad} row(s) (after the conversion "
-                             f"to {want}, whose largest value is about 3.4e38)")
+        if finite and not np.isfinite(cast).all():
+            raise nonfinite_error(int((~np.isfinite(cast)).reshape(len(cast), -1)
+                                      .any(axis=1).sum()))
         return cast
     # integer token ids
     if kind not in "iu" or not np.can_cast(x.dtype, want, "safe"):
@@ -64,6 +67,12 @@ def check_input(x, spec: dict) -> np.ndarray:
             raise InputError(f"{len(empty)} row(s) hold only padding (first: row {empty[0]}); "
                              "every text needs at least one token")
     return np.ascontiguousarray(x, dtype=want)
+
+
+def nonfinite_error(rows: int) -> InputError:
+    """The error for an input with NaN or inf in `rows` rows (after its cast to float32)."""
+    return InputError(f"input holds NaN or inf in {rows} row(s) (after the conversion to "
+                      "float32, whose largest value is about 3.4e38)")
 
 
 def _fmt(shape: list) -> str:

@@ -29,7 +29,7 @@ DTYPES = ("float32", "int64")
 BARE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Files the exporter and calibrate write; only these are ever deleted by a writer.
-GRAPH_FILE = re.compile(r"^(level-(\d{4,}|[A-Za-z][A-Za-z0-9_]*)(-[0-9a-f]{8,64})?"
+GRAPH_FILE = re.compile(r"^((level-(\d{4,}|[A-Za-z][A-Za-z0-9_]*)|cascade)(-[0-9a-f]{8,64})?"
                         r"(\.[a-z0-9]+)?\.onnx|tokenizer(-[0-9a-f]{8,64})?\.json)$")
 # A trained level is named by its width; a mix by a letter, then letters, digits or '_'.
 LEVEL_NAME = re.compile(r"^(\d+|[A-Za-z][A-Za-z0-9_]{0,31})$")
@@ -45,6 +45,11 @@ def level_file(name: str | int, variant: str = "fp32", tag: str | None = None) -
     stem = (f"level-{int(name):04d}" if name.isdigit() else f"level-{name}") + \
         (f"-{tag}" if tag else "")
     return f"{stem}.onnx" if variant == "fp32" else f"{stem}.{variant}.onnx"
+
+
+def cascade_file(variant: str = "fp32") -> str:
+    """'cascade.onnx' for the fp32 cascade graph, 'cascade.int8.onnx' for the int8 one."""
+    return "cascade.onnx" if variant == "fp32" else f"cascade.{variant}.onnx"
 
 
 def level_flops(entry: dict, length: int | None = None) -> float:
@@ -129,6 +134,7 @@ def check_manifest(m: dict, path: str | Path = MANIFEST) -> None:
                                    and all(isinstance(x, str) for x in labels)):
         raise bad(f"output.labels must be {shape[-1]} class names")
     _check_calibration(m.get("calibration"), [level_name(lv) for lv in m["levels"]], bad)
+    _check_cascade(m.get("cascade"), [level_name(lv) for lv in m["levels"]], bad)
     check_plan(m.get("plan"), len(dims), bad)
     if m.get("plan") and any("int8" not in lv for lv, p in zip(m["levels"],
                                                                 m["plan"]["precisions"])
@@ -220,6 +226,26 @@ def _check_calibration(cal, names: list[str], bad) -> None:
             raise bad(f"{where}.graphs must list the sha256 of the {k} graphs it was fitted on")
 
 
+def _check_cascade(cascade, names: list[str], bad) -> None:
+    """`cascade`: variant -> the entry of its cascade graph (file, sha256, the levels it runs
+    in order, and the default thresholds and temperatures stored in it)."""
+    if cascade is None:
+        return
+    if not isinstance(cascade, dict):
+        raise bad("cascade must be a JSON object")
+    for variant, entry in cascade.items():
+        where = f"cascade.{variant}"
+        _check_file_entry(entry, where, bad)
+        levels = entry.get("levels")
+        if not (isinstance(levels, list) and levels and all(n in names for n in levels)
+                and [n for n in names if n in levels] == levels):
+            raise bad(f"{where}.levels must list levels of the export, in its order")
+        for key, k in (("thresholds", len(levels) - 1), ("temperatures", len(levels))):
+            v = entry.get(key)
+            if not (isinstance(v, list) and len(v) == k and all(_number(t) for t in v)):
+                raise bad(f"{where}.{key} must be {k} numbers")
+
+
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -239,6 +265,8 @@ def named_files(manifest: dict | None) -> dict[str, str]:
                 named[entry["file"]] = entry["sha256"]
     if manifest.get("tokenizer"):
         named[manifest["tokenizer"]["file"]] = manifest["tokenizer"]["sha256"]
+    for entry in (manifest.get("cascade") or {}).values():
+        named[entry["file"]] = entry["sha256"]
     return named
 
 

@@ -16,7 +16,8 @@ import onnxruntime as ort
 from matryoshka.errors import ArtifactError, ConfigError, MatryoshkaError, MissingArtifactError
 from matryoshka.io import sha256_bytes
 from matryoshka.runtime.cascade import Prediction, concat, empty, run_cascade
-from matryoshka.runtime.inputs import check_input
+from matryoshka.runtime.graph import CascadeGraph
+from matryoshka.runtime.inputs import check_input, nonfinite_error
 from matryoshka.runtime.manifest import MANIFEST, level_name, read_manifest
 from matryoshka.runtime.providers import (
     CUDA,
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 # `matryoshka tune` from measurements on a device) chose for each level.
 VARIANTS = ("fp32", "int8", "auto")
 DEFAULT_BATCH = 256  # rows per session.run in predict: bounds the activations' memory
+# How the cascade runs: "graph", one session over cascade.onnx (one session.run per call);
+# "levels", one session per level driven from Python; "auto", the graph where the export has
+# one for this variant (measured faster at every batch size), else the levels.
+ENGINES = ("auto", "graph", "levels")
 
 
 def _is_texts(x) -> bool:
@@ -78,6 +83,9 @@ class Runtime:
     def __init__(self, folder: Path, manifest: dict, device: str, providers: list[str],
                  threads: int | None, variant: str, batch_size: int = DEFAULT_BATCH):
         self.folder, self.manifest, self.device, self.variant = folder, manifest, device, variant
+        self.engine = "levels"  # from_manifest sets "graph" once cascade.onnx is loaded
+        self._requested = "levels"
+        self._graph: CascadeGraph | None = None
         self._providers, self._threads = providers, threads
         self.batch_size = batch_size
         self._entries = {level_name(lv): lv for lv in manifest["levels"]}
@@ -94,13 +102,16 @@ class Runtime:
     @classmethod
     def open(cls, folder: str | Path, device: str = "auto", threads: int | None = None,
              preload: bool = True, variant: str = "fp32",
-             batch_size: int = DEFAULT_BATCH) -> Runtime:
+             batch_size: int = DEFAULT_BATCH, engine: str = "auto") -> Runtime:
         """Open an export folder: check its manifest and every graph's sha256, then load.
 
         device: "cpu", "cuda" (CUDA must really be active, or MatryoshkaError) or "auto"
         (CUDA when it is really active, else the CPU with one warning).
         preload=False creates each level's session on first use (checking its sha256 again,
         on the very bytes it loads). batch_size: rows per session.run in predict.
+        engine: "graph" runs the cascade through cascade.onnx, one session.run per call;
+        "levels" through one session per level; "auto" (the default) the graph where the
+        export has one for this variant. Both give bit-identical predictions.
 
         >>> rt = Runtime.open("artifacts/demo/export", device="cpu")  # doctest: +SKIP
         >>> rt.levels                                                 # doctest: +SKIP
@@ -111,7 +122,7 @@ class Runtime:
         manifest = read_manifest(folder)
         try:
             rt = cls.from_manifest(folder, manifest, device, threads, preload, variant,
-                                   batch_size)
+                                   batch_size, engine)
             rt.calibration()  # a calibration fitted on other graphs fails the open
             return rt
         except ArtifactError:
@@ -120,22 +131,34 @@ class Runtime:
             if _commit_id(folder) == seen:
                 raise
             return cls.from_manifest(folder, read_manifest(folder), device, threads, preload,
-                                     variant, batch_size)
+                                     variant, batch_size, engine)
 
     @classmethod
     def from_manifest(cls, folder: Path, manifest: dict, device: str = "auto",
                       threads: int | None = None, preload: bool = True,
-                      variant: str = "fp32", batch_size: int = DEFAULT_BATCH) -> Runtime:
+                      variant: str = "fp32", batch_size: int = DEFAULT_BATCH,
+                      engine: str = "levels") -> Runtime:
         """A runtime over a manifest already read and checked (a writer's uncommitted one)."""
         if variant not in VARIANTS:
             raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
+        if engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
         check_threads(threads)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer; got {batch_size!r}")
         providers = requested_providers(device)
         rt = cls(Path(folder), manifest, device, providers, threads, variant, batch_size)
+        rt._requested = engine
+        entry = (manifest.get("cascade") or {}).get(variant)
+        if engine == "graph" and entry is None:
+            raise ArtifactError(
+                f"{rt.folder} has no {variant} cascade graph (exports made before cascade.onnx "
+                f"have none); add it with: matryoshka calibrate {rt.folder} --variant "
+                f"{variant} (or mexport --force), or open it with engine='levels'")
+        if engine != "levels" and entry is not None:
+            rt._load_graph(entry)
         for name in rt.levels:
-            if preload:
+            if preload and rt._graph is None:
                 rt._session(name)
             else:
                 rt.graph_bytes(name)
@@ -146,6 +169,27 @@ class Runtime:
         return rt
 
     # -- files and sessions -------------------------------------------------------------------
+    def _load_graph(self, entry: dict) -> None:
+        """Load cascade.onnx from bytes checked against the manifest's sha256."""
+        device = "cuda" if self.device == "cuda" else "cpu"
+        graph = CascadeGraph(read_named(self.folder, entry), entry, self.input_spec["name"],
+                             session_options(self._threads), self._providers, device,
+                             self.variant)
+        cal = (self.manifest.get("calibration") or {}).get(self.variant) or {}
+        names = list(self._entries)
+        if cal.get("thresholds") is not None and (
+                entry["levels"] != list(cal.get("levels", names))
+                or entry["thresholds"] != list(cal["thresholds"])):
+            why = (f"{entry['file']} does not hold the {self.variant} calibration of "
+                   f"manifest.json; rebuild it with: matryoshka calibrate {self.folder} "
+                   f"--variant {self.variant}")
+            if self._requested == "graph":
+                raise ArtifactError(why)
+            log.warning("%s; running one session per level meanwhile", why)
+            return
+        self._graph = graph
+        self.engine = "graph"
+
     def level(self, level: str | int) -> str:
         """The name of a level of this export, given its name or (a trained level) its width."""
         name = str(level) if not isinstance(level, bool) else None
@@ -248,6 +292,13 @@ class Runtime:
             self._session(level)
         return dict(self._active)
 
+    def active_providers(self) -> list[str]:
+        """The providers the cascade really runs on: cascade.onnx's session under the graph
+        engine, else the largest level's."""
+        if self._graph is not None:
+            return list(self._graph.active)
+        return self.providers[self.levels[-1]]
+
     def run_level(self, level: str | int, x: np.ndarray) -> np.ndarray:
         """Raw logits of a level on an already checked input."""
         session = self._session(level)
@@ -269,7 +320,8 @@ class Runtime:
         >>> rt.select_level(5.0, batch=1, percentile="p90")  # doctest: +SKIP
         '256'
         """
-        from matryoshka.runtime.bench import choose_level, device_name, read_bench
+        from matryoshka.runtime.records import choose_level, read_bench
+        from matryoshka.runtime.timing import device_name
 
         provider = self.providers[self.levels[-1]][0]
         here = device_name()
@@ -337,6 +389,10 @@ class Runtime:
             raise ConfigError("give either level or thresholds, not both")
         if _is_texts(x):
             return self._predict_texts(x, level, thresholds)
+        if self._graph is not None and level is None and self._runs_on_graph(thresholds):
+            # the graph reports NaN and inf rows itself: no pass over x here
+            return self._predict_graph(check_input(x, self.input_spec, finite=False),
+                                       thresholds)
         x = check_input(x, self.input_spec)
         temps = self.temperatures()
         if level is not None:
@@ -351,6 +407,33 @@ class Runtime:
         b = self.batch_size
         return concat([run_cascade(x[i:i + b], dims, thr, temps, self.run_level)
                        for i in range(0, len(x), b)])
+
+    def _runs_on_graph(self, thresholds) -> bool:
+        """Whether cascade.onnx answers this call: at its defaults when calibrated thresholds
+        exist (uncalibrated, the largest level alone is cheaper than a graph that escalates
+        every row to it, unless engine='graph' was asked for), or at given thresholds when
+        the graph runs every level."""
+        if thresholds is not None:
+            return self._graph.levels == self.levels
+        cal = self.calibration()
+        return self._requested == "graph" or bool(cal and cal.get("thresholds") is not None)
+
+    def _predict_graph(self, x: np.ndarray, thresholds) -> Prediction:
+        thr = temps = None
+        if thresholds is not None:
+            thr, temps = self._check_thresholds(thresholds), self.temperatures()
+        else:
+            self._default_plan(self.temperatures())  # its warning, when uncalibrated
+        if len(x) == 0:
+            return empty(self.n_classes, self.levels)
+        b, parts, bad = self.batch_size, [], 0
+        for i in range(0, len(x), b):
+            part, n_bad = self._graph.run(x[i:i + b], thr, temps)
+            parts.append(part)
+            bad += n_bad
+        if bad:
+            raise nonfinite_error(bad)
+        return concat(parts)
 
     def _predict_texts(self, texts, level, thresholds) -> Prediction:
         from matryoshka.runtime.text import buckets, check_texts, encode, pad

@@ -59,7 +59,8 @@ def test_int8_static_graphs(calibrated):
     assert rt8.file(16).name == f"level-0016-{m['levels'][0]['int8']['sha256'][:8]}.int8.onnx"
     assert not (out / "level-0016.int8.onnx").exists()
     assert sorted(p.name for p in out.glob("*.onnx")) == sorted(
-        [lv["file"] for lv in m["levels"]] + [lv["int8"]["file"] for lv in m["levels"]])
+        [lv["file"] for lv in m["levels"]] + [lv["int8"]["file"] for lv in m["levels"]]
+        + [c["file"] for c in m["cascade"].values()])
 
 
 def _error(args, fragment, folder):

@@ -14,7 +14,7 @@ from matryoshka.exporter.validate import torch_logits
 from matryoshka.model import Spec
 from matryoshka.model.checkpoint import load_checkpoint
 from matryoshka.runtime import Runtime
-from matryoshka.runtime.bench import new_record, store_record
+from matryoshka.runtime.records import new_record, store_record
 from tests.exporter.test_export import _one_error  # exit 2, one `error:` line with fragment
 
 # tiny: levels 16, 32, 64; FFN widths 24, 48, 96; heads 2, 4, 8 (head_dim 8); 2 layers

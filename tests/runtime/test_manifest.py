@@ -100,7 +100,10 @@ def test_a_graph_copied_over_another_level_is_refused(export_copy, demo_data):
     _edit(export_copy, _set(("levels", 0, "sha256"), sha))
     with pytest.raises(ArtifactError, match="listed as level 16 but the graph's own "
                                             "matryoshka.dim metadata says 32"):
-        Runtime.open(export_copy, device="cpu")
+        Runtime.open(export_copy, device="cpu", engine="levels")
+    rt = Runtime.open(export_copy, device="cpu")  # the cascade graph holds its own copies:
+    with pytest.raises(ArtifactError, match="listed as level 16"):  # checked at first use
+        rt.predict(demo_data["test"][0][:2], level=16)
 
 
 def test_a_wrong_input_name_is_refused(export_copy):
@@ -143,7 +146,7 @@ def test_graph_names_never_reuse_a_committed_name_for_other_bytes():
 def test_predict_in_chunks_equals_one_call(tiny_export_dir, demo_data):
     x = demo_data["test"][0]
     whole = Runtime.open(tiny_export_dir, device="cpu", batch_size=len(x))
-    chunked = Runtime.open(tiny_export_dir, device="cpu", batch_size=7)
+    chunked = Runtime.open(tiny_export_dir, device="cpu", batch_size=7, engine="levels")
     biggest = []
     real = chunked.run_level
 

@@ -14,7 +14,8 @@ from matryoshka.runtime.inputs import check_input
 
 @pytest.fixture(scope="module")
 def rt(tiny_export_dir):
-    return Runtime.open(tiny_export_dir, device="cpu")
+    return Runtime.open(tiny_export_dir, device="cpu", engine="levels")  # the graph engine:
+    # tests/exporter/test_cascade.py
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_each_row_is_bit_identical_to_its_answering_level(rt, x_test, mid):
 
 
 def test_next_session_receives_exactly_the_undecided_rows(tiny_export_dir, x_test, mid):
-    rt = Runtime.open(tiny_export_dir, device="cpu", batch_size=len(x_test))
+    rt = Runtime.open(tiny_export_dir, device="cpu", batch_size=len(x_test), engine="levels")
     seen = {}
     real = rt.run_level
 
@@ -197,8 +198,9 @@ def test_int8_variant(tiny_export_dir, x_test):
     assert (a.labels == b.labels).mean() > 0.9
 
 
-def test_threads_give_single_threaded_results(tiny_export_dir, x_test, mid):
-    rt = Runtime.open(tiny_export_dir, device="cpu", preload=False)
+@pytest.mark.parametrize("engine", ["levels", "graph"])
+def test_threads_give_single_threaded_results(tiny_export_dir, x_test, mid, engine):
+    rt = Runtime.open(tiny_export_dir, device="cpu", preload=False, engine=engine)
     rng = np.random.default_rng(0)
     jobs = [[(int(s), int(n)) for s, n in zip(rng.integers(0, 300, 25), rng.integers(1, 60, 25))]
             for _ in range(8)]
@@ -218,14 +220,14 @@ def test_threads_give_single_threaded_results(tiny_export_dir, x_test, mid):
     for th in threads:
         th.join()
     assert not errors
-    single = Runtime.open(tiny_export_dir, device="cpu")
+    single = Runtime.open(tiny_export_dir, device="cpu", engine="levels")
     for t in range(8):
         for j, (s, n) in enumerate(jobs[t]):
             ref = single.predict(x_test[s:s + n], thresholds=mid)
             np.testing.assert_array_equal(results[t][j].labels, ref.labels)
             np.testing.assert_array_equal(results[t][j].levels, ref.levels)
             np.testing.assert_array_equal(results[t][j].probs, ref.probs)
-    assert len(rt._sessions) == 3
+    assert len(rt._sessions) == (3 if engine == "levels" else 0)  # the graph holds the levels
 
 
 def test_missing_export_folder(tmp_path):

@@ -1,11 +1,13 @@
-"""Write the two tiny graphs that `matryoshka bench` times for its roofline peaks, as package
-data of the runtime (which may not import onnx): an fp32 MatMul and an INT8 MatMulInteger
-(uint8 activations x int8 weights -> int32, the product that onnxruntime's dynamic INT8
-MatMul runs on VNNI/AVX512 or ARM dot-product kernels).
+"""Write the tiny graphs that the runtime (which may not import onnx) ships as package data:
+- the two that `matryoshka bench` times for its roofline peaks: an fp32 MatMul and an INT8
+  MatMulInteger (uint8 activations x int8 weights -> int32, the product that onnxruntime's
+  dynamic INT8 MatMul runs on VNNI/AVX512 or ARM dot-product kernels);
+- softmax.onnx, the Div+Softmax that cascade.onnx runs, built by the exporter's own builder.
 
-    python scripts/make_peak_graphs.py        # rewrites matryoshka/runtime/*_peak.onnx
+    python scripts/make_package_graphs.py     # rewrites them in matryoshka/runtime/
 
-tests/runtime/test_bench.py checks that the committed files equal what this writes.
+tests/runtime/test_bench.py and tests/runtime/test_softmax.py check that the committed files
+equal what this writes.
 """
 
 from __future__ import annotations
@@ -41,7 +43,13 @@ def peak_files() -> dict[str, bytes]:
             for name, int8 in (("matmul_peak.onnx", False), ("matmul_int8_peak.onnx", True))}
 
 
+def package_files() -> dict[str, bytes]:
+    from matryoshka.exporter.cascade import softmax_graph
+
+    return {**peak_files(), "softmax.onnx": softmax_graph().SerializeToString()}
+
+
 if __name__ == "__main__":
-    for name, data in peak_files().items():
+    for name, data in package_files().items():
         (RUNTIME / name).write_bytes(data)
         print(f"wrote {RUNTIME / name} ({len(data)} bytes)")

@@ -1,0 +1,299 @@
+"""The whole calibrated cascade as one standard ONNX graph (`cascade.onnx`), built from the
+already-validated level graphs with the onnx helper API. DESIGN.md, "The cascade as one graph".
+
+Level 0 runs on every row in the main graph. Each escalation sits in an `If` whose then-branch
+gathers the undecided rows, runs the next level on them (its own escalation nested inside)
+and scatters its probs and level back. Three details keep the graph bit-identical to the
+levels engine (measured, issue 13): the softmax is onnxruntime's own Div+Softmax, as in
+`runtime/softmax.onnx`; each level's value_info is copied in, so onnxruntime applies the same
+fusions; and every weight a branch uses is produced inside that branch by a Slice (of the whole
+tensor for the largest level), which onnxruntime folds at load into an initializer the branch
+owns, so MatMul prepacking matches. (An Identity is eliminated instead: the branch then reads
+the outer weight unpacked, and a level run on a single row came out 1.3e-7 off.) A weight of
+a smaller level that is an exact corner of the largest level's is stored once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+# The oldest IR and opset our graphs need (LayerNormalization is opset 17): onnxruntime 1.14
+# and later, including the mobile and web builds, load them.
+IR_VERSION = 8
+OPSET = 17
+INPUTS = ("x", "thresholds", "temperatures")
+# `row_check` (float inputs only): NaN exactly where a row holds NaN or inf, else 0, so the
+# Python runtime checks finiteness on [batch] values instead of a pass over the batch.
+OUTPUTS = ("labels", "probs", "confidence", "level", "level_index", "row_check")
+SHARE_MIN = 64  # elements: smaller corners are copied, a Slice would cost more than it saves
+
+
+@dataclass(frozen=True)
+class LevelGraph:
+    name: str  # the level's name ('64', or a mix's)
+    dim: int
+    model: onnx.ModelProto  # the level's validated graph: input x, output logits
+
+
+def softmax_graph() -> onnx.ModelProto:
+    """softmax(z / T) over the last axis, exactly as the cascade graph computes it: the runtime
+    runs this graph (package data `runtime/softmax.onnx`) so both engines share the kernels."""
+    nodes = [helper.make_node("Div", ["z", "T"], ["zt"]),
+             helper.make_node("Softmax", ["zt"], ["p"], axis=-1)]
+    graph = helper.make_graph(
+        nodes, "softmax",
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", "classes"]),
+         helper.make_tensor_value_info("T", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", "classes"])])
+    return _model(graph, {"matryoshka.graph": "softmax"}, "softmax")
+
+
+def build_cascade(levels: Sequence[LevelGraph], thresholds: Sequence[float],
+                  temperatures: Sequence[float], metadata: dict[str, str]) -> onnx.ModelProto:
+    """The cascade over `levels` (in cascade order) with these default thresholds (k-1) and
+    temperatures (k); metadata is stamped as given (values as strings).
+
+    >>> g = build_cascade(levels, [0.9, 0.9], [1.2, 1.1, 1.0], {})  # doctest: +SKIP
+    """
+    if len(thresholds) != len(levels) - 1 or len(temperatures) != len(levels):
+        raise ValueError("need one threshold per level but the last and one temperature each")
+    first = levels[0].model.graph
+    x_info = _copy_info(first.input[0], "x")
+    n_classes = first.output[0].type.tensor_type.shape.dim[-1].dim_value
+    store = _Store(levels[-1])
+    k = len(levels)
+    opsets = _opsets(levels)
+    opset = next(o.version for o in opsets if o.domain == "")
+    main = _Scope()
+    main.inits += [numpy_helper.from_array(np.asarray(thresholds, np.float32), "thresholds"),
+                   numpy_helper.from_array(np.asarray(temperatures, np.float32),
+                                           "temperatures")]
+    main.node("Split", ["temperatures"], [f"T{i}" for i in range(k)], axis=0,
+              **_split(k, opset))
+    if k > 1:
+        main.node("Split", ["thresholds"], [f"tau{i}" for i in range(k - 1)], axis=0,
+                  **_split(k - 1, opset))
+    probs, index = _stage(main, levels, 0, "x", store, n_classes, opset)
+    main.node("ArgMax", [probs], ["labels"], axis=1, keepdims=0)
+    main.reduce_max(probs, "confidence", opset)
+    main.const("widths", np.asarray([lv.dim for lv in levels], np.int64))
+    main.node("Identity", [index], ["level_index"])
+    main.node("Gather", ["widths", "level_index"], ["level"], axis=0)
+    main.node("Identity", [probs], ["probs"])
+    outputs = [_info("labels", TensorProto.INT64, ["batch"]),
+               _info("probs", TensorProto.FLOAT, ["batch", n_classes]),
+               _info("confidence", TensorProto.FLOAT, ["batch"]),
+               _info("level", TensorProto.INT64, ["batch"]),
+               _info("level_index", TensorProto.INT64, ["batch"])]
+    if x_info.type.tensor_type.elem_type == TensorProto.FLOAT:
+        rank = len(x_info.type.tensor_type.shape.dim)
+        main.const("zero", np.zeros((), np.float32))
+        main.node("Mul", ["x", "zero"], ["x_times_zero"])  # 0 for finite values, NaN else
+        main.node("ReduceSum", ["x_times_zero", "row_axes"], ["row_check"], keepdims=0)
+        main.const("row_axes", np.arange(1, rank, dtype=np.int64))
+        outputs.append(_info("row_check", TensorProto.FLOAT, ["batch"]))
+    main.inits += store.stored
+    inputs = [x_info, _info("thresholds", TensorProto.FLOAT, [k - 1]),
+              _info("temperatures", TensorProto.FLOAT, [k])]
+    graph = helper.make_graph(main.nodes, "cascade", inputs, outputs, main.inits,
+                              value_info=main.infos)
+    return _model(graph, metadata, "cascade", opsets)
+
+
+class _Scope:
+    """The nodes, initializers and value_info of one graph or branch, built in order."""
+
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.infos: list[onnx.ValueInfoProto] = []
+
+    def node(self, op: str, inputs, outputs, **attrs) -> None:
+        self.nodes.append(helper.make_node(op, list(inputs), list(outputs),
+                                           name=f"{outputs[0]}:{op}", **attrs))
+
+    def const(self, name: str, value: np.ndarray) -> None:
+        self.inits.append(numpy_helper.from_array(value, name))
+
+    def reduce_max(self, x: str, out: str, opset: int) -> None:
+        """The max over axis 1 ([n, classes] -> [n]); opset 18 made `axes` an input."""
+        if opset < 18:
+            self.node("ReduceMax", [x], [out], axes=[1], keepdims=0)
+            return
+        self.const(f"{out}:axes", np.ones(1, np.int64))
+        self.node("ReduceMax", [x, f"{out}:axes"], [out], keepdims=0)
+
+
+class _Store:
+    """The largest level's weights, stored once in the main graph; any other level's weight
+    that equals a corner of one of them is a Slice of it (inside the branch that uses it)."""
+
+    def __init__(self, largest: LevelGraph):
+        self.largest = largest.name
+        self.stored: list[onnx.TensorProto] = []
+        self._arrays: dict[str, np.ndarray] = {}
+        for init in largest.model.graph.initializer:
+            name = f"{largest.name}/{init.name}"
+            arr = numpy_helper.to_array(init)
+            if arr.ndim and arr.size >= SHARE_MIN:  # a scalar cannot be sliced; small: copied
+                self._arrays[name] = arr
+                self.stored.append(numpy_helper.from_array(arr, f"stored/{name}"))
+
+    def source(self, level: str, init: onnx.TensorProto) -> tuple[str, np.ndarray] | None:
+        """(stored name, its array) whose leading corner equals `init`, or None."""
+        arr = numpy_helper.to_array(init)
+        if arr.ndim == 0 or arr.size < SHARE_MIN:
+            return None
+        if level == self.largest:
+            return f"stored/{level}/{init.name}", arr
+        same = f"{self.largest}/{init.name}"
+        names = sorted(self._arrays, key=lambda n: n != same)  # the same parameter first
+        for name in names:
+            big = self._arrays[name]
+            if big.dtype != arr.dtype or big.ndim != arr.ndim or \
+                    any(b < a for a, b in zip(arr.shape, big.shape)):
+                continue
+            if np.array_equal(big[tuple(slice(0, n) for n in arr.shape)], arr):
+                return f"stored/{name}", big
+        return None
+
+
+def _stage(scope: _Scope, levels: Sequence[LevelGraph], i: int, x: str, store: _Store,
+           n_classes: int, opset: int) -> tuple[str, str]:
+    """Level i on the rows `x` inside `scope`, with its escalation; returns the names of its
+    probs [m, classes] and of each row's answering level, relative to i ([m] int64)."""
+    lv = levels[i]
+    logits = _inline(scope, lv, x, store, rename_batch=i > 0)
+    p = f"{lv.name}/probs"
+    scope.node("Div", [logits, f"T{i}"], [f"{lv.name}/z_over_T"])
+    scope.node("Softmax", [f"{lv.name}/z_over_T"], [p], axis=-1)
+    if i == len(levels) - 1:
+        scope.node("Shape", [p], [f"{lv.name}/rows"], end=1)
+        scope.node("ConstantOfShape", [f"{lv.name}/rows"], [f"{lv.name}/answered"],
+                   value=numpy_helper.from_array(np.zeros(1, np.int64)))
+        return p, f"{lv.name}/answered"
+    c, decided, undecided = (f"{lv.name}/{s}" for s in ("confidence", "decided", "undecided"))
+    scope.reduce_max(p, c, opset)
+    # Strictly greater, in float32; NaN is never greater, so a NaN row escalates as in numpy.
+    scope.node("Greater", [c, f"tau{i}"], [decided])
+    scope.node("Not", [decided], [undecided])
+    scope.node("Cast", [undecided], [f"{lv.name}/undecided_i64"], to=TensorProto.INT64)
+    scope.node("ReduceMax", [f"{lv.name}/undecided_i64"], [f"{lv.name}/any_i64"], keepdims=0)
+    scope.node("Cast", [f"{lv.name}/any_i64"], [f"{lv.name}/any"], to=TensorProto.BOOL)
+    # else: every row answered here (level 0 relative: the undecided mask is all 0)
+    other = _Scope()
+    other.node("Identity", [p], [f"{lv.name}/kept_probs"])
+    other.node("Identity", [f"{lv.name}/undecided_i64"], [f"{lv.name}/kept_index"])
+    # then: gather the undecided rows, run level i+1 on them, scatter back
+    nxt = levels[i + 1].name
+    up = _Scope()
+    up.const(f"{nxt}/squeeze_axes", np.zeros(1, np.int64))
+    up.const(f"{nxt}/one", np.ones((), np.int64))
+    up.node("NonZero", [undecided], [f"{nxt}/nonzero"])  # [1, m]
+    up.node("Squeeze", [f"{nxt}/nonzero", f"{nxt}/squeeze_axes"], [f"{nxt}/rows_in"])
+    up.node("Transpose", [f"{nxt}/nonzero"], [f"{nxt}/scatter_at"], perm=[1, 0])  # [m, 1]
+    up.node("Gather", [x, f"{nxt}/rows_in"], [f"{nxt}/x"], axis=0)
+    sub_p, sub_index = _stage(up, levels, i + 1, f"{nxt}/x", store, n_classes, opset)
+    up.node("ScatterND", [p, f"{nxt}/scatter_at", sub_p], [f"{lv.name}/merged_probs"])
+    up.node("Add", [sub_index, f"{nxt}/one"], [f"{nxt}/index_up"])
+    up.node("ScatterND", [f"{lv.name}/undecided_i64", f"{nxt}/scatter_at", f"{nxt}/index_up"],
+            [f"{lv.name}/merged_index"])
+    outs = [_info(f"{lv.name}/out_probs", TensorProto.FLOAT, [f"rows_{lv.name}", n_classes]),
+            _info(f"{lv.name}/out_index", TensorProto.INT64, [f"rows_{lv.name}"])]
+    branch = {}
+    for key, sc, names in (("then_branch", up, ("merged_probs", "merged_index")),
+                           ("else_branch", other, ("kept_probs", "kept_index"))):
+        sc.node("Identity", [f"{lv.name}/{names[0]}"], [f"{lv.name}/{key}/probs"])
+        sc.node("Identity", [f"{lv.name}/{names[1]}"], [f"{lv.name}/{key}/index"])
+        branch[key] = helper.make_graph(
+            sc.nodes, f"{lv.name}/{key}", [],
+            [_info(f"{lv.name}/{key}/probs", TensorProto.FLOAT, [f"rows_{lv.name}", n_classes]),
+             _info(f"{lv.name}/{key}/index", TensorProto.INT64, [f"rows_{lv.name}"])],
+            sc.inits, value_info=sc.infos)
+    scope.nodes.append(helper.make_node("If", [f"{lv.name}/any"], [o.name for o in outs],
+                                        name=f"{lv.name}/escalate", **branch))
+    return outs[0].name, outs[1].name
+
+
+def _inline(scope: _Scope, lv: LevelGraph, x: str, store: _Store, rename_batch: bool) -> str:
+    """Copy level `lv`'s nodes into `scope`, every name prefixed by the level's, reading its
+    input from `x`; its weights are produced in this scope from the store. Returns the name
+    of its logits."""
+    g = lv.model.graph
+    prefix = f"{lv.name}/"
+    names = {g.input[0].name: x}
+    for init in g.initializer:
+        local = prefix + init.name
+        names[init.name] = local
+        found = store.source(lv.name, init)
+        if found is None:
+            scope.inits.append(numpy_helper.from_array(numpy_helper.to_array(init), local))
+        else:
+            scope.const(f"{local}:ends", np.asarray(init.dims, np.int64))
+            scope.const(f"{local}:starts", np.zeros(len(init.dims), np.int64))
+            scope.node("Slice", [found[0], f"{local}:starts", f"{local}:ends"], [local])
+    for node in g.node:
+        for out in node.output:
+            names[out] = prefix + out if out else ""
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        del copy.input[:]
+        del copy.output[:]
+        copy.input.extend(names.get(i, i) if i else "" for i in node.input)
+        copy.output.extend(names[o] for o in node.output)
+        copy.name = prefix + (node.name or f"{node.op_type}_{len(scope.nodes)}")
+        scope.nodes.append(copy)
+    dims = {"batch": f"rows_{lv.name}"} if rename_batch else {}
+    for info in g.value_info:
+        if info.name in names:
+            scope.infos.append(_copy_info(info, names[info.name], dims, prefix))
+    return names[g.output[0].name]
+
+
+def _copy_info(info: onnx.ValueInfoProto, name: str, dims: dict | None = None,
+               prefix: str = "") -> onnx.ValueInfoProto:
+    """`info` under a new name; symbolic dims renamed so that the gathered rows of a branch
+    are not taken for the whole batch (the level's own unknown dims get its prefix)."""
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(info)
+    copy.name = name
+    for d in copy.type.tensor_type.shape.dim:
+        if d.dim_param:
+            d.dim_param = (dims or {}).get(d.dim_param) or (
+                d.dim_param if d.dim_param == "batch" else prefix + d.dim_param)
+    return copy
+
+
+def _info(name: str, elem: int, shape: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def _split(k: int, opset: int) -> dict:
+    return {"num_outputs": k} if opset >= 18 else {}
+
+
+def _opsets(levels: Sequence[LevelGraph]) -> list[onnx.OperatorSetIdProto]:
+    """The default domain at the levels' opset (at least OPSET), and any other domain a level
+    uses at its version."""
+    versions: dict[str, int] = {"": OPSET}
+    for lv in levels:
+        used = {n.domain for n in lv.model.graph.node}
+        for op in lv.model.opset_import:
+            if op.domain == "" or op.domain in used:
+                versions[op.domain] = max(versions.get(op.domain, 0), op.version)
+    return [helper.make_opsetid(d, v) for d, v in sorted(versions.items())]
+
+
+def _model(graph: onnx.GraphProto, metadata: dict[str, str], name: str,
+           opsets: list | None = None) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=opsets or [helper.make_opsetid("", OPSET)],
+                              producer_name="matryoshka", doc_string=f"matryoshka {name}")
+    model.ir_version = IR_VERSION
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=str(value))
+    return model

@@ -1,0 +1,190 @@
+"""The cascade graphs of an export folder (cascade.onnx, cascade.int8.onnx, cascade.auto.onnx):
+what each must hold, building and checking it, and installing it before a writer's commit.
+
+DESIGN.md, "The cascade as one graph" and "How the folder is written". Every writer (mexport,
+calibrate, tune) calls `refresh_cascades` on its new manifest just before the commit: a graph
+whose levels, weights, thresholds and temperatures are unchanged is kept as it is; any other
+is rebuilt from the level graphs the manifest names, checked against the levels engine bit for
+bit, and installed under a name the committed manifest does not use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from matryoshka.errors import ValidationError
+from matryoshka.exporter.cascade import IR_VERSION, LevelGraph, build_cascade
+from matryoshka.io import temp_path, writing
+from matryoshka.runtime.cascade import run_cascade
+from matryoshka.runtime.manifest import SCHEMA_VERSION, cascade_file, install, level_name
+from matryoshka.runtime.runtime import Runtime, read_named
+
+log = logging.getLogger(__name__)
+VARIANTS = ("fp32", "int8", "auto")
+CHECK_ROWS = 512  # rows of real data each new graph is checked on
+RANDOM_VECTORS = 5
+
+
+def wanted(manifest: dict, variant: str) -> dict | None:
+    """What the variant's cascade graph must hold for this manifest: the levels it runs, its
+    default thresholds and temperatures, and the sha256 of each level graph it is built from;
+    None when the export has no graphs of this variant (no INT8 everywhere, no plan).
+
+    Calibrated thresholds come from the variant's calibration; without certified ones the
+    defaults are 1.0, which sends every row to the largest level, as the runtime does.
+    """
+    levels = manifest["levels"]
+    names = [level_name(lv) for lv in levels]
+    if variant == "int8" and any("int8" not in lv for lv in levels):
+        return None
+    plan = manifest.get("plan")
+    if variant == "auto" and not plan:
+        return None
+    precisions = plan["precisions"] if variant == "auto" else [variant] * len(levels)
+    graphs = [lv["sha256"] if p == "fp32" else lv["int8"]["sha256"]
+              for lv, p in zip(levels, precisions)]
+    cal = (manifest.get("calibration") or {}).get(variant)
+    if cal is not None and cal.get("graphs") not in (None, graphs):
+        cal = None  # fitted on other graphs: the runtime refuses it, so the graph ignores it
+    temps_all = list(cal["temperatures"]) if cal else [1.0] * len(names)
+    if cal and cal.get("thresholds") is not None:
+        cascade = list(cal.get("levels", names))
+        thresholds = [float(t) for t in cal["thresholds"]]
+    else:
+        cascade, thresholds = names, [1.0] * (len(names) - 1)
+    pick = [names.index(n) for n in cascade]
+    return {"levels": cascade, "thresholds": thresholds,
+            "temperatures": [float(temps_all[i]) for i in pick],
+            "graphs": [graphs[i] for i in pick], "calibrated": bool(cal and cal.get(
+                "thresholds") is not None)}
+
+
+def refresh_cascades(folder: Path, manifest: dict, named: dict[str, str],
+                     x: np.ndarray) -> None:
+    """Bring manifest["cascade"] (in memory) up to date: keep each graph that still holds what
+    it must, build and install the others (checked on `x`), drop those of variants gone."""
+    current = manifest.get("cascade") or {}
+    fresh = {}
+    for variant in VARIANTS:
+        want = wanted(manifest, variant)
+        if want is None:
+            continue
+        old = current.get(variant)
+        if old is not None and all(old.get(key) == value for key, value in want.items()):
+            fresh[variant] = old
+            continue
+        fresh[variant] = _build(folder, manifest, variant, want, named, x)
+    manifest["cascade"] = fresh
+
+
+def _build(folder: Path, manifest: dict, variant: str, want: dict, named: dict[str, str],
+           x: np.ndarray) -> dict:
+    entries = {level_name(lv): lv for lv in manifest["levels"]}
+    graphs = []
+    for name, sha in zip(want["levels"], want["graphs"]):
+        lv = entries[name]
+        entry = lv if lv["sha256"] == sha else lv["int8"]
+        graphs.append(LevelGraph(name, int(lv["dim"]),
+                                 onnx.load_from_string(read_named(folder, entry))))
+    cal = (manifest.get("calibration") or {}).get(variant) or {}
+    meta = {
+        "matryoshka.graph": "cascade", "matryoshka.variant": variant,
+        "matryoshka.levels": ",".join(want["levels"]),
+        "matryoshka.widths": ",".join(str(g.dim) for g in graphs),
+        "matryoshka.thresholds": json.dumps(want["thresholds"]),
+        "matryoshka.temperatures": json.dumps(want["temperatures"]),
+        "matryoshka.guarantee": (cal.get("guarantee") if want["calibrated"] else
+                                 "none: uncalibrated, every row answers at the largest level"),
+        "matryoshka.input": json.dumps(manifest["input"], sort_keys=True),
+        "matryoshka.classes": json.dumps(list(manifest["output"].get("labels") or [])),
+        "matryoshka.tokenizer_sha256": (manifest.get("tokenizer") or {}).get("sha256", ""),
+        "matryoshka.schema_version": SCHEMA_VERSION,
+    }
+    model = build_cascade(graphs, want["thresholds"], want["temperatures"], meta)
+    onnx.checker.check_model(model, full_check=True)
+    data = model.SerializeToString()
+    plain = cascade_file(variant)
+    check_cascade(data, Runtime.from_manifest(folder, manifest, device="cpu", preload=False,
+                                              variant=variant), want, x, plain)
+    tmp = temp_path(folder, plain)
+    with writing(tmp):
+        tmp.write_bytes(data)
+    opset = next(o.version for o in model.opset_import if o.domain == "")
+    log.info("%s: %d bytes, %.3fx the largest level's graph", plain, len(data),
+             len(data) / max(1, graphs[-1].model.ByteSize()))
+    return {**install(folder, tmp, plain, named), **want, "ir_version": IR_VERSION,
+            "opset": opset}
+
+
+def check_cascade(data: bytes, rt: Runtime, want: dict, x: np.ndarray, name: str,
+                  rows: int = CHECK_ROWS, random: int = RANDOM_VECTORS, seed: int = 0) -> int:
+    """Run the graph `data` against the levels engine of `rt` on up to `rows` rows of x: at
+    its defaults, all 0, all 1, `random` random vectors, and the tie vectors (`tie_vectors`).
+    Labels and levels must be equal row for row, and probs and confidences bit for bit, or
+    ValidationError. Returns the number of vectors run."""
+    session = ort.InferenceSession(data, _quiet(), providers=["CPUExecutionProvider"])
+    x = x[:rows]
+    levels, temps = want["levels"], np.asarray(want["temperatures"], np.float32)
+    k = len(levels)
+    vectors = [None, [0.0] * (k - 1), [1.0] * (k - 1)]
+    rng = np.random.default_rng(seed)
+    vectors += [rng.uniform(0.3, 1.0, k - 1).tolist() for _ in range(random)]
+    vectors += tie_vectors(rt, x, levels, temps, rng)
+    for thr in vectors:
+        feed = {"x": x}
+        if thr is not None:
+            feed["thresholds"] = np.asarray(thr, np.float32)
+            feed["temperatures"] = temps
+        out = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+        used = want["thresholds"] if thr is None else [float(np.float32(t)) for t in thr]
+        ref = run_cascade(x, levels, used, temps.tolist(), rt.run_level)
+        got = np.asarray(levels)[out["level_index"]]
+        same = (np.array_equal(out["labels"], ref.labels) and np.array_equal(got, ref.levels)
+                and np.array_equal(out["probs"], ref.probs)
+                and np.array_equal(out["confidence"], ref.confidence))
+        if not same:
+            off = np.abs(out["probs"] - ref.probs).max(axis=1)
+            at = sorted(set(ref.levels[off > 0].tolist()))
+            raise ValidationError(
+                f"{name} disagrees with the levels engine at thresholds {used}: "
+                f"{int((out['labels'] != ref.labels).sum())} label(s) and "
+                f"{int((got != ref.levels).sum())} level(s) differ, max |probs diff| "
+                f"{float(off.max()):.2e} in {int((off > 0).sum())} row(s) answered at level(s) "
+                f"{', '.join(at)}")
+    return len(vectors)
+
+
+def tie_vectors(rt: Runtime, x: np.ndarray, levels: list[str], temps: np.ndarray,
+                rng: np.random.Generator) -> list[list[float]]:
+    """Thresholds equal, in float32, to the confidence of a real row at their level, which
+    must then escalate (strictly greater answers): one vector per level but the last (the
+    others random), one with every level tied, and one that sends only the least confident
+    row(s) on, through every level (a level run on a single row is where a weight that is not
+    prepacked shows)."""
+    from matryoshka.runtime.softmax import softmax
+
+    if not len(x) or len(levels) < 2:
+        return []
+    ties, least = [], 1.0
+    for i, level in enumerate(levels[:-1]):
+        conf = np.sort(softmax(rt.run_level(level, x), float(temps[i])).max(axis=1))
+        ties.append(float(conf[len(conf) // 2]))  # a real float32 value, exact in float64
+        least = float(conf[0]) if i == 0 else least
+    out = []
+    for i, tie in enumerate(ties):
+        thr = rng.uniform(0.3, 1.0, len(ties))
+        thr[i] = tie
+        out.append(thr.tolist())
+    return out + [ties, [least] + [1.0] * (len(ties) - 1)]
+
+
+def _quiet() -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # thresholds/temperatures are initializers and inputs: a warning
+    return opts

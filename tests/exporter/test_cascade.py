@@ -1,0 +1,215 @@
+"""cascade.onnx: the contract of DESIGN.md ("The cascade as one graph"), bit-identical parity
+with the levels engine at 26 threshold vectors (ties included) for fp32, dynamic and static
+INT8, its rebuild by calibrate and tune through the folder protocol, its size, and its errors."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from matryoshka.calibration import calibrate
+from matryoshka.cli import cli
+from matryoshka.errors import ArtifactError, ConfigError
+from matryoshka.exporter.cascades import check_cascade, wanted
+from matryoshka.runtime import InputError, Runtime
+from matryoshka.runtime.manifest import read_manifest
+
+OUTPUTS = ["labels", "probs", "confidence", "level", "level_index", "row_check"]
+
+
+@pytest.fixture
+def export(tiny_export_dir, tmp_path):
+    out = tmp_path / "export"
+    shutil.copytree(tiny_export_dir, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_export_dir, tmp_path_factory):
+    """The tiny export, calibrated (fp32) with a loose epsilon so that rows exit early."""
+    out = tmp_path_factory.mktemp("cascade") / "export"
+    shutil.copytree(tiny_export_dir, out)
+    calibrate(out, epsilon=0.1, delta=0.2, progress=False)
+    return out
+
+
+def _session(folder, variant="fp32"):
+    entry = read_manifest(folder)["cascade"][variant]
+    return ort.InferenceSession(str(folder / entry["file"]), providers=["CPUExecutionProvider"])
+
+
+def test_export_writes_the_graph_of_the_design(export):
+    m = read_manifest(export)
+    assert set(m["cascade"]) == {"fp32", "int8"}
+    entry = m["cascade"]["fp32"]
+    assert entry["file"] == "cascade.onnx" and entry["levels"] == ["16", "32", "64"]
+    assert entry["thresholds"] == [1.0, 1.0] and entry["temperatures"] == [1.0] * 3
+    assert entry["graphs"] == [lv["sha256"] for lv in m["levels"]]
+    model = onnx.load(str(export / "cascade.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.ir_version == 8 and [(o.domain, o.version) for o in model.opset_import] == [
+        ("", 17)]
+    assert [i.name for i in model.graph.input] == ["x", "thresholds", "temperatures"]
+    assert [o.name for o in model.graph.output] == OUTPUTS
+    defaults = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer
+                if i.name in ("thresholds", "temperatures")}
+    assert defaults["thresholds"].dtype == np.float32 and defaults["thresholds"].shape == (2,)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["matryoshka.levels"] == "16,32,64" and meta["matryoshka.widths"] == "16,32,64"
+    assert json.loads(meta["matryoshka.input"]) == m["input"]
+    assert json.loads(meta["matryoshka.classes"]) == m["output"]["labels"]
+    assert meta["matryoshka.schema_version"] == "2"
+    assert "uncalibrated" in meta["matryoshka.guarantee"]
+
+
+def test_uncalibrated_defaults_send_every_row_to_the_largest_level(export, demo_data):
+    x = demo_data["test"][0][:50].astype(np.float32)
+    out = dict(zip(OUTPUTS, _session(export).run(None, {"x": x})))
+    assert (out["level"] == 64).all() and (out["level_index"] == 2).all()
+    largest = Runtime.open(export, device="cpu", engine="levels").predict(x)
+    np.testing.assert_array_equal(out["probs"], largest.probs)
+    np.testing.assert_array_equal(out["labels"], largest.labels)
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_parity_is_bit_for_bit_at_27_threshold_vectors(calibrated, demo_data, variant):
+    """The defaults, all 0, all 1, 20 random vectors and 4 ties (the last sends only the least
+    confident row on: a single row through each level), on the whole test split."""
+    m = read_manifest(calibrated)
+    rt = Runtime.from_manifest(calibrated, m, device="cpu", variant=variant)
+    data = (calibrated / m["cascade"][variant]["file"]).read_bytes()
+    x = demo_data["test"][0].astype(np.float32)
+    assert check_cascade(data, rt, wanted(m, variant), x, "cascade", rows=len(x),
+                         random=20) == 27
+
+
+def test_static_int8_cascade_is_rebuilt_and_bit_identical(export, demo_data):
+    before = read_manifest(export)["cascade"]["int8"]
+    calibrate(export, epsilon=0.1, delta=0.2, int8="static", variant="int8", progress=False)
+    m = read_manifest(export)
+    entry = m["cascade"]["int8"]
+    assert entry["sha256"] != before["sha256"] and not (export / before["file"]).exists()
+    assert entry["graphs"] == [lv["int8"]["sha256"] for lv in m["levels"]]
+    assert entry["thresholds"] == m["calibration"]["int8"]["thresholds"]
+    rt = Runtime.from_manifest(export, m, device="cpu", variant="int8")
+    x = demo_data["test"][0].astype(np.float32)
+    assert check_cascade((export / entry["file"]).read_bytes(), rt, entry, x, "cascade",
+                         rows=len(x), random=20) == 27
+
+
+def test_calibrate_rebuilds_only_the_calibrated_variant(tiny_export_dir, calibrated):
+    old, new = read_manifest(tiny_export_dir), read_manifest(calibrated)
+    cal = new["calibration"]["fp32"]
+    assert cal["thresholds"] is not None, "the test needs certified thresholds"
+    fp32 = new["cascade"]["fp32"]
+    assert fp32["thresholds"] == cal["thresholds"]
+    assert fp32["temperatures"] == [cal["temperatures"][i] for i in range(3)]
+    assert fp32["sha256"] != old["cascade"]["fp32"]["sha256"]
+    assert new["cascade"]["int8"] == old["cascade"]["int8"]  # untouched: same entry, same file
+    files = {p.name for p in calibrated.iterdir()}
+    assert {e["file"] for e in new["cascade"].values()} <= files
+    assert sum(n.startswith("cascade") for n in files) == 2  # the old fp32 graph is gone
+
+
+def test_both_engines_give_identical_predictions(calibrated, demo_data):
+    x = demo_data["test"][0]
+    graph = Runtime.open(calibrated, device="cpu", batch_size=100)
+    levels = Runtime.open(calibrated, device="cpu", engine="levels")
+    assert graph.engine == "graph" and levels.engine == "levels"
+    for thr in (None, [0.5, 0.9], [0.0, 0.0], [1.0, 1.0]):
+        a, b = graph.predict(x, thresholds=thr), levels.predict(x, thresholds=thr)
+        for field in ("labels", "probs", "confidence", "levels"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    out = graph.predict(x)
+    assert len(set(out.levels.tolist())) >= 2, "the test needs rows answered at several levels"
+    np.testing.assert_array_equal(graph.predict(x, level=16).probs,
+                                  levels.predict(x, level=16).probs)
+
+
+def test_the_graph_reports_nan_and_inf_rows_with_the_same_error(calibrated, demo_data):
+    x = demo_data["test"][0].astype(np.float64)
+    x[3, 0, 0], x[200, 4, 4], x[201, 1, 1] = np.nan, np.inf, 1e300  # 1e300 is inf in float32
+    messages = []
+    for engine in ("graph", "levels"):
+        rt = Runtime.open(calibrated, device="cpu", engine=engine, batch_size=128)
+        with pytest.raises(InputError, match=r"NaN or inf in 3 row\(s\)") as e:
+            rt.predict(x)
+        messages.append(str(e.value))
+    assert messages[0] == messages[1]
+
+
+def test_a_flipped_byte_fails_at_open_and_names_the_file(export):
+    blob = bytearray((export / "cascade.onnx").read_bytes())
+    blob[len(blob) // 2] ^= 1
+    (export / "cascade.onnx").write_bytes(bytes(blob))
+    for engine in ("auto", "graph"):
+        with pytest.raises(ArtifactError, match="cascade.onnx does not match the sha256"):
+            Runtime.open(export, device="cpu", engine=engine)
+    assert Runtime.open(export, device="cpu", engine="levels").engine == "levels"
+
+
+def test_an_export_without_the_graph_opens_with_levels_and_graph_names_the_command(export):
+    m = json.loads((export / "manifest.json").read_text())
+    del m["cascade"]
+    (export / "manifest.json").write_text(json.dumps(m))
+    assert Runtime.open(export, device="cpu").engine == "levels"
+    with pytest.raises(ArtifactError, match=r"no fp32 cascade graph .* matryoshka calibrate"):
+        Runtime.open(export, device="cpu", engine="graph")
+    with pytest.raises(ConfigError, match="engine must be one of"):
+        Runtime.open(export, device="cpu", engine="fast")
+    calibrate(export, epsilon=0.1, delta=0.2, progress=False)  # adds the graph
+    assert Runtime.open(export, device="cpu", engine="graph").engine == "graph"
+
+
+def test_a_hand_edited_calibration_falls_back_to_levels_unless_graph_is_asked(calibrated,
+                                                                              tmp_path):
+    out = tmp_path / "export"
+    shutil.copytree(calibrated, out)
+    m = json.loads((out / "manifest.json").read_text())
+    m["calibration"]["fp32"]["thresholds"] = [0.5, 0.5]
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert Runtime.open(out, device="cpu").engine == "levels"
+    with pytest.raises(ArtifactError, match="does not hold the fp32 calibration"):
+        Runtime.open(out, device="cpu", engine="graph")
+
+
+def test_smaller_levels_slice_the_largest_levels_weights(export):
+    """A smaller level's weight that is a corner of the largest's is stored once: the graph's
+    weights weigh little more than the largest level's."""
+    m = read_manifest(export)
+
+    def weights(g):
+        own = sum(i.ByteSize() for i in g.initializer)
+        return own + sum(weights(a.g) for n in g.node for a in n.attribute
+                         if a.type == onnx.AttributeProto.GRAPH)
+
+    cascade = weights(onnx.load(str(export / "cascade.onnx")).graph)
+    largest = weights(onnx.load(str(export / m["levels"][-1]["file"])).graph)
+    all_levels = sum(weights(onnx.load(str(export / lv["file"])).graph) for lv in m["levels"])
+    assert cascade <= 1.1 * largest < all_levels
+
+
+def test_predict_and_bench_take_the_engine(calibrated, tmp_path, demo_data):
+    out = tmp_path / "export"
+    shutil.copytree(calibrated, out)
+    np.save(tmp_path / "x.npy", demo_data["test"][0][:20])
+    runs = {}
+    for engine in ("graph", "levels"):
+        r = CliRunner().invoke(cli, ["predict", str(out), str(tmp_path / "x.npy"), "--json",
+                                     "--device", "cpu", "--engine", engine])
+        assert r.exit_code == 0, r.output
+        runs[engine] = json.loads(r.stdout)
+    assert runs["graph"]["engine"] == "graph" and runs["levels"]["engine"] == "levels"
+    assert runs["graph"]["labels"] == runs["levels"]["labels"]
+    assert runs["graph"]["levels"] == runs["levels"]["levels"]
+    r = CliRunner().invoke(cli, ["bench", str(out), "--batch", "4", "--iters", "2", "--warmup",
+                                 "1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((out / "bench.json").read_text())["records"][-1]
+    assert [c["engine"] for c in rec["cascade"]] == ["graph", "levels"]
+    assert rec["cascade"][0]["accuracy"] == rec["cascade"][1]["accuracy"]
+    assert "cascade (graph) batch   4" in r.stdout
