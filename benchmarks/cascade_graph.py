@@ -65,7 +65,8 @@ def part_calibrated(folder, x, threads, batches, repeats) -> list[dict]:
     rows = []
     for b in batches:
         chunks = [x[i:i + b] for i in range(0, len(x), b)]
-        fns = {e: (lambda rt=rt: [rt.predict(c) for c in chunks]) for e, rt in engines.items()}
+        fns = {e: (lambda rt=rt, cs=chunks: [rt.predict(c) for c in cs])
+               for e, rt in engines.items()}
         t = time_many(fns, warmup=1, iters=repeats, rounds=repeats)
         g, lv = t["graph"]["p50_ms"], t["levels"]["p50_ms"]
         rows.append({"batch": b, "graph_ms_per_pass": g, "levels_ms_per_pass": lv,
