@@ -78,13 +78,12 @@ def build_cascade(levels: Sequence[LevelGraph], thresholds: Sequence[float],
     if k > 1:
         main.node("Split", ["thresholds"], [f"tau{i}" for i in range(k - 1)], axis=0,
                   **_split(k - 1, opset))
-    probs, index = _stage(main, levels, 0, "x", store, n_classes, opset)
+    probs, index = _stage(main, levels, 0, "x", store, n_classes, opset,
+                          out=("probs", "level_index"))
     main.node("ArgMax", [probs], ["labels"], axis=1, keepdims=0)
     main.reduce_max(probs, "confidence", opset)
     main.const("widths", np.asarray([lv.dim for lv in levels], np.int64))
-    main.node("Identity", [index], ["level_index"])
     main.node("Gather", ["widths", "level_index"], ["level"], axis=0)
-    main.node("Identity", [probs], ["probs"])
     outputs = [_info("labels", TensorProto.INT64, ["batch"]),
                _info("probs", TensorProto.FLOAT, ["batch", n_classes]),
                _info("confidence", TensorProto.FLOAT, ["batch"]),
@@ -164,19 +163,23 @@ class _Store:
 
 
 def _stage(scope: _Scope, levels: Sequence[LevelGraph], i: int, x: str, store: _Store,
-           n_classes: int, opset: int) -> tuple[str, str]:
+           n_classes: int, opset: int, out: tuple[str, str] | None = None) -> tuple[str, str]:
     """Level i on the rows `x` inside `scope`, with its escalation; returns the names of its
-    probs [m, classes] and of each row's answering level, relative to i ([m] int64)."""
+    probs [m, classes] and of each row's answering level, relative to i ([m] int64), which
+    are `out` where given. Every node on the path where all rows answer at level 0 costs
+    onnxruntime a kernel call (about 1-2 us each here), so that path has as few as it can."""
     lv = levels[i]
     logits = _inline(scope, lv, x, store, rename_batch=i > 0)
-    p = f"{lv.name}/probs"
+    out = out or (f"{lv.name}/out_probs", f"{lv.name}/out_index")
+    last = i == len(levels) - 1
+    p = out[0] if last else f"{lv.name}/probs"
     scope.node("Div", [logits, f"T{i}"], [f"{lv.name}/z_over_T"])
     scope.node("Softmax", [f"{lv.name}/z_over_T"], [p], axis=-1)
-    if i == len(levels) - 1:
+    if last:
         scope.node("Shape", [p], [f"{lv.name}/rows"], end=1)
-        scope.node("ConstantOfShape", [f"{lv.name}/rows"], [f"{lv.name}/answered"],
+        scope.node("ConstantOfShape", [f"{lv.name}/rows"], [out[1]],
                    value=numpy_helper.from_array(np.zeros(1, np.int64)))
-        return p, f"{lv.name}/answered"
+        return out
     c, decided, undecided = (f"{lv.name}/{s}" for s in ("confidence", "decided", "undecided"))
     scope.reduce_max(p, c, opset)
     # Strictly greater, in float32; NaN is never greater, so a NaN row escalates as in numpy.
@@ -185,10 +188,10 @@ def _stage(scope: _Scope, levels: Sequence[LevelGraph], i: int, x: str, store: _
     scope.node("Cast", [undecided], [f"{lv.name}/undecided_i64"], to=TensorProto.INT64)
     scope.node("ReduceMax", [f"{lv.name}/undecided_i64"], [f"{lv.name}/any_i64"], keepdims=0)
     scope.node("Cast", [f"{lv.name}/any_i64"], [f"{lv.name}/any"], to=TensorProto.BOOL)
-    # else: every row answered here (level 0 relative: the undecided mask is all 0)
+    # else: every row answered here (relative to level i: the undecided mask is all 0)
     other = _Scope()
-    other.node("Identity", [p], [f"{lv.name}/kept_probs"])
-    other.node("Identity", [f"{lv.name}/undecided_i64"], [f"{lv.name}/kept_index"])
+    other.node("Identity", [p], [f"{lv.name}/else_branch/probs"])
+    other.node("Identity", [f"{lv.name}/undecided_i64"], [f"{lv.name}/else_branch/index"])
     # then: gather the undecided rows, run level i+1 on them, scatter back
     nxt = levels[i + 1].name
     up = _Scope()
@@ -199,17 +202,14 @@ def _stage(scope: _Scope, levels: Sequence[LevelGraph], i: int, x: str, store: _
     up.node("Transpose", [f"{nxt}/nonzero"], [f"{nxt}/scatter_at"], perm=[1, 0])  # [m, 1]
     up.node("Gather", [x, f"{nxt}/rows_in"], [f"{nxt}/x"], axis=0)
     sub_p, sub_index = _stage(up, levels, i + 1, f"{nxt}/x", store, n_classes, opset)
-    up.node("ScatterND", [p, f"{nxt}/scatter_at", sub_p], [f"{lv.name}/merged_probs"])
+    up.node("ScatterND", [p, f"{nxt}/scatter_at", sub_p], [f"{lv.name}/then_branch/probs"])
     up.node("Add", [sub_index, f"{nxt}/one"], [f"{nxt}/index_up"])
     up.node("ScatterND", [f"{lv.name}/undecided_i64", f"{nxt}/scatter_at", f"{nxt}/index_up"],
-            [f"{lv.name}/merged_index"])
-    outs = [_info(f"{lv.name}/out_probs", TensorProto.FLOAT, [f"rows_{lv.name}", n_classes]),
-            _info(f"{lv.name}/out_index", TensorProto.INT64, [f"rows_{lv.name}"])]
+            [f"{lv.name}/then_branch/index"])
+    outs = [_info(out[0], TensorProto.FLOAT, [f"rows_{lv.name}", n_classes]),
+            _info(out[1], TensorProto.INT64, [f"rows_{lv.name}"])]
     branch = {}
-    for key, sc, names in (("then_branch", up, ("merged_probs", "merged_index")),
-                           ("else_branch", other, ("kept_probs", "kept_index"))):
-        sc.node("Identity", [f"{lv.name}/{names[0]}"], [f"{lv.name}/{key}/probs"])
-        sc.node("Identity", [f"{lv.name}/{names[1]}"], [f"{lv.name}/{key}/index"])
+    for key, sc in (("then_branch", up), ("else_branch", other)):
         branch[key] = helper.make_graph(
             sc.nodes, f"{lv.name}/{key}", [],
             [_info(f"{lv.name}/{key}/probs", TensorProto.FLOAT, [f"rows_{lv.name}", n_classes]),
