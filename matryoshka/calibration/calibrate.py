@@ -25,7 +25,7 @@ from matryoshka.calibration.thresholds import (
 )
 from matryoshka.data.source import for_export
 from matryoshka.errors import ConfigError, DataError
-from matryoshka.exporter.cascades import refresh_cascades
+from matryoshka.exporter.cascades import refresh_cascades, settle_names
 from matryoshka.io import temp_path, writing
 from matryoshka.quantize import STATIC_CALIBRATION as INT8_METHODS
 from matryoshka.quantize import quantize_level
@@ -43,6 +43,10 @@ from matryoshka.runtime.manifest import (
 from matryoshka.runtime.runtime import VARIANTS
 
 log = logging.getLogger(__name__)
+# static: each level quantized on its own; static-shared: then every smaller level takes the
+# corners of the largest level's quantized weights (exporter/shared_int8.py), stored once in
+# cascade.int8.onnx
+INT8_STATIC = ("static", "static-shared")
 
 
 def check_args(target: str, epsilon: float, delta: float, split: str, variant: str,
@@ -57,8 +61,8 @@ def check_args(target: str, epsilon: float, delta: float, split: str, variant: s
                           f"got {split!r}")
     if variant not in VARIANTS:
         raise ConfigError(f"--variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
-    if int8 not in (None, "static"):
-        raise ConfigError(f"--int8 must be static; got {int8!r}")
+    if int8 not in (None, *INT8_STATIC):
+        raise ConfigError(f"--int8 must be one of {', '.join(INT8_STATIC)}; got {int8!r}")
     if method not in INT8_METHODS:
         raise ConfigError(f"--method must be one of {', '.join(INT8_METHODS)}; got {method!r}")
 
@@ -95,8 +99,10 @@ def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val
         if variant == "auto" and not manifest.get("plan"):
             raise ConfigError(f"--variant auto needs a precision plan; make one with: "
                               f"matryoshka tune {export_dir}")
-        if int8 == "static":
+        if int8 in INT8_STATIC:
             _quantize_static(export_dir, manifest, x_cal, x_test, y_test, method, progress)
+            if int8 == "static-shared":
+                _share_static(export_dir, manifest, committed, x_test, y_test)
             # the int8 and auto calibrations, and the plan, measured the graphs just replaced
             for stale in ("int8", "auto"):
                 (manifest.get("calibration") or {}).pop(stale, None)
@@ -114,6 +120,7 @@ def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val
         manifest.setdefault("calibration", {})[variant] = record
         refresh_cascades(export_dir, manifest, committed, x_cal)
         commit_manifest(export_dir, manifest)
+        settle_names(export_dir, manifest)
     return record
 
 
@@ -247,6 +254,24 @@ def _quantize_static(folder: Path, manifest: dict, x_cal, x_test, y_test, method
         lv["int8"] = {**install(folder, tmp, level_file(level, "int8"), named),
                       "method": f"static-{method}", "accuracy": acc, "accuracy_fp32": acc_fp32,
                       "accuracy_change": acc - acc_fp32}
+
+
+def _share_static(folder: Path, manifest: dict, committed: dict[str, str], x_test,
+                  y_test) -> None:
+    import onnxruntime as ort
+
+    from matryoshka.exporter.shared_int8 import share_from_largest
+
+    name = manifest["input"]["name"]
+
+    def score(path: Path) -> float:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return accuracy_of(sess.run(None, {name: x_test})[0], y_test)
+
+    share_from_largest(folder, manifest["levels"], committed, score)
+    for lv in manifest["levels"]:
+        q = lv["int8"]
+        q["accuracy_change"] = q["accuracy"] - q["accuracy_fp32"]
 
 
 def accuracy_of(logits: np.ndarray, y: np.ndarray) -> float:

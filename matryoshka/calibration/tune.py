@@ -19,7 +19,7 @@ from tqdm import tqdm
 from matryoshka.calibration.calibrate import accuracy_of, check_labels, level_logits
 from matryoshka.data.source import for_export
 from matryoshka.errors import ConfigError
-from matryoshka.exporter.cascades import refresh_cascades
+from matryoshka.exporter.cascades import refresh_cascades, settle_names
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.inputs import check_input
 from matryoshka.runtime.manifest import (
@@ -81,6 +81,7 @@ def tune(export_dir: str | Path, data: str | None = None, split: str = "val",
                         "dropped; run: matryoshka calibrate %s --variant auto", export_dir)
         refresh_cascades(export_dir, manifest, named_files(manifest), x)
         commit_manifest(export_dir, manifest)
+        settle_names(export_dir, manifest)
     return plan
 
 

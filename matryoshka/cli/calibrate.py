@@ -23,7 +23,10 @@ from matryoshka.cli.core import DEMO_EXPORT, cli
 @click.option("--variant", default="fp32", show_default=True,
               help="Graph set to calibrate: fp32, int8, or auto (the precision plan of "
               "`matryoshka tune`).")
-@click.option("--int8", "int8", default=None, help="'static': INT8 static quantization first.")
+@click.option("--int8", "int8", default=None,
+              help="'static': INT8 static quantization of every level first; "
+              "'static-shared': then every smaller level takes the corners of the largest "
+              "level's quantized weights (stored once in cascade.int8.onnx).")
 @click.option("--method", default="minmax", show_default=True,
               help="INT8 calibration method: minmax, entropy or percentile.")
 @click.option("--cascade", default="all", show_default=True,

@@ -21,12 +21,15 @@ def _export_options(f):
                      help="Absolute tolerance of the parity check against torch."),
         click.option("--rtol", type=float, default=1e-3, show_default=True,
                      help="Relative tolerance of the parity check against torch."),
-        click.option("--quantize", type=click.Choice(["none", "dynamic", "dynamic-pc", "weight4"]),
+        click.option("--quantize", type=click.Choice(["none", "dynamic", "dynamic-pc",
+                                                     "dynamic-shared", "dynamic-pc-shared",
+                                                     "weight4"]),
                      default="none", show_default=True,
                      help="Also write an INT8 graph per level (level-0064.int8.onnx, ...): "
                      "dynamic (per-tensor weight scales), dynamic-pc (per-channel) or weight4 "
-                     "(4-bit weights, int8 compute). Static INT8: matryoshka calibrate --int8 "
-                     "static."),
+                     "(4-bit weights, int8 compute); -shared: every smaller level slices the "
+                     "largest level's quantized weights, stored once in cascade.int8.onnx. "
+                     "Static INT8: matryoshka calibrate --int8 static."),
         click.option("--mix", "mixes", multiple=True, metavar="NAME=SPEC",
                      help="Also export a Mix'n'Match sub-model as a level named NAME; SPEC is "
                      "DIM[:ffn=W,...][:heads=H,...], one value per layer (or one for all), "
@@ -38,6 +41,10 @@ def _export_options(f):
                      "or best (the best under the search's budget)."),
         click.option("--data", default=None,
                      help="Validation data [the data the checkpoint was trained on]."),
+        click.option("--ort", is_flag=True,
+                     help="Also write each cascade graph in onnxruntime's ORT format for mobile "
+                     "builds (cascade.ort) with the operators a reduced build needs "
+                     "(cascade.required_operators.config); calibrate and tune keep them."),
         click.option("--force", is_flag=True, help="Replace an existing --out."),
         click.option("--no-progress", is_flag=True, help="Hide the progress bar."),
     ]
@@ -47,7 +54,7 @@ def _export_options(f):
 
 
 def _run_export(levels, checkpoint, out, opset, no_simplify, atol, rtol, quantize, mixes,
-                from_search, pick, data, force, no_progress) -> None:
+                from_search, pick, data, ort, force, no_progress) -> None:
     from matryoshka.model import parse_levels
 
     parsed = parse_levels(levels) if levels is not None else None
@@ -56,7 +63,7 @@ def _run_export(levels, checkpoint, out, opset, no_simplify, atol, rtol, quantiz
 
     manifest = run_export(checkpoint, out, parsed, opset=opset, simplify=not no_simplify,
                           atol=atol, rtol=rtol, quantize=quantize, force=force, data=data,
-                          progress=not no_progress,
+                          progress=not no_progress, ort=ort,
                           mixes=_mixes(checkpoint, mixes, from_search, pick))
     click.echo(export_table(manifest))
     click.echo(f"{len(manifest['levels'])} graphs and manifest.json written to {out}")

@@ -10,8 +10,13 @@ bit, and installed under a name the committed manifest does not use.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +26,16 @@ import onnxruntime as ort
 from matryoshka.errors import ValidationError
 from matryoshka.exporter.cascade import IR_VERSION, LevelGraph, build_cascade
 from matryoshka.io import temp_path, writing
+from matryoshka.logs import quiet_root_logger
 from matryoshka.runtime.cascade import run_cascade
-from matryoshka.runtime.manifest import SCHEMA_VERSION, cascade_file, install, level_name
+from matryoshka.runtime.manifest import (
+    SCHEMA_VERSION,
+    cascade_file,
+    commit_manifest,
+    install,
+    level_name,
+    named_files,
+)
 from matryoshka.runtime.runtime import Runtime, read_named
 
 log = logging.getLogger(__name__)
@@ -78,8 +91,10 @@ def refresh_cascades(folder: Path, manifest: dict, named: dict[str, str],
         old = current.get(variant)
         if old is not None and all(old.get(key) == value for key, value in want.items()):
             fresh[variant] = old
-            continue
-        fresh[variant] = _build(folder, manifest, variant, want, named, x)
+        else:
+            fresh[variant] = _build(folder, manifest, variant, want, named, x)
+        if (manifest.get("exporter") or {}).get("ort") and "ort" not in fresh[variant]:
+            fresh[variant] = {**fresh[variant], **_to_ort(folder, variant, fresh[variant], named)}
     manifest["cascade"] = fresh
 
 
@@ -120,6 +135,77 @@ def _build(folder: Path, manifest: dict, variant: str, want: dict, named: dict[s
              len(data) / max(1, graphs[-1].model.ByteSize()))
     return {**install(folder, tmp, plain, named), **want, "ir_version": IR_VERSION,
             "opset": opset}
+
+
+def _to_ort(folder: Path, variant: str, entry: dict, named: dict[str, str]) -> dict:
+    """The graph in onnxruntime's ORT format, for mobile builds, and the operators config a
+    reduced onnxruntime build needs to run it (onnxruntime.tools.convert_onnx_models_to_ort)."""
+    from onnxruntime.tools.convert_onnx_models_to_ort import (
+        OptimizationStyle,
+        convert_onnx_models_to_ort,
+    )
+
+    stem = cascade_file(variant).removesuffix(".onnx")  # cascade, cascade.int8, cascade.auto
+    with tempfile.TemporaryDirectory(prefix="matryoshka-ort-") as tmp, quiet_root_logger():
+        src = Path(tmp) / f"{stem}.onnx"
+        src.write_bytes(read_named(folder, entry))
+        # it prints a line per step, logs at INFO, and its sessions warn about the defaults
+        tool_log = logging.getLogger("ort_format_model.utils")
+        level = tool_log.level
+        tool_log.setLevel(logging.WARNING)
+        ort.set_default_logger_severity(3)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                convert_onnx_models_to_ort(src, output_dir=Path(tmp),
+                                           optimization_styles=[OptimizationStyle.Fixed])
+        finally:
+            ort.set_default_logger_severity(2)
+            tool_log.setLevel(level)
+        out = {}
+        for key, name in (("ort", f"{stem}.ort"),
+                          ("ort_config", f"{stem}.required_operators.config")):
+            made = Path(tmp) / name
+            if not made.is_file():
+                raise ValidationError(f"onnxruntime's ORT converter did not write {name}")
+            tmp_file = temp_path(folder, name)
+            with writing(tmp_file):
+                tmp_file.write_bytes(made.read_bytes())
+            data = made.read_bytes()
+            if key == "ort_config":  # it names the converted file by its temporary path
+                data = data.replace(f"{tmp}/".encode(), b"")
+            tmp_file = temp_path(folder, name)
+            with writing(tmp_file):
+                tmp_file.write_bytes(data)
+            out[key] = install(folder, tmp_file, name, named)
+    return out
+
+
+def settle_names(folder: Path, manifest: dict) -> None:
+    """After a commit: give each cascade file that a commit left under a tagged name
+    (cascade-1a2b3c4d.onnx, while cascade.onnx still held the graph it replaced) its plain
+    name again, so that an application always finds cascade.onnx. A hard link (or a copy)
+    under the plain name, then a second commit, which deletes the tagged file. Call inside
+    `manifest_writer`, after `commit_manifest`."""
+    named = named_files(manifest)
+    changed = False
+    for variant, entry in (manifest.get("cascade") or {}).items():
+        stem = cascade_file(variant).removesuffix(".onnx")
+        for key, plain in ((None, f"{stem}.onnx"), ("ort", f"{stem}.ort"),
+                           ("ort_config", f"{stem}.required_operators.config")):
+            e = entry if key is None else entry.get(key)
+            if not e or e["file"] == plain or plain in named:
+                continue
+            tmp = temp_path(folder, plain)
+            with writing(tmp):
+                try:
+                    os.link(folder / e["file"], tmp)
+                except OSError:  # a file system without hard links
+                    shutil.copyfile(folder / e["file"], tmp)
+            os.replace(tmp, folder / plain)
+            e["file"] = plain
+            changed = True
+    if changed:
+        commit_manifest(folder, manifest)
 
 
 def check_cascade(data: bytes, rt: Runtime, want: dict, x: np.ndarray, name: str,

@@ -22,8 +22,9 @@ from tqdm import tqdm
 from matryoshka import __version__
 from matryoshka.data.source import as_input, class_names, resolve
 from matryoshka.errors import ConfigError, DataError
-from matryoshka.exporter.cascades import refresh_cascades
+from matryoshka.exporter.cascades import refresh_cascades, settle_names
 from matryoshka.exporter.graph import input_spec, to_onnx
+from matryoshka.exporter.shared_int8 import share_from_largest
 from matryoshka.exporter.validate import cpu_session, run_graph, validate_level
 from matryoshka.io import (
     LOCK,
@@ -59,7 +60,10 @@ from matryoshka.runtime.text import load_tokenizer
 log = logging.getLogger(__name__)
 EXPORTER = "torchscript"
 # INT8 methods that need no calibration data (static QDQ is `matryoshka calibrate --int8 static`)
-EXPORT_QUANTIZE = ("none", "dynamic", "dynamic-pc", "weight4")
+# "-shared": every smaller level's quantized weights are the corner of the largest level's
+# (exporter/shared_int8.py), so cascade.int8.onnx stores them once.
+EXPORT_QUANTIZE = ("none", "dynamic", "dynamic-pc", "dynamic-shared", "dynamic-pc-shared",
+                   "weight4")
 # LayerNormalization needs opset 17; torch's TorchScript exporter writes at most opset 20.
 MIN_OPSET, MAX_OPSET = 17, 20
 
@@ -95,7 +99,8 @@ def plan_levels(cfg, levels: tuple[int, ...],
 def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | None = None,
            opset: int = 17, simplify: bool = True, atol: float = 1e-4, rtol: float = 1e-3,
            quantize: str = "none", force: bool = False, data: str | None = None,
-           progress: bool = True, mixes: list[tuple[str, Spec]] | None = None) -> dict:
+           progress: bool = True, mixes: list[tuple[str, Spec]] | None = None,
+           ort: bool = False) -> dict:
     """Export every level of a checkpoint to `out`, and each Mix'n'Match sub-model of
     `mixes` (name, Spec) as a level beside them; returns the manifest. Levels are ordered by
     FLOPs and named: a width by itself, a mix by its name.
@@ -131,6 +136,7 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
         raise DataError(f"the data's samples are {x_test.shape[1:]}, the model takes {expected}")
     ck_sha = checkpoint_sha256(checkpoint)
     manifest = _manifest_head(model, checkpoint, ck_sha, record, opset, simplify)
+    manifest["exporter"]["ort"] = bool(ort)
     manifest["output"]["labels"] = metrics.get("labels") or class_names(record, cfg.n_classes)
     created = not out.exists()
     make_dir(out)
@@ -152,10 +158,15 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
                 entry["accuracy"]["metrics_json"] = metrics.get("test_accuracy", {}).get(name)
                 if quantize != "none":
                     entry["int8"] = _quantize(out, entry["file"], name, named, x_test, y_test,
-                                              quantize)
+                                              quantize.removesuffix("-shared"))
                 manifest["levels"].append(entry)
+            if quantize.endswith("-shared"):
+                share_from_largest(out, manifest["levels"], named,
+                                   lambda path: _acc(run_graph(cpu_session(path), x_test),
+                                                     y_test))
             refresh_cascades(out, manifest, named, x_test)
             commit_manifest(out, manifest)
+            settle_names(out, manifest)
             for name in (BENCH_JSON, BENCH_MD):  # they measured the graphs just replaced
                 (out / name).unlink(missing_ok=True)
     except BaseException:

@@ -30,7 +30,9 @@ BARE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Files the exporter and calibrate write; only these are ever deleted by a writer.
 GRAPH_FILE = re.compile(r"^((level-(\d{4,}|[A-Za-z][A-Za-z0-9_]*)|cascade)(-[0-9a-f]{8,64})?"
-                        r"(\.[a-z0-9]+)?\.onnx|tokenizer(-[0-9a-f]{8,64})?\.json)$")
+                        r"(\.[a-z0-9]+)?\.onnx|tokenizer(-[0-9a-f]{8,64})?\.json"
+                        r"|cascade(-[0-9a-f]{8,64})?(\.[a-z0-9]+)?\.(ort|required_operators"
+                        r"\.config))$")
 # A trained level is named by its width; a mix by a letter, then letters, digits or '_'.
 LEVEL_NAME = re.compile(r"^(\d+|[A-Za-z][A-Za-z0-9_]{0,31})$")
 TOKENIZER_FILE = "tokenizer.json"
@@ -236,6 +238,9 @@ def _check_cascade(cascade, names: list[str], bad) -> None:
     for variant, entry in cascade.items():
         where = f"cascade.{variant}"
         _check_file_entry(entry, where, bad)
+        for key in ("ort", "ort_config"):
+            if key in entry:
+                _check_file_entry(entry[key], f"{where}.{key}", bad)
         levels = entry.get("levels")
         if not (isinstance(levels, list) and levels and all(n in names for n in levels)
                 and [n for n in names if n in levels] == levels):
@@ -266,7 +271,9 @@ def named_files(manifest: dict | None) -> dict[str, str]:
     if manifest.get("tokenizer"):
         named[manifest["tokenizer"]["file"]] = manifest["tokenizer"]["sha256"]
     for entry in (manifest.get("cascade") or {}).values():
-        named[entry["file"]] = entry["sha256"]
+        for e in (entry, entry.get("ort"), entry.get("ort_config")):
+            if e:
+                named[e["file"]] = e["sha256"]
     return named
 
 

@@ -92,7 +92,10 @@ def test_static_int8_cascade_is_rebuilt_and_bit_identical(export, demo_data):
     calibrate(export, epsilon=0.1, delta=0.2, int8="static", variant="int8", progress=False)
     m = read_manifest(export)
     entry = m["cascade"]["int8"]
-    assert entry["sha256"] != before["sha256"] and not (export / before["file"]).exists()
+    assert entry["sha256"] != before["sha256"]
+    # the plain name again (a second commit after the tagged one), holding the new bytes
+    assert entry["file"] == "cascade.int8.onnx" and not any(
+        p.name.startswith("cascade-") for p in export.iterdir())
     assert entry["graphs"] == [lv["int8"]["sha256"] for lv in m["levels"]]
     assert entry["thresholds"] == m["calibration"]["int8"]["thresholds"]
     rt = Runtime.from_manifest(export, m, device="cpu", variant="int8")
@@ -213,3 +216,31 @@ def test_predict_and_bench_take_the_engine(calibrated, tmp_path, demo_data):
     assert [c["engine"] for c in rec["cascade"]] == ["graph", "levels"]
     assert rec["cascade"][0]["accuracy"] == rec["cascade"][1]["accuracy"]
     assert "cascade (graph) batch   4" in r.stdout
+
+
+def test_mexport_ort_writes_the_mobile_format_and_calibrate_keeps_it(tiny_checkpoint, tmp_path,
+                                                                     demo_data):
+    from matryoshka.exporter import export as run_export
+
+    out = tmp_path / "export"
+    run_export(tiny_checkpoint, out, progress=False, ort=True)
+    first = read_manifest(out)["cascade"]["fp32"]
+    assert first["ort"]["file"] == "cascade.ort"
+    config = (out / first["ort_config"]["file"]).read_text()
+    assert first["ort_config"]["file"] == "cascade.required_operators.config"
+    assert "ai.onnx;16;" in config and "If" in config and "ScatterND" in config
+    assert "/tmp" not in config  # names the converted file, not a temporary path
+    calibrate(out, epsilon=0.1, delta=0.2, progress=False)
+    entry = read_manifest(out)["cascade"]["fp32"]
+    assert entry["ort"]["sha256"] != first["ort"]["sha256"]  # rebuilt with the new defaults
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("cascade")) == [
+        "cascade.onnx", "cascade.ort", "cascade.required_operators.config"]
+    x = demo_data["test"][0].astype(np.float32)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    mobile = ort.InferenceSession(str(out / "cascade.ort"), opts,
+                                  providers=["CPUExecutionProvider"])
+    got = dict(zip(OUTPUTS, mobile.run(None, {"x": x})))
+    ref = Runtime.open(out, device="cpu", engine="levels").predict(x)
+    np.testing.assert_array_equal(got["labels"], ref.labels)
+    np.testing.assert_array_equal(np.asarray(entry["levels"])[got["level_index"]], ref.levels)

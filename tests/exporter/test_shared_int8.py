@@ -1,0 +1,69 @@
+"""INT8 levels that slice the largest level's quantized weights (mexport --quantize
+dynamic-pc-shared): exact corners, stored once in cascade.int8.onnx, bit-identical cascade."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from matryoshka.exporter import export
+from matryoshka.exporter.cascades import check_cascade
+from matryoshka.exporter.shared_int8 import share_weights
+from matryoshka.runtime import Runtime
+from matryoshka.runtime.manifest import read_manifest
+
+
+@pytest.fixture(scope="module")
+def shared(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shared") / "export"
+    export(tiny_checkpoint, out, quantize="dynamic-pc-shared", progress=False)
+    return out
+
+
+def _weights(path) -> dict:
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+
+def test_smaller_levels_hold_corners_of_the_largest_levels_quantized_weights(shared):
+    m = read_manifest(shared)
+    big = _weights(shared / m["levels"][-1]["int8"]["file"])
+    big_q = [v for k, v in big.items() if k.endswith("_quantized")]
+    for lv in m["levels"][:-1]:
+        q = lv["int8"]
+        assert q["method"] == "dynamic-pc-shared" and 0 <= q["accuracy_own"] <= 1
+        small = {k: v for k, v in _weights(shared / q["file"]).items()
+                 if k.endswith("_quantized")}
+        assert q["shared_weights"] == len(small) > 0
+        for name, w in small.items():  # every quantized weight is a corner of one of the big
+            assert any(b.shape[0] >= w.shape[0] and b.shape[1] >= w.shape[1]
+                       and np.array_equal(b[:w.shape[0], :w.shape[1]], w) for b in big_q), name
+
+
+def test_the_shared_cascade_stores_the_weights_once(shared, demo_data):
+    m = read_manifest(shared)
+
+    def weight_bytes(g):
+        return sum(i.ByteSize() for i in g.initializer) + sum(
+            weight_bytes(a.g) for n in g.node for a in n.attribute
+            if a.type == onnx.AttributeProto.GRAPH)
+
+    cascade = weight_bytes(onnx.load(str(shared / m["cascade"]["int8"]["file"])).graph)
+    largest = weight_bytes(onnx.load(str(shared / m["levels"][-1]["int8"]["file"])).graph)
+    assert cascade <= 1.4 * largest  # tiny: per-level LayerNorms and biases are not shared
+    rt = Runtime.from_manifest(shared, m, device="cpu", variant="int8")
+    x = demo_data["test"][0].astype(np.float32)
+    assert check_cascade((shared / m["cascade"]["int8"]["file"]).read_bytes(), rt,
+                         m["cascade"]["int8"], x, "cascade.int8.onnx", rows=len(x)) > 0
+
+
+def test_share_weights_leaves_a_graph_alone_when_nothing_matches(shared):
+    m = read_manifest(shared)
+    small = [onnx.load(str(shared / e["file"])) for e in (m["levels"][0], m["levels"][0]["int8"])]
+    unrelated = onnx.ModelProto()
+    unrelated.CopyFrom(small[0])
+    for init in unrelated.graph.initializer:  # other weights: no corner matches
+        arr = numpy_helper.to_array(init)
+        if arr.dtype == np.float32:
+            init.CopyFrom(numpy_helper.from_array(arr + 1, init.name))
+    out, n = share_weights(small[0], small[1], unrelated, small[1])
+    assert n == 0 and out == small[1]
