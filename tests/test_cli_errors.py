@@ -141,7 +141,7 @@ def test_export_on_a_full_disk(tmpfs, tmp_path, tiny_checkpoint):
 @pytest.mark.parametrize("args,fragment", [
     (["--data", "{d}/label-10.npz"], "val labels go up to 10 but the export has 10 classes"),
     (["--data", "{d}/huge.npz"], "NaN or inf in 1 row(s) (after the conversion to float32"),
-    (["--int8", "dynamic"], "--int8 must be static"),
+    (["--int8", "dynamic"], "--int8 must be one of static, static-shared"),
 ])
 def test_calibrate_user_mistakes(files, export_copy, args, fragment):
     before = tree_bytes(export_copy)

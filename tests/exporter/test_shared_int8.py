@@ -1,11 +1,14 @@
 """INT8 levels that slice the largest level's quantized weights (mexport --quantize
 dynamic-pc-shared): exact corners, stored once in cascade.int8.onnx, bit-identical cascade."""
 
+import shutil
+
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
+from matryoshka.calibration import calibrate
 from matryoshka.exporter import export
 from matryoshka.exporter.cascades import check_cascade
 from matryoshka.exporter.shared_int8 import share_weights
@@ -24,19 +27,45 @@ def _weights(path) -> dict:
     return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
 
 
-def test_smaller_levels_hold_corners_of_the_largest_levels_quantized_weights(shared):
-    m = read_manifest(shared)
-    big = _weights(shared / m["levels"][-1]["int8"]["file"])
+def _assert_corners(folder, method):
+    m = read_manifest(folder)
+    big = _weights(folder / m["levels"][-1]["int8"]["file"])
     big_q = [v for k, v in big.items() if k.endswith("_quantized")]
+    assert m["levels"][-1]["int8"]["method"] == method
     for lv in m["levels"][:-1]:
         q = lv["int8"]
-        assert q["method"] == "dynamic-pc-shared" and 0 <= q["accuracy_own"] <= 1
-        small = {k: v for k, v in _weights(shared / q["file"]).items()
+        assert q["method"] == method and 0 <= q["accuracy_own"] <= 1
+        small = {k: v for k, v in _weights(folder / q["file"]).items()
                  if k.endswith("_quantized")}
         assert q["shared_weights"] == len(small) > 0
         for name, w in small.items():  # every quantized weight is a corner of one of the big
-            assert any(b.shape[0] >= w.shape[0] and b.shape[1] >= w.shape[1]
-                       and np.array_equal(b[:w.shape[0], :w.shape[1]], w) for b in big_q), name
+            assert any(b.ndim == w.ndim and all(x <= y for x, y in zip(w.shape, b.shape))
+                       and np.array_equal(b[tuple(slice(0, n) for n in w.shape)], w)
+                       for b in big_q), name
+
+
+def test_smaller_levels_hold_corners_of_the_largest_levels_quantized_weights(shared):
+    _assert_corners(shared, "dynamic-pc-shared")
+
+
+def test_static_shared_calibration_slices_the_largest_levels_qdq_weights(
+        tiny_export_dir, tmp_path, demo_data):
+    out = tmp_path / "export"
+    shutil.copytree(tiny_export_dir, out)
+    calibrate(out, epsilon=0.1, delta=0.2, int8="static-shared", variant="int8",
+              progress=False)
+    _assert_corners(out, "static-minmax-shared")  # the calibration method, shared
+    m = read_manifest(out)
+    for lv in m["levels"]:
+        q = lv["int8"]
+        assert q["accuracy_change"] == q["accuracy"] - q["accuracy_fp32"]
+    entry = m["cascade"]["int8"]
+    assert entry["file"] == "cascade.int8.onnx"
+    assert entry["graphs"] == [lv["int8"]["sha256"] for lv in m["levels"]]
+    rt = Runtime.from_manifest(out, m, device="cpu", variant="int8")
+    x = demo_data["test"][0].astype(np.float32)
+    assert check_cascade((out / entry["file"]).read_bytes(), rt, entry, x, "cascade.int8.onnx",
+                         rows=len(x)) > 0
 
 
 def test_the_shared_cascade_stores_the_weights_once(shared, demo_data):
