@@ -15,6 +15,7 @@ a smaller level that is an exact corner of the largest level's is stored once.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -129,37 +130,67 @@ class _Scope:
 
 
 class _Store:
-    """The largest level's weights, stored once in the main graph; any other level's weight
-    that equals a corner of one of them is a Slice of it (inside the branch that uses it)."""
+    """Every weight (an initializer, or the value of a large Constant node) stored once, in the
+    main graph: the largest level's first, then any other level's that is no corner of one
+    already stored. A level's weight that equals a leading corner of a stored one is a Slice
+    of it, inside the branch that uses it; onnxruntime folds that Slice into the branch's own
+    copy, so each level is prepacked exactly as its own graph is."""
 
     def __init__(self, largest: LevelGraph):
         self.largest = largest.name
         self.stored: list[onnx.TensorProto] = []
         self._arrays: dict[str, np.ndarray] = {}
-        for init in largest.model.graph.initializer:
-            name = f"{largest.name}/{init.name}"
-            arr = numpy_helper.to_array(init)
-            if arr.ndim and arr.size >= SHARE_MIN:  # a scalar cannot be sliced; small: copied
-                self._arrays[name] = arr
-                self.stored.append(numpy_helper.from_array(arr, f"stored/{name}"))
+        self._bounds: set[str] = set()
+        for key, arr in weights(largest.model.graph):
+            if _shareable(arr):
+                self._add(f"{largest.name}/{key}", arr)
 
-    def source(self, level: str, init: onnx.TensorProto) -> tuple[str, np.ndarray] | None:
-        """(stored name, its array) whose leading corner equals `init`, or None."""
-        arr = numpy_helper.to_array(init)
-        if arr.ndim == 0 or arr.size < SHARE_MIN:
+    def _add(self, name: str, arr: np.ndarray) -> str:
+        self._arrays[name] = arr
+        self.stored.append(numpy_helper.from_array(arr, f"stored/{name}"))
+        return f"stored/{name}"
+
+    def bounds(self, shape: tuple[int, ...]) -> tuple[str, str]:
+        """The Slice starts and ends of a leading corner of this shape: one pair per shape,
+        in the main graph, where every branch sees it."""
+        starts, ends = f"slice/starts_{len(shape)}", "slice/ends_" + "x".join(map(str, shape))
+        for name, value in ((starts, np.zeros(len(shape), np.int64)),
+                            (ends, np.asarray(shape, np.int64))):
+            if name not in self._bounds:
+                self._bounds.add(name)
+                self.stored.append(numpy_helper.from_array(value, name))
+        return starts, ends
+
+    def source(self, level: str, key: str, arr: np.ndarray) -> str | None:
+        """The stored tensor whose leading corner equals level's weight `key` (stored now
+        when none does), or None for a weight too small to share."""
+        if not _shareable(arr):
             return None
         if level == self.largest:
-            return f"stored/{level}/{init.name}", arr
-        same = f"{self.largest}/{init.name}"
-        names = sorted(self._arrays, key=lambda n: n != same)  # the same parameter first
-        for name in names:
+            return f"stored/{level}/{key}"
+        same = f"{self.largest}/{key}"
+        for name in sorted(self._arrays, key=lambda n: n != same):  # the same parameter first
             big = self._arrays[name]
             if big.dtype != arr.dtype or big.ndim != arr.ndim or \
                     any(b < a for a, b in zip(arr.shape, big.shape)):
                 continue
             if np.array_equal(big[tuple(slice(0, n) for n in arr.shape)], arr):
-                return f"stored/{name}", big
-        return None
+                return f"stored/{name}"
+        return self._add(f"{level}/{key}", arr)
+
+
+def weights(graph: onnx.GraphProto):
+    """(name, array) of a level graph's initializers and of its Constant nodes' tensors (the
+    exporter writes some tables, such as a sinusoidal position encoding, as Constants)."""
+    for init in graph.initializer:
+        yield init.name, numpy_helper.to_array(init)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute[0].name == "value":
+            yield node.output[0], numpy_helper.to_array(node.attribute[0].t)
+
+
+def _shareable(arr: np.ndarray) -> bool:
+    return arr.ndim > 0 and arr.size >= SHARE_MIN  # a scalar cannot be sliced; small: copied
 
 
 def _stage(scope: _Scope, levels: Sequence[LevelGraph], i: int, x: str, store: _Store,
@@ -221,25 +252,30 @@ def _stage(scope: _Scope, levels: Sequence[LevelGraph], i: int, x: str, store: _
 
 
 def _inline(scope: _Scope, lv: LevelGraph, x: str, store: _Store, rename_batch: bool) -> str:
-    """Copy level `lv`'s nodes into `scope`, every name prefixed by the level's, reading its
-    input from `x`; its weights are produced in this scope from the store. Returns the name
-    of its logits."""
+    """Copy level `lv`'s nodes into `scope`, reading its input from `x`; its weights are
+    produced in this scope from the store. Weights and nodes keep their names, prefixed by
+    the level's; the values between nodes get short ones (`64/v12`). Returns the name of its
+    logits."""
     g = lv.model.graph
     prefix = f"{lv.name}/"
     names = {g.input[0].name: x}
-    for init in g.initializer:
-        local = prefix + init.name
-        names[init.name] = local
-        found = store.source(lv.name, init)
+    inits = {i.name for i in g.initializer}
+    sliced, count = set(), itertools.count()
+    for key, arr in weights(g):
+        local = prefix + key
+        names[key] = local
+        found = store.source(lv.name, key, arr)
         if found is None:
-            scope.inits.append(numpy_helper.from_array(numpy_helper.to_array(init), local))
-        else:
-            scope.const(f"{local}:ends", np.asarray(init.dims, np.int64))
-            scope.const(f"{local}:starts", np.zeros(len(init.dims), np.int64))
-            scope.node("Slice", [found[0], f"{local}:starts", f"{local}:ends"], [local])
+            if key in inits:
+                scope.inits.append(numpy_helper.from_array(arr, local))
+            continue
+        sliced.add(key)
+        scope.node("Slice", [found, *store.bounds(arr.shape)], [local])
     for node in g.node:
-        for out in node.output:
-            names[out] = prefix + out if out else ""
+        if node.op_type == "Constant" and node.output[0] in sliced:
+            continue  # its value is a Slice of the store, made above
+        for out in node.output:  # short: ten levels of long value names cost ~5% of a file
+            names[out] = f"{prefix}v{next(count)}" if out else ""
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
         del copy.input[:]

@@ -196,6 +196,58 @@ def test_smaller_levels_slice_the_largest_levels_weights(export):
     assert cascade <= 1.1 * largest < all_levels
 
 
+def _tensors(g):
+    """Every tensor a graph holds, at every depth: initializers and Constant nodes' values."""
+    out = list(g.initializer)
+    for n in g.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                out += _tensors(a.g)
+            elif n.op_type == "Constant" and a.type == onnx.AttributeProto.TENSOR:
+                out.append(a.t)
+    return out
+
+
+def test_a_repeated_level_adds_no_weights_and_values_keep_their_weights_names(
+        export, demo_data):
+    """A level equal to another (as a Mix'n'Match sub-model of the same residual width shares
+    its position table) stores nothing again: its weights and Constant tables are Slices of
+    the store. Weights keep their parameters' names."""
+    from matryoshka.exporter.cascade import SHARE_MIN, LevelGraph, build_cascade
+
+    m = read_manifest(export)
+    graphs = [LevelGraph(str(lv["dim"]), lv["dim"], onnx.load(str(export / lv["file"])))
+              for lv in m["levels"]]
+    twin = LevelGraph("twin", graphs[0].dim, graphs[0].model)
+    k = len(graphs)
+    plain = build_cascade(graphs, [0.5] * (k - 1), [1.0] * k, {})
+    doubled = build_cascade([graphs[0], twin, *graphs[1:]], [0.5] * k, [1.0] * (k + 1), {})
+    large = [t for t in _tensors(doubled.graph) if np.prod(t.dims) >= SHARE_MIN]
+    assert large == [t for t in _tensors(doubled.graph) if t.name.startswith("stored/")
+                     and np.prod(t.dims) >= SHARE_MIN]  # only the store holds large tensors
+    assert len(large) == len([t for t in _tensors(plain.graph)
+                              if np.prod(t.dims) >= SHARE_MIN])
+    first = next(i.name for i in graphs[0].model.graph.initializer
+                 if np.prod(i.dims) >= SHARE_MIN)
+    assert any(f"twin/{first}" in n.output for n in _nodes(doubled.graph))
+    sess = ort.InferenceSession(doubled.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = demo_data["test"][0][:50].astype(np.float32)
+    base = ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"])
+    zeros = {"thresholds": np.zeros(k, np.float32)}
+    out = sess.run(["probs"], {"x": x, **zeros})[0]
+    assert np.array_equal(out, base.run(["probs"], {"x": x, "thresholds": zeros[
+        "thresholds"][:k - 1]})[0])
+
+
+def _nodes(g):
+    out = list(g.node)
+    for n in g.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                out += _nodes(a.g)
+    return out
+
+
 def test_predict_and_bench_take_the_engine(calibrated, tmp_path, demo_data):
     out = tmp_path / "export"
     shutil.copytree(calibrated, out)
