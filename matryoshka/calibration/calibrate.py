@@ -314,7 +314,9 @@ def calibration_table(record: dict, manifest: dict) -> str:
     int8 = [lv for lv in manifest["levels"] if "int8" in lv and "accuracy_fp32" in lv["int8"]]
     for lv in int8:
         q = lv["int8"]
+        own = (f", own quantization {q['accuracy_own']:.4f} before sharing"
+               if "accuracy_own" in q else "")
         lines.append(f"  int8 level {level_name(lv)}: accuracy {q['accuracy']:.4f} "
-                     f"(fp32 {q['accuracy_fp32']:.4f}, change {q['accuracy_change']:+.4f}), "
-                     f"{q['bytes'] / 1024:.0f} KB vs {lv['bytes'] / 1024:.0f} KB")
+                     f"(fp32 {q['accuracy_fp32']:.4f}, change {q['accuracy_change']:+.4f}"
+                     f"{own}), {q['bytes'] / 1024:.0f} KB vs {lv['bytes'] / 1024:.0f} KB")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ import pytest
 from onnx import numpy_helper
 
 from matryoshka.calibration import calibrate
+from matryoshka.calibration.calibrate import calibration_table
 from matryoshka.exporter import export
 from matryoshka.exporter.cascades import check_cascade
 from matryoshka.exporter.shared_int8 import share_weights
@@ -52,10 +53,13 @@ def test_static_shared_calibration_slices_the_largest_levels_qdq_weights(
         tiny_export_dir, tmp_path, demo_data):
     out = tmp_path / "export"
     shutil.copytree(tiny_export_dir, out)
-    calibrate(out, epsilon=0.1, delta=0.2, int8="static-shared", variant="int8",
-              progress=False)
+    record = calibrate(out, epsilon=0.1, delta=0.2, int8="static-shared", variant="int8",
+                       progress=False)
     _assert_corners(out, "static-minmax-shared")  # the calibration method, shared
     m = read_manifest(out)
+    report = calibration_table(record, m)  # what the CLI prints
+    first = m["levels"][0]["int8"]
+    assert f"own quantization {first['accuracy_own']:.4f} before sharing" in report
     for lv in m["levels"]:
         q = lv["int8"]
         assert q["accuracy_change"] == q["accuracy"] - q["accuracy_fp32"]
