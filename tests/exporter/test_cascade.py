@@ -196,16 +196,24 @@ def test_smaller_levels_slice_the_largest_levels_weights(export):
     assert cascade <= 1.1 * largest < all_levels
 
 
-def _tensors(g):
-    """Every tensor a graph holds, at every depth: initializers and Constant nodes' values."""
-    out = list(g.initializer)
+def _graphs(g):
+    """g and every graph nested in it (If branches), depth first."""
+    yield g
     for n in g.node:
         for a in n.attribute:
             if a.type == onnx.AttributeProto.GRAPH:
-                out += _tensors(a.g)
-            elif n.op_type == "Constant" and a.type == onnx.AttributeProto.TENSOR:
-                out.append(a.t)
-    return out
+                yield from _graphs(a.g)
+
+
+def _tensors(g):
+    """Every tensor a graph holds, at every depth: initializers and Constant nodes' values."""
+    return [t for sub in _graphs(g) for t in [*sub.initializer, *(
+        a.t for n in sub.node if n.op_type == "Constant" for a in n.attribute
+        if a.type == onnx.AttributeProto.TENSOR)]]
+
+
+def _nodes(g):
+    return [n for sub in _graphs(g) for n in sub.node]
 
 
 def test_a_repeated_level_adds_no_weights_and_values_keep_their_weights_names(
@@ -237,15 +245,6 @@ def test_a_repeated_level_adds_no_weights_and_values_keep_their_weights_names(
     out = sess.run(["probs"], {"x": x, **zeros})[0]
     assert np.array_equal(out, base.run(["probs"], {"x": x, "thresholds": zeros[
         "thresholds"][:k - 1]})[0])
-
-
-def _nodes(g):
-    out = list(g.node)
-    for n in g.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                out += _nodes(a.g)
-    return out
 
 
 def test_predict_and_bench_take_the_engine(calibrated, tmp_path, demo_data):
