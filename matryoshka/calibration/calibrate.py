@@ -237,8 +237,6 @@ def _quantize_static(folder: Path, manifest: dict, x_cal, x_test, y_test, method
     (`matryoshka.quantize`, method static), each validated for accuracy against fp32 on the
     test split. Each new graph gets a name the committed manifest does not use; `manifest`
     (in memory) is updated."""
-    import onnxruntime as ort
-
     name = manifest["input"]["name"]
     named = named_files(manifest)
     fp32 = Runtime.from_manifest(folder, manifest, device="cpu")
@@ -249,8 +247,7 @@ def _quantize_static(folder: Path, manifest: dict, x_cal, x_test, y_test, method
         with writing(folder / level_file(level, "int8")):
             quantize_level(folder / lv["file"], tmp, "static", (name, x_cal), method)
         acc_fp32 = accuracy_of(fp32.run_level(level, x_test), y_test)
-        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        acc = accuracy_of(sess.run(None, {name: x_test})[0], y_test)
+        acc = _graph_accuracy(tmp, name, x_test, y_test)
         lv["int8"] = {**install(folder, tmp, level_file(level, "int8"), named),
                       "method": f"static-{method}", "accuracy": acc, "accuracy_fp32": acc_fp32,
                       "accuracy_change": acc - acc_fp32}
@@ -258,20 +255,22 @@ def _quantize_static(folder: Path, manifest: dict, x_cal, x_test, y_test, method
 
 def _share_static(folder: Path, manifest: dict, committed: dict[str, str], x_test,
                   y_test) -> None:
-    import onnxruntime as ort
-
     from matryoshka.exporter.shared_int8 import share_from_largest
 
     name = manifest["input"]["name"]
-
-    def score(path: Path) -> float:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return accuracy_of(sess.run(None, {name: x_test})[0], y_test)
-
-    share_from_largest(folder, manifest["levels"], committed, score)
+    share_from_largest(folder, manifest["levels"], committed,
+                       lambda path: _graph_accuracy(path, name, x_test, y_test))
     for lv in manifest["levels"]:
         q = lv["int8"]
         q["accuracy_change"] = q["accuracy"] - q["accuracy_fp32"]
+
+
+def _graph_accuracy(path: Path, input_name: str, x: np.ndarray, y: np.ndarray) -> float:
+    """The accuracy of the graph file at `path` on (x, y), on the CPU."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return accuracy_of(sess.run(None, {input_name: x})[0], y)
 
 
 def accuracy_of(logits: np.ndarray, y: np.ndarray) -> float:

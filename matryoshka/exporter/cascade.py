@@ -170,13 +170,23 @@ class _Store:
             return f"stored/{level}/{key}"
         same = f"{self.largest}/{key}"
         for name in sorted(self._arrays, key=lambda n: n != same):  # the same parameter first
-            big = self._arrays[name]
-            if big.dtype != arr.dtype or big.ndim != arr.ndim or \
-                    any(b < a for a, b in zip(arr.shape, big.shape)):
-                continue
-            if np.array_equal(big[tuple(slice(0, n) for n in arr.shape)], arr):
+            if is_corner(arr, self._arrays[name]):
                 return f"stored/{name}"
         return self._add(f"{level}/{key}", arr)
+
+
+def leading_corner(big: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """big[:shape[0], :shape[1], ...], or None when the shape has another rank or does not
+    fit inside big's."""
+    if len(shape) != big.ndim or any(a > b for a, b in zip(shape, big.shape)):
+        return None
+    return big[tuple(slice(0, n) for n in shape)] if shape else big
+
+
+def is_corner(arr: np.ndarray, big: np.ndarray) -> bool:
+    """Whether arr equals the leading corner of big (same dtype)."""
+    corner = leading_corner(big, arr.shape)
+    return corner is not None and big.dtype == arr.dtype and np.array_equal(corner, arr)
 
 
 def weights(graph: onnx.GraphProto):

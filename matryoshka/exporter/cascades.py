@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 VARIANTS = ("fp32", "int8", "auto")
 CHECK_ROWS = 512  # rows of real data each new graph is checked on
 RANDOM_VECTORS = 5
+# mexport --ort: each cascade's manifest entry key and file suffix (cascade.ort, ...)
+ORT_FILES = (("ort", ".ort"), ("ort_config", ".required_operators.config"))
 
 
 def wanted(manifest: dict, variant: str) -> dict | None:
@@ -162,14 +164,11 @@ def _to_ort(folder: Path, variant: str, entry: dict, named: dict[str, str]) -> d
             ort.set_default_logger_severity(2)
             tool_log.setLevel(level)
         out = {}
-        for key, name in (("ort", f"{stem}.ort"),
-                          ("ort_config", f"{stem}.required_operators.config")):
+        for key, suffix in ORT_FILES:
+            name = stem + suffix
             made = Path(tmp) / name
             if not made.is_file():
                 raise ValidationError(f"onnxruntime's ORT converter did not write {name}")
-            tmp_file = temp_path(folder, name)
-            with writing(tmp_file):
-                tmp_file.write_bytes(made.read_bytes())
             data = made.read_bytes()
             if key == "ort_config":  # it names the converted file by its temporary path
                 data = data.replace(f"{tmp}/".encode(), b"")
@@ -190,8 +189,8 @@ def settle_names(folder: Path, manifest: dict) -> None:
     changed = False
     for variant, entry in (manifest.get("cascade") or {}).items():
         stem = cascade_file(variant).removesuffix(".onnx")
-        for key, plain in ((None, f"{stem}.onnx"), ("ort", f"{stem}.ort"),
-                           ("ort_config", f"{stem}.required_operators.config")):
+        for key, suffix in ((None, ".onnx"), *ORT_FILES):
+            plain = stem + suffix
             e = entry if key is None else entry.get(key)
             if not e or e["file"] == plain or plain in named:
                 continue

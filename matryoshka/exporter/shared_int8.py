@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from matryoshka.exporter.cascade import is_corner, leading_corner
 from matryoshka.io import temp_path, writing
 from matryoshka.runtime.manifest import install, level_file, level_name
 
@@ -50,13 +51,9 @@ def share_weights(small_fp32: onnx.ModelProto, small_int8: onnx.ModelProto,
         if src is None:
             continue
         key = src + (TRANSPOSED if transposed else "") + suffix
-        target = numpy_helper.to_array(init)
-        if key not in big_q or big_q[key].ndim != target.ndim:
+        corner = leading_corner(big_q[key], tuple(init.dims)) if key in big_q else None
+        if corner is None:
             continue
-        whole = big_q[key]
-        if any(b < a for a, b in zip(target.shape, whole.shape)):
-            continue
-        corner = whole[tuple(slice(0, n) for n in target.shape)] if target.ndim else whole
         init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(corner), init.name))
         replaced.add(base)
     return out, len(replaced)
@@ -73,12 +70,7 @@ def _split(name: str) -> tuple[str, bool, str] | None:
 
 def _corner_of(arr: np.ndarray, big: dict[str, np.ndarray]) -> str | None:
     """The name of the largest level's fp32 weight whose leading corner equals arr."""
-    for name, b in big.items():
-        if b.dtype == arr.dtype and b.ndim == arr.ndim and arr.ndim and all(
-                x <= y for x, y in zip(arr.shape, b.shape)) and np.array_equal(
-                b[tuple(slice(0, n) for n in arr.shape)], arr):
-            return name
-    return None
+    return next((name for name, b in big.items() if arr.ndim and is_corner(arr, b)), None)
 
 
 def share_from_largest(folder: Path, levels: list[dict], named: dict[str, str],
