@@ -4,7 +4,8 @@
 # and pinned by sha256) train, search Mix'n'Match sub-models between the trained levels, export
 # every level and the chosen sub-models (fp32 and INT8), calibrate the cascade, choose a
 # precision per level from measurements here (tune) and certify that planned cascade, check
-# that cascade.onnx (the whole cascade as one graph) answers exactly as the levels do, bench.
+# that cascade.onnx (the whole cascade as one graph) answers exactly as the levels do, and that
+# Node.js and a headless browser give the Python runtime's answers from it, bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -19,6 +20,14 @@ M=.venv/bin/matryoshka
 A=artifacts/demo
 step() { echo "== $1"; SECONDS=0; }
 took() { echo "   ($SECONDS s wall clock)"; }
+# cascade.onnx in Node.js and headless Chromium against Python (exit 2: a runtime is missing)
+js_check() {
+  local rc=0
+  .venv/bin/python scripts/js_parity.py "$@" || rc=$?
+  if [ $rc = 2 ]; then echo "   (skipped: Node.js or Chromium is missing here; scripts/setup_js.sh)"
+  elif [ $rc != 0 ]; then exit $rc; fi
+}
+bash scripts/setup_js.sh
 step train
 $M train --preset demo --data demo --out $A/checkpoint --force
 took
@@ -41,6 +50,12 @@ $M calibrate $A/export --data demo --epsilon 0.02 --delta 0.1 --variant auto
 took
 step "cascade.onnx against the levels engine on every test row, 26 threshold vectors and more"
 .venv/bin/python scripts/cascade_parity.py $A/export
+took
+step "cascade.onnx in Node.js (onnxruntime-node) and headless Chromium (onnxruntime-web) against Python"
+# the cases file is what examples/web's "Run all test rows" compares with
+js_check $A/export --cases-out $A/test-cases.json
+js_check $A/export --variant int8
+js_check $A/export --variant auto
 took
 step bench
 $M bench $A/export --device cpu --batch 1,32 --baselines torch,padded \
@@ -67,6 +82,7 @@ $M calibrate $T/export --epsilon 0.02 --delta 0.1 --variant int8
 $M tune $T/export --batch 1,32 --for-batch 32 --iters 30
 $M calibrate $T/export --epsilon 0.02 --delta 0.1 --variant auto
 .venv/bin/python scripts/cascade_parity.py $T/export
+js_check $T/export --cases-out $T/test-cases.json  # the strings tokenized in JavaScript
 $M bench $T/export --device cpu --batch 1,32 --iters 30 --json $T/bench-cpu.json
 $M bench $T/export --device cpu --batch 32 --iters 30 --variant auto --json $T/bench-cpu-auto.json
 # a spam, a mailing-list reply (the corpus's ham), and a short personal note, which this corpus
@@ -76,3 +92,4 @@ $M predict $T/export --text "Congratulations! You have been selected for a FREE 
   --text "Are we still meeting for lunch on Thursday? I booked the usual place."
 took
 echo "== text done: table in $T/export/bench.md"
+echo "== the web page: python -m http.server, then open http://localhost:8000/examples/web/"

@@ -13,4 +13,5 @@ fi
 .venv/bin/python -m ruff check matryoshka tests benchmarks examples scripts
 bash scripts/fetch_text_demo.sh  # the text demo's data, for the tests that use its texts
 bash scripts/check_runtime_only.sh
+bash scripts/setup_js.sh  # Chromium (as root) and the examples' pinned npm packages
 .venv/bin/python -m pytest tests "$@"
