@@ -41,6 +41,14 @@ class MatryoshkaConfig:
     # for trained models and their levels, whose every layer uses ffn_width and d / head_dim.
     layer_ffn: tuple[int, ...] = ()  # FFN hidden width of each layer
     layer_heads: tuple[int, ...] = ()  # attention heads of each layer
+    # The architecture of an imported BERT-family encoder (model/bert.py); the defaults are
+    # this project's own from-scratch design, and a config at its defaults leaves them out of
+    # config.json, so older checkpoints read the same.
+    block: str = "pre_ln"  # "pre_ln": h + f(LN(h)) | "post_ln" (BERT): LN(h + f(h)), no final LN
+    activation: str = "relu"  # the FFN's: "relu" | "gelu" (exact, with erf: BERT's "gelu")
+    ln_eps: float = 1e-5  # every LayerNorm's epsilon (BERT: layer_norm_eps, 1e-12)
+    embed_norm: str = "none"  # "none" | "layer_norm": a LayerNorm after token + position
+    pooling: str = "mean"  # "mean": masked mean of the last block | "cls": its first token
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -54,6 +62,12 @@ class MatryoshkaConfig:
         _check_choice("norm", self.norm, ("per_level", "shared"))
         _check_choice("pos_encoding", self.pos_encoding, ("sinusoidal_per_level", "learned"))
         _check_choice("input_kind", self.input_kind, INPUT_KINDS)
+        for name, choices in ARCH_CHOICES.items():
+            _check_choice(name, getattr(self, name), choices)
+        if not self.ln_eps > 0:
+            raise ConfigError(f"ln_eps must be positive, got {self.ln_eps}")
+        if self.pooling == "cls" and self.input_kind == "image":
+            raise ConfigError("pooling 'cls' reads a text's first token; images pool by mean")
         if not self.pixel_scale > 0:
             raise ConfigError(f"pixel_scale must be positive, got {self.pixel_scale}")
         if not 0.0 <= self.dropout < 1.0:
@@ -145,6 +159,9 @@ class MatryoshkaConfig:
             d[name] = list(getattr(self, name))
         if not self.layer_ffn:  # a trained model's config.json stays as it was
             del d["layer_ffn"], d["layer_heads"]
+        for name, default in ARCH_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]
         for name in KIND_FIELDS:
             if self.input_kind not in KIND_FIELDS[name]:
                 del d[name]
@@ -163,6 +180,10 @@ class MatryoshkaConfig:
 
 
 INPUT_KINDS = ("image", "tokens", "text")
+ARCH_CHOICES = {"block": ("pre_ln", "post_ln"), "activation": ("relu", "gelu"),
+                "embed_norm": ("none", "layer_norm"), "pooling": ("mean", "cls")}
+ARCH_DEFAULTS = {"block": "pre_ln", "activation": "relu", "ln_eps": 1e-5, "embed_norm": "none",
+                 "pooling": "mean"}
 # Fields that belong to some input kinds only: written to config.json for those alone.
 KIND_FIELDS = {"image_size": ("image",), "patch_size": ("image",), "pixel_scale": ("image",),
                "vocab_size": ("tokens", "text"), "max_len": ("tokens", "text"),

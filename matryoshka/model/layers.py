@@ -78,9 +78,9 @@ class NestedLayerNorm(nn.Module):
     shared: every level reads the prefix of one gamma, beta in R^d.
     """
 
-    def __init__(self, levels: tuple[int, ...], per_level: bool):
+    def __init__(self, levels: tuple[int, ...], per_level: bool, eps: float = 1e-5):
         super().__init__()
-        self.levels = levels
+        self.levels, self.eps = levels, eps
         sizes = levels if per_level else levels[-1:]
         self.weight = nn.ParameterList([nn.Parameter(torch.ones(d)) for d in sizes])
         self.bias = nn.ParameterList([nn.Parameter(torch.zeros(d)) for d in sizes])
@@ -93,7 +93,7 @@ class NestedLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         i = self._index(dim)
         w, b = prefix(self.weight[i], dim), prefix(self.bias[i], dim)
-        return F.layer_norm(x, (dim,), w, b, eps=1e-5)
+        return F.layer_norm(x, (dim,), w, b, eps=self.eps)
 
     def view(self, dim: int) -> View:
         i = self._index(dim)
@@ -140,34 +140,42 @@ class NestedAttention(nn.Module):
 
 
 class NestedFFN(nn.Module):
-    """FFN^(i)(x) = max(0, x W1^(i) + b1^(i)) W2^(i) + b2^(i) (seed layer-wise section 1)."""
+    """FFN^(i)(x) = act(x W1^(i) + b1^(i)) W2^(i) + b2^(i) (seed layer-wise section 1), act
+    max(0, .) or BERT's exact GELU."""
 
-    def __init__(self, width: Width, full: Widths, dropout: float):
+    def __init__(self, width: Width, full: Widths, dropout: float, activation: str = "relu"):
         super().__init__()
         self.w1 = NestedLinear("d", "ffn", width, full)
         self.w2 = NestedLinear("ffn", "d", width, full)
         self.drop = nn.Dropout(dropout)
+        self.act = F.gelu if activation == "gelu" else torch.relu
 
     def forward(self, x: torch.Tensor, w: Widths) -> torch.Tensor:
-        return self.drop(self.w2(torch.relu(self.w1(x, w)), w))
+        return self.drop(self.w2(self.act(self.w1(x, w)), w))
 
     def view(self, w: Widths) -> View:
         return _merge(w, w1=self.w1, w2=self.w2)
 
 
 class NestedBlock(nn.Module):
-    """Pre-norm transformer block: h + Attn(LN(h)), then h + FFN(LN(h))."""
+    """Pre-norm transformer block: h + Attn(LN(h)), then h + FFN(LN(h)); or BERT's post-norm
+    block (post_ln): LN(h + Attn(h)), then LN(h + FFN(h))."""
 
     def __init__(self, full: Widths, levels: tuple[int, ...], head_dim: int,
-                 per_level_norm: bool, dropout: float):
+                 per_level_norm: bool, dropout: float, post_ln: bool = False,
+                 activation: str = "relu", eps: float = 1e-5):
         super().__init__()
-        self.ln1 = NestedLayerNorm(levels, per_level_norm)
+        self.post_ln = post_ln
+        self.ln1 = NestedLayerNorm(levels, per_level_norm, eps)
         self.attn = NestedAttention(widths, full, head_dim, dropout)
-        self.ln2 = NestedLayerNorm(levels, per_level_norm)
-        self.ffn = NestedFFN(widths, full, dropout)
+        self.ln2 = NestedLayerNorm(levels, per_level_norm, eps)
+        self.ffn = NestedFFN(widths, full, dropout, activation)
 
     def forward(self, h: torch.Tensor, w: Widths,
                 key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.post_ln:
+            h = self.ln1(h + self.attn(h, w, key_bias), w.dim)
+            return self.ln2(h + self.ffn(h, w), w.dim)
         h = h + self.attn(self.ln1(h, w.dim), w, key_bias)
         return h + self.ffn(self.ln2(h, w.dim), w)
 

@@ -51,10 +51,14 @@ class MatryoshkaTransformer(nn.Module):
         if c.pos_encoding == "learned":
             self.pos = nn.Parameter(torch.randn(c.n_tokens, c.d_model) * 0.02)
         per_level = c.norm == "per_level"
+        if c.embed_norm == "layer_norm":
+            self.ln_e = NestedLayerNorm(c.levels, per_level, c.ln_eps)
         self.blocks = nn.ModuleList(
-            NestedBlock(w, c.levels, c.head_dim, per_level, c.dropout) for w in full
+            NestedBlock(w, c.levels, c.head_dim, per_level, c.dropout, c.block == "post_ln",
+                        c.activation, c.ln_eps) for w in full
         )
-        self.ln_f = NestedLayerNorm(c.levels, per_level)
+        if c.block == "pre_ln":  # a post-norm block's output is normalized already
+            self.ln_f = NestedLayerNorm(c.levels, per_level, c.ln_eps)
         self.head = NestedLinear("d", None, lambda k, w: c.n_classes if k is None else
                                  widths(k, w), full[0])
 
@@ -81,8 +85,10 @@ class MatryoshkaTransformer(nn.Module):
             h = F.embedding(x, prefix(self.embed.weight, c.vocab_size, dim))
         n = h.shape[1]
         if c.pos_encoding == "learned":
-            return h + prefix(self.pos, c.n_tokens, dim)[:n]
-        return h + sinusoid(c.n_tokens, dim)[:n]
+            h = h + prefix(self.pos, c.n_tokens, dim)[:n]
+        else:
+            h = h + sinusoid(c.n_tokens, dim)[:n]
+        return self.ln_e(h, dim) if c.embed_norm == "layer_norm" else h
 
     def forward(self, x: torch.Tensor, level: Level = None, return_hidden: bool = False):
         """Logits [batch, n_classes] at `level`: a width, a Spec, or None (d_model).
@@ -93,6 +99,15 @@ class MatryoshkaTransformer(nn.Module):
         With return_hidden, also the list of every block's output h^(l,i), [batch, n, dim].
         """
         spec = self.check_level(level)
+        pooled, hidden = self.encode(x, spec)
+        logits = self.head(pooled, Widths(spec.dim, spec.dim, spec.dim))
+        return (logits, hidden) if return_hidden else logits
+
+    def encode(self, x: torch.Tensor, level: Level = None
+               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The pooled representation [batch, dim] that the head reads (an imported encoder's
+        sentence embedding), and every block's output."""
+        spec = self.check_level(level)
         dim = spec.dim
         h = self.tokens(x, dim)
         mask = self.mask(x)
@@ -101,14 +116,14 @@ class MatryoshkaTransformer(nn.Module):
         for block, w in zip(self.blocks, self.layer_widths(spec)):
             h = block(h, w, key_bias)
             hidden.append(h)
-        h = self.ln_f(h, dim)
+        if self.config.block == "pre_ln":
+            h = self.ln_f(h, dim)
+        if self.config.pooling == "cls":
+            return h[:, 0], hidden
         if mask is None:
-            pooled = h.mean(dim=1)
-        else:
-            m = mask.unsqueeze(-1).to(h.dtype)
-            pooled = (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
-        logits = self.head(pooled, Widths(dim, dim, dim))
-        return (logits, hidden) if return_hidden else logits
+            return h.mean(dim=1), hidden
+        m = mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0), hidden
 
     def mask(self, x: torch.Tensor) -> torch.Tensor | None:
         """[batch, n] True at real tokens, for text input; None for every other kind."""
@@ -120,7 +135,8 @@ class MatryoshkaTransformer(nn.Module):
         spec = self.check_level(level)
         dim = spec.dim
         top = Widths(dim, dim, dim)
-        out = _merge(top, ln_f=self.ln_f, head=self.head)
+        norms = {name: getattr(self, name) for name in ("ln_e", "ln_f") if hasattr(self, name)}
+        out = _merge(top, head=self.head, **norms)
         for i, (block, w) in enumerate(zip(self.blocks, self.layer_widths(spec))):
             out.update(_merge(w, **{f"blocks.{i}": block}))
         if c.input_kind == "image":
