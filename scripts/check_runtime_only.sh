@@ -48,5 +48,18 @@ cmp "$tmp/rt-text.json" "$tmp/full-text.json"
 $RT/bin/python -c "
 import json; out = json.load(open('$tmp/rt-text.json'))
 assert len(out['label_names']) == 2 and set(out['label_names']) <= {'ham', 'spam'}, out"
-echo "runtime-only check: torch and onnx absent, matryoshka predict (arrays and --text) agrees" \
-  "with the full install"
+# an imported pretrained encoder (a tiny random BERT folder, WordPiece with [CLS]/[SEP])
+.venv/bin/python -c "
+from tests.model.tiny_bert import make_tiny_bert, texts
+make_tiny_bert('$tmp/bert')
+rows = ['text,label'] + [f'{t} free prize,spam' if i % 2 else f'{t} lunch,ham'
+                         for i, t in enumerate(texts(700))]
+open('$tmp/bert.csv', 'w').write(chr(10).join(rows) + chr(10))"
+.venv/bin/matryoshka train --data "$tmp/bert.csv" --pretrained "$tmp/bert" --max-len 16 \
+  --epochs 1 --out "$tmp/bck" --no-progress > /dev/null
+.venv/bin/mexport --checkpoint "$tmp/bck" --out "$tmp/bexp" --no-progress > /dev/null
+$RT/bin/matryoshka predict "$tmp/bexp" "${texts[@]}" --device cpu --json > "$tmp/rt-bert.json"
+.venv/bin/matryoshka predict "$tmp/bexp" "${texts[@]}" --device cpu --json > "$tmp/full-bert.json"
+cmp "$tmp/rt-bert.json" "$tmp/full-bert.json"
+echo "runtime-only check: torch and onnx absent, matryoshka predict (arrays, --text, and --text" \
+  "on an imported BERT) agrees with the full install"

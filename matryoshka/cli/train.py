@@ -73,12 +73,18 @@ POSITIVE = click.IntRange(min=1)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--init-from", default=None, help="Start from this checkpoint's config and "
               "weights (fine-tuning); the size options are then ignored.")
+@click.option("--pretrained", default=None, metavar="FOLDER",
+              help="Raw text: start from this pretrained Hugging Face BERT-family encoder "
+              "(config.json, model.safetensors, tokenizer.json; e.g. the folder "
+              "scripts/fetch_pretrained.sh unpacks), with its own tokenizer and a new "
+              "classifier head; the size and tokenizer options are then ignored.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train(preset_name, data, text_column, label_column, split_seed, out, levels, d_model,
           layers, head_dim, d_mid, ffn_mult, max_len, vocab_size, tokenizer_model,
           no_lowercase, name, epochs, batch_size, schedule, alpha, beta, gamma, temperature,
-          distill_direction, lr, lr_scale, seed, init_from, force, no_progress) -> None:
+          distill_direction, lr, lr_scale, seed, init_from, pretrained, force,
+          no_progress) -> None:
     """Train a Matryoshka Transformer and write its checkpoint folder.
 
     Examples:
@@ -87,6 +93,9 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
 
       matryoshka train --data reviews.csv --text-column review --label-column stars
       --levels 32,64,128 --layers 2 --max-len 96 --out artifacts/reviews/checkpoint
+
+      matryoshka train --data artifacts/data/spam.csv --pretrained
+      artifacts/pretrained/all-MiniLM-L6-v2 --max-len 64 --out artifacts/minilm/checkpoint
     """
     import dataclasses
 
@@ -97,9 +106,14 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
 
     check_out_dir(out, force)
     text = is_text_source(data)
+    if pretrained is not None:
+        _check_pretrained_options(text, init_from, levels, preset_name)
+        preset_name = "pretrained"
     preset_name = preset_name or ("text" if text else "demo")
     init = None
-    if init_from is not None:
+    if pretrained is not None:
+        cfg = None  # the pretrained model's, once the classes are known
+    elif init_from is not None:
         from matryoshka.model.checkpoint import load_checkpoint
 
         init, _ = load_checkpoint(init_from)
@@ -114,6 +128,10 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
                   lr_scale=parse_floats(lr_scale, "--lr-scale"),
                   distill_direction=distill_direction)
     recipe = dict(RECIPES.get(preset_name, {})) if init_from is None else {}
+    if pretrained is not None:
+        dataset, record, labels, files, init = _pretrained_data(
+            data, text_column, label_column, split_seed, pretrained, max_len, name, seed)
+        cfg = init.config
     if len(cfg.levels) != len(recipe.get("alpha", cfg.levels)):
         recipe.pop("alpha", None)  # the recipe's alpha was for the preset's own levels
     recipe.update({k: v for k, v in fields.items() if v is not None})
@@ -122,13 +140,15 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
     if tcfg.lr_scale is not None and len(tcfg.lr_scale) != len(cfg.levels):
         raise click.BadParameter(f"needs {len(cfg.levels)} values, one per level",
                                  param_hint="--lr-scale")
-    if text:
+    if pretrained is not None:
+        pass  # read above
+    elif text:
         dataset, record, labels, files, cfg = _text_data(
             data, text_column, label_column, split_seed, vocab_size, tokenizer_model,
             not no_lowercase, cfg, init, init_from)
     else:
         dataset, record, labels, files, cfg = _array_data(data, cfg, init)
-    if init is None:
+    if init is None and pretrained is None:
         stem = "digits" if data == "demo" else Path(data).stem
         cfg = dataclasses.replace(cfg, name=name or f"{stem}-{preset_name}")
     from matryoshka.training import train as run_training
@@ -137,6 +157,39 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
                            data_name=record, init=init, files=files, labels=labels)
     click.echo(level_table(metrics))
     click.echo(f"checkpoint written to {out} ({metrics['train_seconds']:.0f} s of training)")
+
+
+def _check_pretrained_options(text, init_from, levels, preset_name) -> None:
+    from matryoshka.errors import ConfigError
+
+    if not text:
+        raise ConfigError("--pretrained imports a text encoder: --data must be raw text (a "
+                          ".csv or .jsonl file, or a folder of them)")
+    if init_from is not None:
+        raise ConfigError("give --pretrained or --init-from, not both")
+    if preset_name is not None:
+        raise ConfigError("--preset has no meaning with --pretrained: the architecture is "
+                          "the pretrained model's")
+    if levels is not None:
+        raise ConfigError("--levels: an imported encoder is trained at its full width; "
+                          "nesting it by importance (heads and FFN neurons) is not built yet")
+
+
+def _pretrained_data(data, text_column, label_column, split_seed, folder, max_len, name,
+                     seed):
+    """Read the texts, import the encoder with its own tokenizer, encode every split."""
+    from matryoshka.data.source import load_text_record
+    from matryoshka.data.text import load_text
+    from matryoshka.data.tokenizer import encode_dataset
+    from matryoshka.model.bert import import_bert
+
+    text = load_text(data, text_column=text_column, label_column=label_column,
+                     seed=split_seed)
+    model, tokenizer = import_bert(folder, n_classes=len(text.labels), max_len=max_len or 128,
+                                   name=name or f"{Path(data).stem}-{Path(folder).name}",
+                                   seed=seed)
+    files = {"tokenizer.json": tokenizer.to_str().encode()}
+    return encode_dataset(tokenizer, text), load_text_record(text), text.labels, files, model
 
 
 def _array_data(data, cfg, init):

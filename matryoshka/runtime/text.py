@@ -30,9 +30,11 @@ def load_tokenizer(data: bytes):
         raise MatryoshkaError("this export takes raw text, which needs the tokenizers "
                               "package: pip install 'matryoshka[text]'") from None
     try:
-        return Tokenizer.from_str(data.decode("utf-8"))
+        tokenizer = Tokenizer.from_str(data.decode("utf-8"))
     except Exception as e:  # tokenizers raises its own exception types
         raise ConfigError(f"tokenizer.json cannot be loaded ({e})") from None
+    tokenizer.no_padding()  # `pad` pads, per batch: a file's fixed padding would cost time
+    return tokenizer
 
 
 def check_texts(texts) -> list[str]:

@@ -96,6 +96,9 @@ RECIPES: dict[str, dict] = {
     "text": dict(epochs=5, batch_size=32, lr=3e-3, alpha=(1.0, 1.0, 1.0, 2.0),
                  distill_direction="teacher"),
     "tiny-text": dict(epochs=6, batch_size=32, lr=3e-3),
+    # An imported pretrained encoder (train --pretrained): BERT's fine-tuning recipe, a small
+    # learning rate for a few epochs (README, "Start from a pretrained encoder").
+    "pretrained": dict(epochs=2, batch_size=16, lr=5e-5, warmup=0.1, weight_decay=0.01),
 }
 
 
@@ -353,6 +356,9 @@ def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, d: Dist, 
                     sums[k] += float(terms[k].detach()) / steps_per_epoch
                 step += 1
                 bar.update(1)
+                if b % 10 == 9 or b == steps_per_epoch - 1:  # the epoch's mean loss so far
+                    mean = sums["total"] * steps_per_epoch / (b + 1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{mean:.4f}", refresh=False)
             check_finite_loss(sums["total"], epoch, tcfg, d)
             val = evaluate(model, *data["val"], d=d)
             mean_acc = float(np.mean([v["accuracy"] for v in val.values()]))
@@ -367,7 +373,8 @@ def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, d: Dist, 
             if logf is not None:
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
-            bar.set_postfix(val_acc=f"{mean_acc:.3f}")
+            bar.set_postfix(epoch=epoch + 1, loss=f"{sums['total']:.4f}",
+                            val_acc=f"{mean_acc:.3f}")
     finally:
         bar.close()
         if logf is not None:
