@@ -188,3 +188,41 @@ def test_node_example_errors_are_one_line_exit_2(digits_export, tmp_path, case, 
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
+
+
+@pytest.fixture(scope="module")
+def bert_export(tmp_path_factory):
+    """An imported tiny BERT (WordPiece; [CLS] and [SEP] from its post-processor), exported."""
+    from tests.model.tiny_bert import make_tiny_bert, texts
+
+    d = tmp_path_factory.mktemp("js-bert")
+    folder = make_tiny_bert(d / "bert")
+    lines = ["text,label"] + [f"{t} free prize,spam" if i % 2 else f"{t} lunch,ham"
+                              for i, t in enumerate(texts(700))]
+    (d / "data.csv").write_text("\n".join(lines) + "\n")
+    r = CliRunner().invoke(cli, ["train", "--data", str(d / "data.csv"), "--pretrained",
+                                 str(folder), "--max-len", "16", "--epochs", "1",
+                                 "--out", str(d / "ck"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(mexport, ["--checkpoint", str(d / "ck"), "--out", str(d / "exp"),
+                                     "--no-progress"])
+    assert r.exit_code == 0, r.output
+    return d / "exp"
+
+
+def test_a_pretrained_wordpiece_tokenizer_with_special_tokens_runs_as_in_python(
+        bert_export, tmp_path):
+    """[CLS] text [SEP], truncated to max_len around the special tokens, in Node as in
+    Python; and the answers equal."""
+    run = _runner("node")
+    rt = Runtime.open(bert_export, device="cpu")
+    path = tmp_path / "edge.json"
+    path.write_text(json.dumps({"texts": EDGE_TEXTS}))
+    answers = run(bert_export, path, "fp32")["answers"]
+    from matryoshka.runtime.text import encode
+
+    want = [r.tolist() for r in encode(rt.tokenizer, EDGE_TEXTS)]
+    assert [a["ids"] for a in answers] == want
+    assert want[-1][0] == 2 and want[-1][-1] == 3 and len(want[-1]) == 16
+    py = rt.predict(EDGE_TEXTS)
+    assert [a["label"] for a in answers] == py.labels.tolist()

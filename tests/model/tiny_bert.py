@@ -1,0 +1,79 @@
+"""A tiny random BERT-family model folder, made by the tests themselves (no hub, no download):
+config.json (model_type bert), model.safetensors with BertModel's tensor names, a WordPiece
+tokenizer.json whose post-processor adds [CLS] and [SEP], and 1_Pooling/config.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+WORDS = ("free money now click here prize win claim offer lunch meeting thursday friday "
+         "the a and to of is you we are at on for your please reply thanks patch").split()
+
+
+def make_tiny_bert(folder: str | Path, pooling: str = "mean", hidden: int = 32, layers: int = 2,
+                   heads: int = 4, ffn: int = 64, positions: int = 64, seed: int = 0,
+                   prefix: str = "") -> Path:
+    from safetensors.numpy import save_file
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    folder = Path(folder)
+    (folder / "1_Pooling").mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS)) + [
+        f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz!?.,")
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.enable_truncation(max_length=positions)
+    tok.save(str(folder / "tokenizer.json"))
+    cfg = {"architectures": ["BertModel"], "model_type": "bert", "hidden_size": hidden,
+           "num_hidden_layers": layers, "num_attention_heads": heads,
+           "intermediate_size": ffn, "vocab_size": len(vocab) + 3,
+           "max_position_embeddings": positions, "type_vocab_size": 2, "hidden_act": "gelu",
+           "layer_norm_eps": 1e-12, "pad_token_id": 0, "hidden_dropout_prob": 0.1,
+           "position_embedding_type": "absolute"}
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean"}))
+    rng = np.random.default_rng(seed)
+
+    def t(*shape, scale=0.5):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    w = {"embeddings.word_embeddings.weight": t(cfg["vocab_size"], hidden),
+         "embeddings.position_embeddings.weight": t(positions, hidden),
+         "embeddings.token_type_embeddings.weight": t(2, hidden),
+         "embeddings.LayerNorm.weight": 1 + t(hidden, scale=0.1),
+         "embeddings.LayerNorm.bias": t(hidden, scale=0.1),
+         "embeddings.position_ids": np.arange(positions, dtype=np.int64)[None],
+         "pooler.dense.weight": t(hidden, hidden), "pooler.dense.bias": t(hidden)}
+    for i in range(layers):
+        p = f"encoder.layer.{i}."
+        for name in ("query", "key", "value"):
+            w[f"{p}attention.self.{name}.weight"] = t(hidden, hidden, scale=hidden ** -0.5)
+            w[f"{p}attention.self.{name}.bias"] = t(hidden, scale=0.3)
+        w.update({f"{p}attention.output.dense.weight": t(hidden, hidden, scale=hidden ** -0.5),
+                  f"{p}attention.output.dense.bias": t(hidden, scale=0.1),
+                  f"{p}attention.output.LayerNorm.weight": 1 + t(hidden, scale=0.1),
+                  f"{p}attention.output.LayerNorm.bias": t(hidden, scale=0.1),
+                  f"{p}intermediate.dense.weight": t(ffn, hidden, scale=hidden ** -0.5),
+                  f"{p}intermediate.dense.bias": t(ffn, scale=0.1),
+                  f"{p}output.dense.weight": t(hidden, ffn, scale=ffn ** -0.5),
+                  f"{p}output.dense.bias": t(hidden, scale=0.1),
+                  f"{p}output.LayerNorm.weight": 1 + t(hidden, scale=0.1),
+                  f"{p}output.LayerNorm.bias": t(hidden, scale=0.1)})
+    save_file({prefix + k: v for k, v in w.items()}, str(folder / "model.safetensors"))
+    return folder
+
+
+def texts(n: int, seed: int = 0) -> list[str]:
+    """n texts of 1 to 40 words, so that a batch of them is padded."""
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 41)))) + rng.choice(["", "!", "?"])
+            for _ in range(n)]
