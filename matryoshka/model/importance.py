@@ -1,0 +1,109 @@
+"""Importance of attention heads and FFN neurons, and the exact reordering that puts the most
+important first (DynaBERT's rewiring), so that a prefix of the heads and neurons keeps what
+matters most.
+
+- A head's importance is |dL/dxi_h|, the gradient of the loss with respect to a mask xi_h = 1
+  on the head's output (Michel et al., 2019), summed over batches as DynaBERT does: the input
+  of the output projection, times its gradient, summed over the head's features.
+- A neuron's importance is the first-order Taylor score of its outgoing weights,
+  |sum_i W2[i, j] dL/dW2[i, j]|, which equals the same mask gradient on its activation.
+
+Reordering permutes the rows of q, k, v (by whole heads) and the columns of o, and the rows of
+the FFN's first matrix and the columns of its second: the model computes the same function
+(up to the order of float additions; tests/model/test_importance.py checks 1e-5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+
+from matryoshka.model.transformer import MatryoshkaTransformer
+
+
+def importance(model: MatryoshkaTransformer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+               loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(heads [layers, heads], neurons [layers, ffn]) importance of the full model on
+    `batches` of (x, y); loss defaults to cross-entropy of the full level's logits."""
+    loss = loss or torch.nn.functional.cross_entropy
+    c = model.config
+    n_heads = c.d_model // c.head_dim
+    heads = np.zeros((c.n_layers, n_heads))
+    neurons = np.zeros((c.n_layers, model.blocks[0].ffn.w1.weight.shape[0]))
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(module, inputs):
+            t = inputs[0]
+            t.retain_grad()
+            seen[name] = t
+        return hook
+
+    handles = []
+    for i, block in enumerate(model.blocks):
+        handles.append(block.attn.o.register_forward_pre_hook(keep(f"attn{i}")))
+        handles.append(block.ffn.w2.register_forward_pre_hook(keep(f"ffn{i}")))
+    was_training = model.training
+    model.eval()  # no dropout: the scores of the function that is deployed
+    try:
+        for x, y in batches:
+            seen.clear()
+            model.zero_grad(set_to_none=True)
+            loss(model(x), y).backward()
+            for i in range(c.n_layers):
+                a = seen[f"attn{i}"]
+                per_feature = (a * a.grad).detach().sum(dim=tuple(range(a.ndim - 1)))
+                heads[i] += per_feature.reshape(n_heads, c.head_dim).sum(1).abs().numpy()
+                f = seen[f"ffn{i}"]
+                neurons[i] += (f * f.grad).detach().sum(dim=tuple(range(f.ndim - 1))).abs().numpy()
+    finally:
+        for h in handles:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return heads, neurons
+
+
+def order(scores: np.ndarray) -> np.ndarray:
+    """Indices from the most to the least important (stable: ties keep their order)."""
+    return np.argsort(-scores, kind="stable")
+
+
+@torch.no_grad()
+def reorder(model: MatryoshkaTransformer, head_order: np.ndarray,
+            neuron_order: np.ndarray) -> MatryoshkaTransformer:
+    """Permute every layer's heads (head_order [layers, heads]) and FFN neurons
+    (neuron_order [layers, ffn]) in place; returns the model."""
+    hd = model.config.head_dim
+    for i, block in enumerate(model.blocks):
+        rows = torch.as_tensor(
+            (np.asarray(head_order[i])[:, None] * hd + np.arange(hd)).reshape(-1))
+        attn = block.attn
+        for lin in (attn.q, attn.k, attn.v):
+            lin.weight.copy_(lin.weight[rows])
+            if lin.bias is not None:
+                lin.bias.copy_(lin.bias[rows])
+        attn.o.weight.copy_(attn.o.weight[:, rows])
+        cols = torch.as_tensor(np.asarray(neuron_order[i]))
+        ffn = block.ffn
+        ffn.w1.weight.copy_(ffn.w1.weight[cols])
+        ffn.w1.bias.copy_(ffn.w1.bias[cols])
+        ffn.w2.weight.copy_(ffn.w2.weight[:, cols])
+    return model
+
+
+def rewire(model: MatryoshkaTransformer, batches, loss=None) -> dict:
+    """Score the heads and neurons on `batches`, then reorder the model by importance; returns
+    the scores and the orders (for the checkpoint's metrics)."""
+    heads, neurons = importance(model, batches, loss)
+    head_order = np.stack([order(h) for h in heads])
+    neuron_order = np.stack([order(n) for n in neurons])
+    reorder(model, head_order, neuron_order)
+    return {"head_importance": heads.tolist(), "head_order": head_order.tolist(),
+            "neuron_order": neuron_order.tolist()}
+
+
+__all__ = ["importance", "order", "reorder", "rewire"]
