@@ -164,8 +164,14 @@ class Runtime:
                 rt.graph_bytes(name)
         if manifest.get("tokenizer"):
             read_named(rt.folder, manifest["tokenizer"])  # a wrong tokenizer fails the open
-        if device == "auto" and CUDA not in providers:
-            log.warning("device='auto': CUDA is not available here, running on the CPU")
+        if device == "auto" and CUDA in providers:
+            # onnxruntime-gpu is installed, so the user expects the GPU: say when it did not
+            # start (a CPU-only onnxruntime has no CUDA provider, and auto is then quiet)
+            active = rt.active_providers()
+            if not active or active[0] != CUDA:
+                log.warning("device='auto': onnxruntime-gpu is installed but CUDA did not "
+                            "start (active: %s), so this runs on the CPU; the CUDA or cuDNN "
+                            "libraries are probably missing", ", ".join(active))
         return rt
 
     # -- files and sessions -------------------------------------------------------------------

@@ -96,6 +96,32 @@ def test_cuda_on_a_machine_without_cuda(tiny_export_dir):
         Runtime.open(tiny_export_dir, device="cuda")
 
 
+def test_auto_on_a_cpu_only_install_is_quiet(tiny_export_dir, caplog):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider: not a CPU-only install")
+    with caplog.at_level("WARNING"):
+        rt = Runtime.open(tiny_export_dir)  # device='auto', the default
+        rt.predict(np.zeros((2, 8, 8), np.float32), thresholds=[0.5, 0.5])
+    assert "CUDA" not in caplog.text and rt.active_providers() == ["CPUExecutionProvider"]
+
+
+def test_auto_with_the_gpu_package_but_no_gpu_warns_once(tiny_export_dir, caplog,
+                                                          monkeypatch):
+    """onnxruntime-gpu lists CUDA as available; on a machine whose CUDA libraries are missing
+    the session falls back to the CPU, which the user should hear about, once."""
+    import matryoshka.runtime.providers as providers
+
+    available = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(providers.ort, "get_available_providers", lambda: available)
+    with caplog.at_level("WARNING"):
+        rt = Runtime.open(tiny_export_dir)
+        rt.predict(np.zeros((2, 8, 8), np.float32), thresholds=[0.5, 0.5])
+    assert caplog.text.count("onnxruntime-gpu is installed but CUDA did not start") == 1
+    assert rt.active_providers()[0] == "CPUExecutionProvider"
+
+
 @pytest.mark.parametrize("bad,fragment", [
     (np.zeros((3, 8, 7)), "axis 2 must be 8"),
     (np.zeros((8, 8)), "add a batch axis"),
