@@ -15,6 +15,31 @@ class InputError(DataError):
     """An input that does not fit the exported graphs."""
 
 
+def as_array(x) -> np.ndarray:
+    """np.asarray(x), or InputError naming the row shapes when x is ragged (rows of different
+    lengths) or otherwise not one array."""
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as e:
+        try:
+            rows = list(x)
+        except TypeError:
+            raise InputError(f"input of type {type(x).__name__} cannot be made one array "
+                             f"({e})") from None
+        shapes = []
+        for row in rows[:8]:
+            try:
+                shapes.append(str(np.shape(row)))
+            except (ValueError, TypeError):  # a row that is itself ragged
+                shapes.append(f"ragged {type(row).__name__}")
+        more = f", ... ({len(rows)} rows)" if len(rows) > 8 else ""
+        raise InputError(f"input rows differ in shape ({', '.join(shapes)}{more}); every row "
+                         "must have the same shape (pad token ids to one length, or pass "
+                         "strings to a text export)") from None
+
+
 def check_input(x, spec: dict, finite: bool = True) -> np.ndarray:
     """Return x as the dtype the graphs take, or raise InputError saying what is wrong.
 
@@ -26,7 +51,7 @@ def check_input(x, spec: dict, finite: bool = True) -> np.ndarray:
     ...     "shape": ["batch", 8, 8], "kind": "image"}).dtype
     dtype('float32')
     """
-    x = np.asarray(x)
+    x = as_array(x)
     shape = spec["shape"]
     want = np.dtype(spec["dtype"])
     kind = x.dtype.kind  # b: bool, i/u: integers, f: floats, c: complex; dtype.kind is cheap

@@ -96,6 +96,20 @@ def test_cuda_on_a_machine_without_cuda(tiny_export_dir):
         Runtime.open(tiny_export_dir, device="cuda")
 
 
+@pytest.mark.parametrize("bad,fragment", [
+    ([[1, 2], [3]], "input rows differ in shape ((2,), (1,))"),
+    ([np.zeros((8, 8)), np.zeros((8, 7))], "input rows differ in shape ((8, 8), (8, 7))"),
+    ([[1, 2], [3, [4]]], "input rows differ in shape ((2,), ragged list)"),
+    (None, "input dtype object cannot be converted to float32"),
+    ({"x": 1}, "input dtype object cannot be converted to float32"),
+])
+def test_inputs_numpy_cannot_make_one_array_get_our_error(rt, bad, fragment):
+    """A ragged list is a traceback from numpy (ValueError) unless the runtime catches it."""
+    with pytest.raises(InputError) as e:
+        rt.predict(bad)
+    assert fragment in str(e.value)
+
+
 def test_auto_on_a_cpu_only_install_is_quiet(tiny_export_dir, caplog):
     import onnxruntime as ort
 
