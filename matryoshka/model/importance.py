@@ -2,11 +2,13 @@
 important first (DynaBERT's rewiring), so that a prefix of the heads and neurons keeps what
 matters most.
 
-- A head's importance is |dL/dxi_h|, the gradient of the loss with respect to a mask xi_h = 1
-  on the head's output (Michel et al., 2019), summed over batches as DynaBERT does: the input
-  of the output projection, times its gradient, summed over the head's features.
-- A neuron's importance is the first-order Taylor score of its outgoing weights,
-  |sum_i W2[i, j] dL/dW2[i, j]|, which equals the same mask gradient on its activation.
+- A head's importance is I_h = sum_x |dL/dxi_h|, the gradient of the loss with respect to a
+  mask xi_h = 1 on the head's output (Michel et al., 2019), per example: the input of the
+  output projection times its gradient, summed over the head's features and positions.
+- A neuron's importance is the first-order Taylor score of its weights over the whole split,
+  I_j = |sum W1[j, :] dL/dW1[j, :] + b1_j dL/db1_j| + |sum W2[:, j] dL/dW2[:, j]|: the first
+  term is sum pre_j dL/dpre_j of its pre-activation, the second sum a_j dL/da_j of its
+  activation.
 
 Reordering permutes the rows of q, k, v (by whole heads) and the columns of o, and the rows of
 the FFN's first matrix and the columns of its second: the model computes the same function
@@ -27,7 +29,8 @@ def importance(model: MatryoshkaTransformer, batches: Iterable[tuple[torch.Tenso
                loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                ) -> tuple[np.ndarray, np.ndarray]:
     """(heads [layers, heads], neurons [layers, ffn]) importance of the full model on
-    `batches` of (x, y); loss defaults to cross-entropy of the full level's logits."""
+    `batches` of (x, y); loss(logits, y, reduction="sum") defaults to cross-entropy of the
+    full level's logits (a sum over the batch, so that per-example terms add up)."""
     loss = loss or torch.nn.functional.cross_entropy
     c = model.config
     n_heads = c.d_model // c.head_dim
@@ -45,20 +48,26 @@ def importance(model: MatryoshkaTransformer, batches: Iterable[tuple[torch.Tenso
     handles = []
     for i, block in enumerate(model.blocks):
         handles.append(block.attn.o.register_forward_pre_hook(keep(f"attn{i}")))
-        handles.append(block.ffn.w2.register_forward_pre_hook(keep(f"ffn{i}")))
+        handles.append(block.ffn.w2.register_forward_pre_hook(keep(f"act{i}")))
+        handles.append(block.ffn.w1.register_forward_hook(
+            lambda module, inputs, out, i=i: keep(f"pre{i}")(module, (out,))))
+    pre_sum, act_sum = np.zeros_like(neurons), np.zeros_like(neurons)
     was_training = model.training
     model.eval()  # no dropout: the scores of the function that is deployed
     try:
         for x, y in batches:
             seen.clear()
             model.zero_grad(set_to_none=True)
-            loss(model(x), y).backward()
+            loss(model(x), y, reduction="sum").backward()
             for i in range(c.n_layers):
-                a = seen[f"attn{i}"]
-                per_feature = (a * a.grad).detach().sum(dim=tuple(range(a.ndim - 1)))
-                heads[i] += per_feature.reshape(n_heads, c.head_dim).sum(1).abs().numpy()
-                f = seen[f"ffn{i}"]
-                neurons[i] += (f * f.grad).detach().sum(dim=tuple(range(f.ndim - 1))).abs().numpy()
+                a = seen[f"attn{i}"]  # [batch, n, heads * head_dim]
+                per_sample = (a * a.grad).detach().sum(dim=1)
+                heads[i] += per_sample.reshape(len(a), n_heads, c.head_dim).sum(2).abs(
+                    ).sum(0).numpy()
+                for name, acc in (("pre", pre_sum), ("act", act_sum)):
+                    t = seen[f"{name}{i}"]
+                    acc[i] += (t * t.grad).detach().sum(dim=tuple(range(t.ndim - 1))).numpy()
+        neurons[:] = np.abs(pre_sum) + np.abs(act_sum)
     finally:
         for h in handles:
             h.remove()

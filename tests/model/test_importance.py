@@ -40,10 +40,11 @@ def test_reordering_changes_nothing_in_the_full_model(bert):
 
 
 def test_the_head_score_is_the_gradient_of_a_head_mask(bert):
-    """Masking head h by xi: d loss / d xi at xi = 1, by finite differences."""
+    """Masking head h by xi: |d loss / d xi| at xi = 1 for one example, by finite
+    differences."""
     model, batches = bert
-    heads, _ = importance(model, batches[:1])
-    x, y = batches[0]
+    x, y = batches[0][0][:1], batches[0][1][:1]
+    heads, _ = importance(model, [(x, y)])
     hd, layer, h = model.config.head_dim, 1, 2
     o = model.blocks[layer].attn.o
 
@@ -78,3 +79,21 @@ def test_rewiring_puts_the_most_important_first_and_keeps_the_function(bert):
     heads, neurons = importance(model, batches)
     for scores in (*heads, *neurons):
         assert list(order(scores)) == list(range(len(scores)))  # already in order
+
+
+def test_the_neuron_score_is_the_taylor_score_of_its_weights(bert):
+    """I_j = |sum W1[j,:] dL/dW1[j,:] + b1_j dL/db1_j| + |sum W2[:,j] dL/dW2[:,j]| over the
+    split, from the parameters' own gradients."""
+    model, batches = bert
+    _, neurons = importance(model, batches)
+    model.eval()
+    model.zero_grad()
+    for x, y in batches:
+        torch.nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
+    for i, block in enumerate(model.blocks):
+        w1, w2 = block.ffn.w1, block.ffn.w2
+        incoming = (w1.weight * w1.weight.grad).sum(1) + w1.bias * w1.bias.grad
+        outgoing = (w2.weight * w2.weight.grad).sum(0)
+        want = (incoming.abs() + outgoing.abs()).detach().numpy()
+        np.testing.assert_allclose(neurons[i], want, rtol=1e-3, atol=1e-6)
+    model.zero_grad()
