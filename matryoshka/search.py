@@ -77,8 +77,7 @@ def spec_params(model: MatryoshkaTransformer, spec: Spec) -> int:
 # -- the walks (pure) --------------------------------------------------------------------------
 def granularities(config: MatryoshkaConfig) -> tuple[list[int], list[int]]:
     """The trained FFN widths and head counts, smallest first: what a layer may use."""
-    return (sorted({config.ffn_width(d) for d in config.levels}),
-            sorted({d // config.head_dim for d in config.levels}))
+    return config.ffn_widths(), config.head_counts()
 
 
 def narrowings(config: MatryoshkaConfig, spec: Spec) -> list[Spec]:
@@ -124,14 +123,14 @@ def greedy_walk(config: MatryoshkaConfig, accuracy: Callable[[Spec], float]) -> 
 
 def exhaustive_count(config: MatryoshkaConfig) -> int:
     widths, counts = granularities(config)
-    return len(config.levels) * (len(widths) * len(counts)) ** config.n_layers
+    return len(config.dims()) * (len(widths) * len(counts)) ** config.n_layers
 
 
 def exhaustive_specs(config: MatryoshkaConfig) -> Iterator[Spec]:
     """Every spec: each trained dim with every FFN width and head count in every layer."""
     widths, counts = granularities(config)
     n = config.n_layers
-    for dim in config.levels:
+    for dim in config.dims():
         for ffn in itertools.product(widths, repeat=n):
             for heads in itertools.product(counts, repeat=n):
                 yield Spec(dim, ffn, heads)
@@ -158,7 +157,7 @@ def _check_method(config: MatryoshkaConfig, method: str, max_candidates: int) ->
         widths, counts = granularities(config)
         raise ConfigError(
             f"an exhaustive search would score {exhaustive_count(config)} specs "
-            f"({len(config.levels)} dims x ({len(widths)} FFN widths x {len(counts)} head "
+            f"({len(config.dims())} dims x ({len(widths)} FFN widths x {len(counts)} head "
             f"counts) ^ {config.n_layers} layers), more than the limit of {max_candidates}; "
             "use --method greedy or raise --max-candidates")
 
@@ -285,7 +284,7 @@ def results(model: MatryoshkaTransformer, accuracy: dict[Spec, float],
         return {"spec": spec.to_dict(), "flops_per_sample": flops_per_sample(cfg, spec),
                 "params": spec_params(model, spec), "accuracy": accuracy[spec]}
 
-    levels = [{"name": str(d), **entry(cfg.spec(d))} for d in cfg.levels]
+    levels = [{"name": cfg.level_name(d), **entry(cfg.spec(d))} for d in cfg.levels]
     candidates = [entry(s) for s in accuracy]
     front = frontier(levels, candidates)
     return {"levels": levels, "candidates": candidates, "frontier": front,

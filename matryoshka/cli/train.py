@@ -72,18 +72,23 @@ POSITIVE = click.IntRange(min=1)
               "eta_i = eta0*sqrt(d/d_i)*lambda_i.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--init-from", default=None, help="Start from this checkpoint's config and "
-              "weights (fine-tuning); the size options are then ignored.")
+              "weights (fine-tuning); the size options are then ignored, but for --levels on "
+              "an encoder fine-tuned by --pretrained, which nests it by heads.")
 @click.option("--pretrained", default=None, metavar="FOLDER",
               help="Raw text: start from this pretrained Hugging Face BERT-family encoder "
               "(config.json, model.safetensors, tokenizer.json; e.g. the folder "
               "scripts/fetch_pretrained.sh unpacks), with its own tokenizer and a new "
               "classifier head; the size and tokenizer options are then ignored.")
+@click.option("--rewire/--no-rewire", default=True, show_default=True,
+              help="With --init-from an imported encoder and --levels (numbers of heads): "
+              "reorder each layer's heads and FFN neurons by importance on the training split "
+              "first, so that every level's prefix holds the most important.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train(preset_name, data, text_column, label_column, split_seed, out, levels, d_model,
           layers, head_dim, d_mid, ffn_mult, max_len, vocab_size, tokenizer_model,
           no_lowercase, name, epochs, batch_size, schedule, alpha, beta, gamma, temperature,
-          distill_direction, lr, lr_scale, seed, init_from, pretrained, force,
+          distill_direction, lr, lr_scale, seed, init_from, pretrained, rewire, force,
           no_progress) -> None:
     """Train a Matryoshka Transformer and write its checkpoint folder.
 
@@ -95,7 +100,10 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
       --levels 32,64,128 --layers 2 --max-len 96 --out artifacts/reviews/checkpoint
 
       matryoshka train --data artifacts/data/spam.csv --pretrained
-      artifacts/pretrained/all-MiniLM-L6-v2 --max-len 64 --out artifacts/minilm/checkpoint
+      artifacts/pretrained/all-MiniLM-L6-v2 --out artifacts/minilm/teacher
+
+      matryoshka train --data artifacts/data/spam.csv --init-from artifacts/minilm/teacher
+      --levels 3,6,9,12 --out artifacts/minilm/checkpoint   (nested by heads)
     """
     import dataclasses
 
@@ -117,6 +125,10 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
         from matryoshka.model.checkpoint import load_checkpoint
 
         init, _ = load_checkpoint(init_from)
+        if levels is not None:  # nest an imported encoder's heads and FFN (DynaBERT)
+            from matryoshka.model.bert import nest_by_heads
+
+            init = nest_by_heads(init, parse_levels(levels))
         cfg = init.config
     else:
         cfg = resize(preset(preset_name), d_model=d_model,
@@ -128,6 +140,8 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
                   lr_scale=parse_floats(lr_scale, "--lr-scale"),
                   distill_direction=distill_direction)
     recipe = dict(RECIPES.get(preset_name, {})) if init_from is None else {}
+    if init is not None and cfg.nesting == "heads":  # nesting a fine-tuned encoder
+        recipe = dict(RECIPES["pretrained"], distill_direction="teacher")
     if pretrained is not None:
         dataset, record, labels, files, init = _pretrained_data(
             data, text_column, label_column, split_seed, pretrained, max_len, name, seed)
@@ -148,6 +162,8 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
             not no_lowercase, cfg, init, init_from)
     else:
         dataset, record, labels, files, cfg = _array_data(data, cfg, init)
+    if init is not None and levels is not None and rewire:
+        _rewire(init, dataset, tcfg.batch_size, no_progress)
     if init is None and pretrained is None:
         stem = "digits" if data == "demo" else Path(data).stem
         cfg = dataclasses.replace(cfg, name=name or f"{stem}-{preset_name}")
@@ -157,6 +173,26 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
                            data_name=record, init=init, files=files, labels=labels)
     click.echo(level_table(metrics))
     click.echo(f"checkpoint written to {out} ({metrics['train_seconds']:.0f} s of training)")
+
+
+def _rewire(model, dataset, batch_size: int, no_progress: bool, rows: int = 2048) -> None:
+    """Reorder the heads and FFN neurons by importance on (up to `rows` of) the training
+    split: scored by the full model, so the smallest prefixes keep what it uses most."""
+    import numpy as np
+    import torch
+
+    from matryoshka.model.importance import rewire
+
+    x, y = dataset["train"]
+    keep = np.random.default_rng(0).permutation(len(x))[:rows]
+    x, y = torch.as_tensor(x[keep]), torch.as_tensor(y[keep], dtype=torch.long)
+    batches = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    if not no_progress:
+        click.echo(f"rewiring: scoring heads and FFN neurons on {len(x)} training rows",
+                   err=True)
+    info = rewire(model, batches)
+    click.echo("rewired by importance; heads of layer 0, most important first: "
+               f"{info['head_order'][0]}", err=True)
 
 
 def _check_pretrained_options(text, init_from, levels, preset_name) -> None:
@@ -171,8 +207,9 @@ def _check_pretrained_options(text, init_from, levels, preset_name) -> None:
         raise ConfigError("--preset has no meaning with --pretrained: the architecture is "
                           "the pretrained model's")
     if levels is not None:
-        raise ConfigError("--levels: an imported encoder is trained at its full width; "
-                          "nesting it by importance (heads and FFN neurons) is not built yet")
+        raise ConfigError("--levels with --pretrained: fine-tune the full width first (it is "
+                          "the teacher), then nest it: train --init-from THAT_CHECKPOINT "
+                          "--levels 3,6,9,12 (numbers of heads)")
 
 
 def _pretrained_data(data, text_column, label_column, split_seed, folder, max_len, name,

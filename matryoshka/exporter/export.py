@@ -68,20 +68,25 @@ EXPORT_QUANTIZE = ("none", "dynamic", "dynamic-pc", "dynamic-shared", "dynamic-p
 MIN_OPSET, MAX_OPSET = 17, 20
 
 
-def check_export_levels(levels: tuple[int, ...], head_dim: int, d_model: int,
-                        trained: tuple[int, ...]) -> list[int]:
-    """Validate the requested levels; return those that were not trained (to warn about)."""
-    validate_levels(levels, head_dim, d_model, trained=False)
-    return [d for d in levels if d not in trained]
+def check_export_levels(levels: tuple[int, ...], cfg) -> list[int]:
+    """Validate the requested levels (widths, or head counts for an encoder nested by heads);
+    return those that were not trained (to warn about)."""
+    if cfg.nesting == "heads":
+        for h in levels:
+            cfg.spec(h)  # 1 .. n_heads, with a whole FFN width
+        validate_levels(levels, 1, cfg.n_heads, trained=False)  # increasing
+    else:
+        validate_levels(levels, cfg.head_dim, cfg.d_model, trained=False)
+    return [d for d in levels if d not in cfg.levels]
 
 
 def plan_levels(cfg, levels: tuple[int, ...],
                 mixes: list[tuple[str, Spec]]) -> list[tuple[str, int | Spec]]:
     """The levels to export as (name, level), ordered by FLOPs: each width named by itself,
     each Mix'n'Match spec checked against the trained granularities under its own name."""
-    items: list[tuple[str, int | Spec]] = [(str(d), d) for d in levels]
-    taken = {str(d): f"level {d}" for d in levels}
-    own = {cfg.spec(d): str(d) for d in cfg.levels}
+    items: list[tuple[str, int | Spec]] = [(cfg.level_name(d), d) for d in levels]
+    taken = {cfg.level_name(d): f"level {d}" for d in levels}
+    own = {cfg.spec(d): cfg.level_name(d) for d in cfg.levels}
     for name, spec in mixes:
         check_mix_name(name, taken)
         spec = cfg.spec(spec)
@@ -122,7 +127,7 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
     model, metrics = load_checkpoint(checkpoint)
     cfg = model.config
     levels = tuple(levels) if levels else cfg.levels
-    for d in check_export_levels(levels, cfg.head_dim, cfg.d_model, cfg.levels):
+    for d in check_export_levels(levels, cfg):
         log.warning("level %d was not trained (trained: %s); its accuracy may be poor",
                     d, ",".join(map(str, cfg.levels)))
     items = plan_levels(cfg, levels, list(mixes or []))
@@ -155,7 +160,8 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
                 entry = _export_level(model, name, level, items, out, named, opset, simplify,
                                       atol, rtol, x_test, y_test, ck_sha)
                 entry["trained"] = level in cfg.levels
-                entry["accuracy"]["metrics_json"] = metrics.get("test_accuracy", {}).get(name)
+                key = str(level) if isinstance(level, int) else name  # metrics.json's key
+                entry["accuracy"]["metrics_json"] = metrics.get("test_accuracy", {}).get(key)
                 if quantize != "none":
                     entry["int8"] = _quantize(out, entry["file"], name, named, x_test, y_test,
                                               quantize.removesuffix("-shared"))

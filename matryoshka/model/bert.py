@@ -226,5 +226,31 @@ def import_bert(folder: str | Path, n_classes: int, max_len: int = 128, name: st
     return model.eval(), tokenizer
 
 
-__all__ = ["import_bert", "read_bert_config", "read_bert_weights", "read_pooling",
+def nest_by_heads(model, levels: tuple[int, ...]):
+    """The same weights as a model nested by heads (config nesting 'heads'): level h runs the
+    first h heads and the first d_mid * h / n_heads FFN neurons of every layer, at the full
+    residual width. The largest level is the model itself."""
+    import dataclasses
+
+    from matryoshka.model.config import MatryoshkaConfig
+    from matryoshka.model.transformer import MatryoshkaTransformer
+
+    c = model.config
+    if c.nesting != "width" or c.levels != (c.d_model,) or c.layer_ffn:
+        raise ConfigError("only a model trained at its full width alone (an imported encoder "
+                          f"fine-tuned by train --pretrained) can be nested by heads; this one "
+                          f"has levels {','.join(map(str, c.levels))}")
+    try:
+        cfg = MatryoshkaConfig(**{**dataclasses.asdict(c), "nesting": "heads",
+                                  "levels": tuple(levels), "ffn_nesting": "proportional"})
+    except ConfigError as e:
+        raise ConfigError(f"--levels {','.join(map(str, levels))}: {e} (levels of an imported "
+                          f"encoder are numbers of heads, of {c.d_model // c.head_dim})"
+                          ) from None
+    nested = MatryoshkaTransformer(cfg)
+    nested.load_state_dict(model.state_dict())
+    return nested.train(model.training)
+
+
+__all__ = ["import_bert", "nest_by_heads", "read_bert_config", "read_bert_weights", "read_pooling",
            "bert_config_fields", "bert_state", "read_tokenizer"]

@@ -49,6 +49,11 @@ class MatryoshkaConfig:
     ln_eps: float = 1e-5  # every LayerNorm's epsilon (BERT: layer_norm_eps, 1e-12)
     embed_norm: str = "none"  # "none" | "layer_norm": a LayerNorm after token + position
     pooling: str = "mean"  # "mean": masked mean of the last block | "cls": its first token
+    # What a level nests: "width" (d_1 < ... < d_k, this project's design) | "heads" (an
+    # imported encoder, DynaBERT: the residual width stays d_model, and level h runs the first
+    # h heads and the first d_mid * h / n_heads FFN neurons of every layer; levels are head
+    # counts and are named h3, h6, ...)
+    nesting: str = "width"
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -57,7 +62,10 @@ class MatryoshkaConfig:
         for name in ("d_model", "n_layers", "head_dim", "d_mid", "n_classes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        validate_levels(self.levels, self.head_dim, self.d_model, trained=True)
+        if self.nesting == "heads":
+            validate_head_levels(self.levels, self.d_model, self.head_dim)
+        else:
+            validate_levels(self.levels, self.head_dim, self.d_model, trained=True)
         _check_choice("ffn_nesting", self.ffn_nesting, ("fixed", "proportional"))
         _check_choice("norm", self.norm, ("per_level", "shared"))
         _check_choice("pos_encoding", self.pos_encoding, ("sinusoidal_per_level", "learned"))
@@ -85,7 +93,7 @@ class MatryoshkaConfig:
             if self.input_kind == "text" and not 0 <= self.pad_id < self.vocab_size:
                 raise ConfigError(f"pad_id {self.pad_id} is not an id of the vocabulary of "
                                   f"{self.vocab_size}")
-        if self.pos_encoding == "sinusoidal_per_level" and any(d % 2 for d in self.levels):
+        if self.pos_encoding == "sinusoidal_per_level" and any(d % 2 for d in self.dims()):
             raise ConfigError("sinusoidal positional encoding needs every level to be even")
         for d in self.levels:
             self.ffn_width(d)  # raises when d_mid * d / d_model is not a whole number
@@ -98,6 +106,29 @@ class MatryoshkaConfig:
                 raise ConfigError("layer_ffn and layer_heads must be positive integers")
 
     @property
+    def n_heads(self) -> int:
+        """Attention heads at the full width."""
+        return self.d_model // self.head_dim
+
+    def dims(self) -> tuple[int, ...]:
+        """The residual widths a level or a spec may take (the LayerNorms' sizes)."""
+        return (self.d_model,) if self.nesting == "heads" else self.levels
+
+    def head_counts(self) -> list[int]:
+        """The trained numbers of heads, for Mix'n'Match specs."""
+        if self.nesting == "heads":
+            return list(self.levels)
+        return sorted({d // self.head_dim for d in self.levels})
+
+    def ffn_widths(self) -> list[int]:
+        """The trained FFN widths, for Mix'n'Match specs."""
+        return sorted({self.ffn_width(d) for d in self.levels})
+
+    def level_name(self, level: int) -> str:
+        """A trained level's name in exports: its width ('64'), or its heads ('h3')."""
+        return f"h{level}" if self.nesting == "heads" else str(level)
+
+    @property
     def n_tokens(self) -> int:
         """Sequence length for images; the longest allowed sequence for tokens."""
         if self.input_kind == "image":
@@ -105,14 +136,17 @@ class MatryoshkaConfig:
         return self.max_len
 
     def ffn_width(self, dim: int) -> int:
-        """m_i, the FFN hidden width used at level width `dim`."""
+        """m_i, the FFN hidden width used at level width `dim` (heads nesting: at `dim`
+        heads)."""
         if self.ffn_nesting == "fixed":
             return self.d_mid
-        width, rem = divmod(self.d_mid * dim, self.d_model)
+        full = self.n_heads if self.nesting == "heads" else self.d_model
+        width, rem = divmod(self.d_mid * dim, full)
         if rem:
+            what = "n_heads" if self.nesting == "heads" else "d_model"
             raise ConfigError(
-                f"proportional FFN needs d_mid * {dim} / d_model to be whole; "
-                f"d_mid={self.d_mid}, d_model={self.d_model}"
+                f"proportional FFN needs d_mid * {dim} / {what} to be whole; "
+                f"d_mid={self.d_mid}, {what}={full}"
             )
         return width
 
@@ -124,6 +158,8 @@ class MatryoshkaConfig:
         >>> str(preset("tiny").spec(16))
         '16:ffn=24,24:heads=2,2'
         """
+        if self.nesting == "heads":
+            return self._head_spec(level)
         if level is None:
             level = self.d_model
         if isinstance(level, Spec):
@@ -140,9 +176,35 @@ class MatryoshkaConfig:
         n = self.n_layers
         return Spec(level, (self.ffn_width(level),) * n, (level // self.head_dim,) * n)
 
+    def _head_spec(self, level: int | Spec | None) -> Spec:
+        """spec() under heads nesting: every level keeps d_model; h heads and their FFN."""
+        n = self.n_layers
+        if level is None:
+            level = self.n_heads
+        if isinstance(level, Spec):
+            if level.dim != self.d_model:
+                raise ConfigError(f"spec {level}: an encoder nested by heads keeps its width "
+                                  f"{self.d_model}; got {level.dim}")
+            return check_spec(level, (self.d_model,), n, self.head_dim, self.ffn_width,
+                              widths=self.ffn_widths(), counts=self.head_counts(),
+                              own=(self.ffn_width(self.n_heads), self.n_heads))
+        if isinstance(level, bool) or not isinstance(level, int):
+            raise ConfigError(f"a level is a number of heads or a Spec; got {level!r}")
+        if not 1 <= level <= self.n_heads:
+            raise ConfigError(f"level {level}: this encoder has 1 to {self.n_heads} heads")
+        return Spec(self.d_model, (self.ffn_width(level),) * n, (level,) * n)
+
     def for_level(self, level: int | Spec) -> MatryoshkaConfig:
         """The config of the standalone model that a level (a width or a Spec) becomes when
         cut out. A trained level's own spec gives the plain config of that width."""
+        if self.nesting == "heads":
+            spec = self.spec(level)
+            plain = dataclasses.replace(self, nesting="width", levels=(self.d_model,),
+                                        ffn_nesting="fixed")
+            if spec == self.spec(None):
+                return plain
+            return dataclasses.replace(plain, d_mid=max(spec.ffn), layer_ffn=spec.ffn,
+                                       layer_heads=spec.heads)
         spec = self.spec(level)
         if spec == self.spec(spec.dim) and not self.layer_ffn:
             return dataclasses.replace(self, d_model=spec.dim, levels=(spec.dim,),
@@ -181,9 +243,10 @@ class MatryoshkaConfig:
 
 INPUT_KINDS = ("image", "tokens", "text")
 ARCH_CHOICES = {"block": ("pre_ln", "post_ln"), "activation": ("relu", "gelu"),
-                "embed_norm": ("none", "layer_norm"), "pooling": ("mean", "cls")}
+                "embed_norm": ("none", "layer_norm"), "pooling": ("mean", "cls"),
+                "nesting": ("width", "heads")}
 ARCH_DEFAULTS = {"block": "pre_ln", "activation": "relu", "ln_eps": 1e-5, "embed_norm": "none",
-                 "pooling": "mean"}
+                 "pooling": "mean", "nesting": "width"}
 # Fields that belong to some input kinds only: written to config.json for those alone.
 KIND_FIELDS = {"image_size": ("image",), "patch_size": ("image",), "pixel_scale": ("image",),
                "vocab_size": ("tokens", "text"), "max_len": ("tokens", "text"),
@@ -238,6 +301,24 @@ def validate_levels(
             )
     if trained and levels[-1] != d_model:
         raise ConfigError(f"the last level must equal d_model {d_model}; got {levels[-1]}")
+
+
+def validate_head_levels(levels: tuple[int, ...] | list[int], d_model: int,
+                         head_dim: int) -> None:
+    """Levels of an encoder nested by heads: strictly increasing head counts, the last all of
+    them."""
+    n_heads = d_model // head_dim
+    if not levels:
+        raise ConfigError("at least one level is needed")
+    for h in levels:
+        if not 1 <= h <= n_heads:
+            raise ConfigError(f"level {h}: a level is a number of heads, 1 to {n_heads}")
+    for a, b in zip(levels, levels[1:]):
+        if b <= a:
+            raise ConfigError(f"levels must be strictly increasing; got {a} before {b} (in "
+                              f"{','.join(map(str, levels))})")
+    if levels[-1] != n_heads:
+        raise ConfigError(f"the last level must be all {n_heads} heads; got {levels[-1]}")
 
 
 def parse_levels(text: str) -> tuple[int, ...]:

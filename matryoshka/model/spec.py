@@ -104,16 +104,20 @@ def check_mix_name(name: str, taken: dict[str, str] | None = None) -> str:
 
 
 def check_spec(spec: Spec, levels: tuple[int, ...], n_layers: int, head_dim: int,
-               ffn_width) -> Spec:
+               ffn_width, widths: list[int] | None = None, counts: list[int] | None = None,
+               own: tuple[int, int] | None = None) -> Spec:
     """The spec with its left-out parts filled in, after checking every width against the
-    trained granularities; the message names the bad layer."""
+    trained granularities (`levels` are the residual widths; `widths`, `counts` and `own`, the
+    FFN width and heads a left-out part means, default to those the widths imply); the
+    message names the bad layer."""
     if spec.dim not in levels:
         raise ConfigError(f"spec {spec.dim}: the residual width {spec.dim} is not a trained "
                           f"level ({', '.join(map(str, levels))})")
-    widths = sorted({ffn_width(d) for d in levels})
-    counts = sorted({d // head_dim for d in levels})
-    ffn = spec.ffn or (ffn_width(spec.dim),) * n_layers
-    heads = spec.heads or (spec.dim // head_dim,) * n_layers
+    widths = widths or sorted({ffn_width(d) for d in levels})
+    counts = counts or sorted({d // head_dim for d in levels})
+    own_ffn, own_heads = own or (ffn_width(spec.dim), spec.dim // head_dim)
+    ffn = spec.ffn or (own_ffn,) * n_layers
+    heads = spec.heads or (own_heads,) * n_layers
     for key, values in (("ffn", ffn), ("heads", heads)):
         if len(values) != n_layers:
             raise ConfigError(f"spec lists {len(values)} layers of {key}; the model has "

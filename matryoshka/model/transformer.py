@@ -52,13 +52,13 @@ class MatryoshkaTransformer(nn.Module):
             self.pos = nn.Parameter(torch.randn(c.n_tokens, c.d_model) * 0.02)
         per_level = c.norm == "per_level"
         if c.embed_norm == "layer_norm":
-            self.ln_e = NestedLayerNorm(c.levels, per_level, c.ln_eps)
+            self.ln_e = NestedLayerNorm(c.dims(), per_level, c.ln_eps)
         self.blocks = nn.ModuleList(
-            NestedBlock(w, c.levels, c.head_dim, per_level, c.dropout, c.block == "post_ln",
+            NestedBlock(w, c.dims(), c.head_dim, per_level, c.dropout, c.block == "post_ln",
                         c.activation, c.ln_eps) for w in full
         )
         if c.block == "pre_ln":  # a post-norm block's output is normalized already
-            self.ln_f = NestedLayerNorm(c.levels, per_level, c.ln_eps)
+            self.ln_f = NestedLayerNorm(c.dims(), per_level, c.ln_eps)
         self.head = NestedLinear("d", None, lambda k, w: c.n_classes if k is None else
                                  widths(k, w), full[0])
 

@@ -181,9 +181,8 @@ def random_spec(cfg: MatryoshkaConfig, rng: np.random.Generator) -> Spec:
     def draw(values: list[int]) -> int:
         return values[int(rng.integers(len(values)))]
 
-    widths = sorted({cfg.ffn_width(d) for d in cfg.levels})
-    counts = sorted({d // cfg.head_dim for d in cfg.levels})
-    dim = draw(list(cfg.levels))
+    widths, counts = cfg.ffn_widths(), cfg.head_counts()
+    dim = draw(list(cfg.dims()))
     return Spec(dim, tuple(draw(widths) for _ in range(cfg.n_layers)),
                 tuple(draw(counts) for _ in range(cfg.n_layers)))
 

@@ -171,7 +171,7 @@ def _one_error(result, fragment):
     ("shapes", "config.json says"),
     ("no-folder", "pretrained model folder not found"),
     ("not-hf", "has no config.json"),
-    ("levels", "--levels: an imported encoder is trained at its full width"),
+    ("levels", "--levels with --pretrained: fine-tune the full width first"),
     ("max-len", "exceeds the model's max_position_embeddings 64"),
 ])
 def test_bad_pretrained_folders_are_one_error_and_write_nothing(tmp_path, case, fragment):
