@@ -29,9 +29,9 @@ from matryoshka.search import (
     pick_best,
     run_method,
     search,
-    search_table,
     spec_params,
 )
+from matryoshka.search_report import search_table
 from tests.test_cli_errors import assert_one_error
 
 TINY = preset("tiny")  # levels 16, 32, 64; FFN widths 24, 48, 96; heads 2, 4, 8; 2 layers
@@ -274,14 +274,14 @@ def test_search_json_is_written_beside_the_checkpoint_with_its_plot(searched):
 
 
 def test_without_matplotlib_the_plot_is_a_warning(searched, monkeypatch, caplog, tmp_path):
-    from matryoshka.search import _plot_beside
+    from matryoshka.search_report import plot_beside
 
     _, record = searched
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     monkeypatch.setattr(logging.getLogger("matryoshka"), "propagate", True)
-    with caplog.at_level(logging.WARNING, logger="matryoshka.search"):
-        assert _plot_beside(record, tmp_path / "search.json") is None
+    with caplog.at_level(logging.WARNING, logger="matryoshka.search_report"):
+        assert plot_beside(record, tmp_path / "search.json") is None
     assert "pip install matryoshka[plot]" in caplog.text
     assert not (tmp_path / "search.png").exists()
 

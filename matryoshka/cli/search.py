@@ -57,7 +57,8 @@ def search_cmd(checkpoint, budget_flops, method, max_candidates, data, out, no_p
 
     Example: matryoshka search artifacts/demo/checkpoint --budget-flops 2.5M
     """
-    from matryoshka.search import search, search_path, search_table
+    from matryoshka.search import search, search_path
+    from matryoshka.search_report import search_table
 
     budget = parse_flops(budget_flops) if budget_flops is not None else None
     check_destination("--out", out)
