@@ -93,8 +93,8 @@ def bench_markdown(data: dict) -> str:
                   f"MatMul peak {_peaks(rec)}; roofline is against the peak of the row's "
                   "precision.", "",
                   "| level | precision | batch | p50 ms | p90 ms | p99 ms | samples/s | tokens/s "
-                  "| GFLOP/s | roofline | load ms | RSS MB | size KB | accuracy |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| GFLOP/s | roofline | load ms | session MB | run MB | size KB | accuracy |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rec["results"]:
             acc = rec.get("accuracy", {}).get(str(r["level"]))
             tokens = f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else ""
@@ -102,7 +102,8 @@ def bench_markdown(data: dict) -> str:
                 f"| {r['level']} | {r.get('precision', 'fp32')} | {r['batch']} | "
                 f"{r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
                 f"{r['p99_ms']:.3f} | {r['throughput']:.0f} | {tokens} | {r['gflops']:.1f} | "
-                f"{r['roofline']:.2f} | {r['load_ms']:.1f} | {r['rss_mb']:.1f} | "
+                f"{r['roofline']:.2f} | {r['load_ms']:.1f} | {_mb(r.get('rss_mb'))} | "
+                f"{_mb(r.get('rss_run_mb'))} | "
                 f"{r['bytes'] / 1024:.0f} | {'' if acc is None else f'{acc:.4f}'} |")
         if rec.get("baselines"):
             lines += ["", "| baseline | level | batch | p50 ms | sliced p50 ms | ratio |",
@@ -125,14 +126,19 @@ def bench_markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _mb(v) -> str:
+    """A memory figure in MiB ('' where it could not be measured)."""
+    return "" if v is None else f"{v:.1f}"
+
+
 def bench_table(record: dict) -> str:
     """The terminal table of one bench record."""
     w = max([6, *(len(str(r["level"])) for r in record["results"])])  # mixes have names
     rows = [f"{record['device']} | {record['provider']} | threads {record['threads']} | "
             f"{record.get('variant', 'fp32')} | MatMul peak {_peaks(record)}",
             f"{'level':>{w}} {'prec':>4} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
-            f"{'samples/s':>10} {'GFLOP/s':>8} {'roofline':>8} {'load ms':>8} {'RSS MB':>7} "
-            f"{'acc':>7}"]
+            f"{'samples/s':>10} {'GFLOP/s':>8} {'roofline':>8} {'load ms':>8} {'sess MB':>7} "
+            f"{'run MB':>7} {'acc':>7}"]
     text = any("tokens_per_s" in r for r in record["results"])
     if text:
         rows[0] += f" | sequence length: {record.get('seq_len')}"
@@ -142,8 +148,8 @@ def bench_table(record: dict) -> str:
         row = (f"{r['level']:>{w}} {r.get('precision', 'fp32'):>4} {r['batch']:>5} "
                f"{r['p50_ms']:>9.3f} {r['p90_ms']:>9.3f} "
                f"{r['p99_ms']:>9.3f} {r['throughput']:>10.0f} {r['gflops']:>8.1f} "
-               f"{r['roofline']:>8.2f} {r['load_ms']:>8.1f} {r['rss_mb']:>7.1f} "
-               f"{'' if acc is None else f'{acc:.4f}':>7}")
+               f"{r['roofline']:>8.2f} {r['load_ms']:>8.1f} {_mb(r.get('rss_mb')):>7} "
+               f"{_mb(r.get('rss_run_mb')):>7} {'' if acc is None else f'{acc:.4f}':>7}")
         if text:
             row += f" {r['seq']:>5} {r['tokens_per_s']:>10.0f}"
         rows.append(row)

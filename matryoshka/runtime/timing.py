@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 from matryoshka.errors import ConfigError
 from matryoshka.runtime.manifest import level_flops
+from matryoshka.runtime.memory import level_memory
 from matryoshka.runtime.providers import session_options
 from matryoshka.runtime.text import trim
 
@@ -34,17 +35,6 @@ def device_name() -> str:
     except OSError:
         pass
     return f"{model} ({os.cpu_count()} cores)"
-
-
-def rss_mb() -> float:
-    """Resident set size of this process in MiB (Linux /proc; 0 where unknown)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
 
 
 def check_counts(warmup: int, iters: int) -> None:
@@ -128,16 +118,16 @@ def bench_level(graph: bytes, providers: list[str], threads: int | None, input_n
                 inputs: dict[int, np.ndarray], warmup: int, iters: int, entry: dict,
                 peak: float, level: str, pad_id: int | None = None,
                 precision: str = "fp32") -> list[dict]:
-    """Load one graph (timing the load and its memory), then time it on each batch of
+    """Load one graph (timing the load; its memory, session and one run at the largest
+    batch, is measured in a fresh process: runtime/memory.py), then time it on each batch of
     `inputs` (batch size -> rows). `graph` holds the bytes already checked against the
     manifest's sha256; `entry` is the level's manifest entry, for its FLOPs. Text (a pad_id):
     FLOPs are counted at the length each batch really runs (its padded length), and real
     tokens per second too. `peak` is the measured MatMul peak of `precision`."""
-    before = rss_mb()
     t0 = time.perf_counter()
     session = ort.InferenceSession(graph, session_options(threads), providers=providers)
     load_ms = (time.perf_counter() - t0) * 1e3
-    grown = rss_mb() - before
+    memory = level_memory(graph, inputs[max(inputs)], providers, threads)  # a fresh process
     rows = []
     for b, xb in inputs.items():
         t = time_call(lambda xb=xb: session.run(None, {input_name: xb}), warmup, iters)
@@ -147,7 +137,8 @@ def bench_level(graph: bytes, providers: list[str], threads: int | None, input_n
         row = {"level": level, "batch": b, "precision": precision, **t,
                "throughput": b / seconds, "flops_per_sample": flops,
                "gflops": gflops, "roofline": gflops / peak if peak else None,
-               "load_ms": load_ms, "rss_mb": grown, "bytes": len(graph),
+               "load_ms": load_ms, "rss_mb": memory["session_mb"],
+               "rss_run_mb": memory["run_mb"], "rss_batch": max(inputs), "bytes": len(graph),
                "providers": session.get_providers()}
         if pad_id is not None:
             row["seq"] = int(xb.shape[1])
