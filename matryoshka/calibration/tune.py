@@ -115,6 +115,11 @@ def _time_levels(runtimes: dict[str, Runtime], x: np.ndarray, batches, warmup: i
         xb = inputs[b]
         tf, ti = time_pair(lambda d=dim, xb=xb: fp32.run_level(d, xb),
                            lambda d=dim, xb=xb: int8.run_level(d, xb), warmup, iters)
+        # the speed-up of INT8 in each round (the two ran in alternating blocks): its lowest
+        # is the margin the plan needs before it trusts INT8 (runtime.plan)
+        speedups = [f / q for f, q in zip(tf.pop("blocks_ms"), ti.pop("blocks_ms"))]
+        ti.update(speedup_low=min(speedups), speedup_median=float(np.median(speedups)),
+                  rounds=len(speedups))
         for precision, t in (("fp32", tf), ("int8", ti)):
             timings.append({"level": dim, "batch": b, "precision": precision, **t})
     return timings
@@ -126,16 +131,22 @@ def plan_table(plan: dict, levels: list[str]) -> str:
              f"threads {plan['threads']} (accuracy bound: {plan['max_loss'] * 100:g} points "
              f"on {plan['split']}, n {plan['n']})",
              f"{'level':>6} {'batch':>5} {'fp32 ms':>9} {'int8 ms':>9} {'speed-up':>8} "
-             f"{'fp32 acc':>9} {'int8 acc':>9}  choice"]
+             f"{'lowest':>7} {'fp32 acc':>9} {'int8 acc':>9}  choice"]
     p50 = {(t["level"], t["batch"], t["precision"]): t["p50_ms"] for t in plan["timings"]}
+    low = {(t["level"], t["batch"]): t.get("speedup_low") for t in plan["timings"]
+           if t["precision"] == "int8"}
     for i, dim in enumerate(levels):
         acc = plan["accuracy"][str(dim)]
         for b in sorted({t["batch"] for t in plan["timings"]}):
             f, q = p50[(dim, b, "fp32")], p50[(dim, b, "int8")]
             choice = plan["by_batch"][str(b)][i]
             mark = " (plan)" if b == plan["batch"] else ""
-            lines.append(f"{dim:>6} {b:>5} {f:>9.3f} {q:>9.3f} {f / q:>7.2f}x "
+            lo = low.get((dim, b))
+            lo = "" if lo is None else f"{lo:.2f}x"
+            lines.append(f"{dim:>6} {b:>5} {f:>9.3f} {q:>9.3f} {f / q:>7.2f}x {lo:>7} "
                          f"{acc['fp32']:>9.4f} {acc['int8']:>9.4f}  {choice}{mark}")
     lines.append("planned precisions: " + ", ".join(
         f"{d}: {p}" for d, p in zip(levels, plan["precisions"])))
+    lines.append("(lowest: INT8's speed-up in its slowest round of alternating blocks; the "
+                 "plan takes INT8 only when it is above 1)")
     return "\n".join(lines)

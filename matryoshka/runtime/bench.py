@@ -107,6 +107,7 @@ def _measure(rt, x: np.ndarray, y: np.ndarray | None, batches: list[int], warmup
                 mine, theirs = time_pair(
                     lambda s=session, xb=xb: s.run(None, {rt.input_spec["name"]: xb}),
                     fn(rt.dim(level), xb), warmup, iters)
+                theirs.pop("blocks_ms")
                 record["baselines"].append({"name": name, "level": level, "batch": b, **theirs,
                                             "sliced_p50_ms": mine["p50_ms"],
                                             "ratio": theirs["p50_ms"] / mine["p50_ms"]})

@@ -19,10 +19,12 @@ def choose_precisions(timings: Sequence[dict], accuracy: dict[str, dict[str, flo
                       levels: Sequence[int], batch: int, max_loss: float) -> list[str]:
     """For each level, the precision with the lowest median latency at `batch` among those
     whose accuracy is at most `max_loss` below that level's fp32 accuracy (fp32 always
-    qualifies, so a level never goes without a precision).
+    qualifies, so a level never goes without a precision). INT8 must also be faster beyond
+    the noise: where its record holds `speedup_low` (its speed-up over fp32 in the slowest of
+    the rounds in which the two alternated), that must be above 1, or fp32 stays.
 
-    timings: records {"level", "batch", "precision", "p50_ms"} (other keys are ignored);
-    accuracy: {"<level>": {"fp32": a, "int8": b}}, both on the same held-out split.
+    timings: records {"level", "batch", "precision", "p50_ms"[, "speedup_low"]} (other keys
+    are ignored); accuracy: {"<level>": {"fp32": a, "int8": b}}, on the same held-out split.
 
     >>> t = [{"level": 64, "batch": 1, "precision": "fp32", "p50_ms": 1.0},
     ...      {"level": 64, "batch": 1, "precision": "int8", "p50_ms": 0.5}]
@@ -34,6 +36,8 @@ def choose_precisions(timings: Sequence[dict], accuracy: dict[str, dict[str, flo
     if not max_loss >= 0:  # NaN fails this too
         raise ConfigError(f"the accuracy bound must be a number >= 0; got {max_loss!r}")
     p50 = {(t["level"], t["precision"]): t["p50_ms"] for t in timings if t["batch"] == batch}
+    low = {t["level"]: t["speedup_low"] for t in timings
+           if t["batch"] == batch and t["precision"] == "int8" and "speedup_low" in t}
     chosen = []
     for dim in levels:
         acc = accuracy.get(str(dim), {})
@@ -41,7 +45,8 @@ def choose_precisions(timings: Sequence[dict], accuracy: dict[str, dict[str, flo
         if "fp32" not in measured or "fp32" not in acc:
             raise ConfigError(f"no fp32 timing or accuracy for level {dim} at batch {batch}; "
                               f"tune at --batch {batch}")
-        allowed = [p for p in measured if p in acc and acc["fp32"] - acc[p] <= max_loss]
+        allowed = [p for p in measured if p in acc and acc["fp32"] - acc[p] <= max_loss
+                   and (p == "fp32" or low.get(dim, 2.0) > 1.0)]
         chosen.append(min(allowed, key=lambda p: (p50[(dim, p)], PRECISIONS.index(p))))
     return chosen
 

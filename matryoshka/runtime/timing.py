@@ -72,7 +72,9 @@ def time_many(fns: dict[str, Callable[[], object]], warmup: int, iters: int,
               rounds: int = 10) -> dict[str, dict]:
     """Time several calls side by side: `warmup` untimed calls of each, then round-robin
     blocks of iters/rounds calls each, the first one rotating every round, so that the
-    machine's slow and fast moments fall on all alike. Returns each one's percentiles."""
+    machine's slow and fast moments fall on all alike. Returns each one's percentiles, and
+    the median of each of its blocks in round order ("blocks_ms"), so that a ratio can be
+    taken round by round."""
     check_counts(warmup, iters)
     names = list(fns)
     for name in names:
@@ -83,7 +85,9 @@ def time_many(fns: dict[str, Callable[[], object]], warmup: int, iters: int,
     for r in range(max(1, iters // per)):
         for name in names[r % len(names):] + names[:r % len(names)]:
             times[name].append(_times(fns[name], per))
-    return {n: _stats(np.concatenate(ts)) for n, ts in times.items()}
+    return {n: {**_stats(np.concatenate(ts)),
+                "blocks_ms": [float(np.median(t) * 1e3) for t in ts]}
+            for n, ts in times.items()}
 
 
 def time_pair(fa: Callable[[], object], fb: Callable[[], object], warmup: int, iters: int,

@@ -57,6 +57,14 @@ def test_tune_writes_a_plan_from_its_own_measurements(export):
     assert plan["precisions"] == plan["by_batch"]["4"]
     assert plan["int8_methods"] == ["dynamic"] * 3
     assert "planned precisions: 16:" in r.stdout and "(plan)" in r.stdout
+    # INT8 only where its slowest round of alternating blocks was still faster
+    low = {(t["level"], t["batch"]): t["speedup_low"] for t in plan["timings"]
+           if t["precision"] == "int8"}
+    assert all(t["rounds"] >= 3 for t in plan["timings"] if t["precision"] == "int8")
+    for b in (1, 4):
+        for d, choice in zip(LEVELS, plan["by_batch"][str(b)]):
+            assert choice == "fp32" or low[(d, b)] > 1.0
+    assert "lowest" in r.stdout
 
 
 def test_calibration_is_fitted_on_the_planned_graphs(export, demo_data):

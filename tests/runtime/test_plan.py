@@ -79,3 +79,28 @@ def test_check_plan():
     for plan in ({"precisions": ["fp32"] * 3}, {"precisions": ["fp16"] * 4}, ["fp32"] * 4):
         with pytest.raises(ValueError, match="plan.precisions"):
             check_plan(plan, 4, bad)
+
+
+def test_int8_faster_only_inside_the_noise_keeps_fp32():
+    """A median speed-up of 1.05x whose slowest round was 0.9x is noise: fp32 stays; with
+    every round above 1 (lowest 1.02x) INT8 is taken."""
+    from matryoshka.runtime.plan import choose_precisions
+
+    acc = {"16": {"fp32": 0.9, "int8": 0.9}}
+
+    def timings(low):
+        return [{"level": 16, "batch": 32, "precision": "fp32", "p50_ms": 1.05},
+                {"level": 16, "batch": 32, "precision": "int8", "p50_ms": 1.0,
+                 "speedup_low": low}]
+
+    assert choose_precisions(timings(0.9), acc, [16], 32, 0.005) == ["fp32"]
+    assert choose_precisions(timings(1.0), acc, [16], 32, 0.005) == ["fp32"]
+    assert choose_precisions(timings(1.02), acc, [16], 32, 0.005) == ["int8"]
+
+
+def test_time_pair_gives_the_blocks_of_each_round():
+    from matryoshka.runtime.timing import time_pair
+
+    a, b = time_pair(lambda: sum(range(200)), lambda: sum(range(100)), 1, 20, rounds=5)
+    assert len(a["blocks_ms"]) == len(b["blocks_ms"]) == 5
+    assert all(v > 0 for v in a["blocks_ms"] + b["blocks_ms"])
