@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from matryoshka.calibration.thresholds import (
     TARGETS,
+    certify_cheapest,
     fit_temperature,
-    learn_then_test,
     nll,
     simulate,
 )
@@ -70,13 +70,15 @@ def check_args(target: str, epsilon: float, delta: float, split: str, variant: s
 def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val",
               target: str = "agreement", epsilon: float = 0.02, delta: float = 0.1,
               variant: str = "fp32", int8: str | None = None, method: str = "minmax",
-              progress: bool = True, cascade: str = "all") -> dict:
+              progress: bool = True, cascade: str = "cheapest") -> dict:
     """Calibrate an export folder in place (atomically); returns the calibration record.
 
     data: 'demo', a .npz or a text file [the data the export was made from].
-    cascade: the levels the cascade escalates through: "all", "trained" (the levels named by
-    their width, without the Mix'n'Match sub-models) or comma-separated names. Temperatures
-    are fitted for every level.
+    cascade: the levels the cascade escalates through: "cheapest" (the default: every level,
+    or the trained levels alone, whichever certified set costs less on the calibration split;
+    each is certified at delta / 2, so the choice keeps the guarantee), "all", "trained" (the
+    trained levels, without the Mix'n'Match sub-models) or comma-separated names.
+    Temperatures are fitted for every level.
 
     >>> rec = calibrate("artifacts/demo/export", epsilon=0.02, delta=0.1)  # doctest: +SKIP
     >>> rec["thresholds"], rec["test"]["relative_cost"]                    # doctest: +SKIP
@@ -85,7 +87,7 @@ def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val
     export_dir = Path(export_dir)
     # a missing or broken folder is reported before the data loads
     dataset, data_record = for_export(export_dir, read_manifest(export_dir), data)
-    cascade_of([level_name(lv) for lv in read_manifest(export_dir)["levels"]], cascade)
+    level_sets(read_manifest(export_dir)["levels"], cascade)
     with manifest_writer(export_dir) as manifest:
         committed = named_files(manifest)
         spec = manifest["input"]
@@ -110,8 +112,8 @@ def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val
                 log.warning("the precision plan measured the INT8 graphs just replaced and "
                             "was dropped; run matryoshka tune %s again", export_dir)
         rt = Runtime.from_manifest(export_dir, manifest, device="cpu", variant=variant)
-        record = _calibrate_thresholds(rt, cascade_of(rt.levels, cascade), x_cal, y_cal,
-                                       x_test, y_test, target, epsilon, delta, progress)
+        record = _calibrate_thresholds(rt, level_sets(manifest["levels"], cascade), x_cal,
+                                       y_cal, x_test, y_test, target, epsilon, delta, progress)
         record.update(variant=variant, split=split, data=data_record,
                       precisions=[rt.precision(d) for d in rt.levels],
                       graphs=[rt.entry(d)["sha256"] for d in rt.levels],
@@ -138,26 +140,49 @@ def level_logits(rt: Runtime, x: np.ndarray, batch: int = 256) -> list[np.ndarra
             for d in rt.levels]
 
 
-def cascade_of(levels: list[str], cascade: str) -> list[str]:
+def level_sets(entries: list[dict], cascade: str) -> list[list[str]]:
+    """The candidate level sets of `calibrate --cascade`, each in the export's order (of
+    FLOPs): "cheapest" gives every level and, where they differ and the largest level is a
+    trained one, the trained levels alone; any other value gives its one set."""
+    levels = [level_name(lv) for lv in entries]
+    if cascade != "cheapest":
+        return [cascade_of(levels, cascade, trained_levels(entries))]
+    trained = trained_levels(entries)
+    sets = [levels]
+    if 1 < len(trained) < len(levels) and trained[-1] == levels[-1]:
+        sets.append(trained)
+    return sets
+
+
+def trained_levels(entries: list[dict]) -> list[str]:
+    """The levels the model was trained at (not Mix'n'Match sub-models), by their names."""
+    return [level_name(lv) for lv in entries
+            if lv.get("trained", level_name(lv).isdigit())]
+
+
+def cascade_of(levels: list[str], cascade: str, trained: list[str] | None = None) -> list[str]:
     """The levels of `calibrate --cascade`, in the export's order (of FLOPs)."""
     if cascade == "all":
         return list(levels)
     if cascade == "trained":
-        chosen = [n for n in levels if n.isdigit()]
+        trained = [n for n in levels if n.isdigit()] if trained is None else trained
+        chosen = [n for n in levels if n in trained]
     else:
         wanted = [c.strip() for c in str(cascade).split(",") if c.strip()]
         unknown = [c for c in wanted if c not in levels]
         if unknown or not wanted:
-            raise ConfigError(f"--cascade must be all, trained or level names of the export "
-                              f"({', '.join(levels)}); got {cascade!r}")
+            raise ConfigError(f"--cascade must be cheapest, all, trained or level names of the "
+                              f"export ({', '.join(levels)}); got {cascade!r}")
         chosen = [n for n in levels if n in wanted]
     if not chosen:
         raise ConfigError(f"--cascade {cascade!r} names no level of the export")
     return chosen
 
 
-def _calibrate_thresholds(rt: Runtime, cascade: list[str], x_cal, y_cal, x_test, y_test,
+def _calibrate_thresholds(rt: Runtime, sets: list[list[str]], x_cal, y_cal, x_test, y_test,
                           target, epsilon, delta, progress) -> dict:
+    """Temperatures for every level; thresholds certified for each candidate level set at
+    delta / len(sets), the cheapest certified set kept (thresholds.certify_cheapest)."""
     names = rt.levels
     bar = tqdm(total=3, desc="calibrate", disable=None if progress else True, leave=False)
     cal_all = level_logits(rt, x_cal)
@@ -165,19 +190,22 @@ def _calibrate_thresholds(rt: Runtime, cascade: list[str], x_cal, y_cal, x_test,
     bar.update(1)
     temps_all = [fit_temperature(z, y_cal) for z in cal_all]
     bar.update(1)
-    pick = [names.index(n) for n in cascade]
-    dims = cascade
-    cal, test = [cal_all[i] for i in pick], [test_all[i] for i in pick]
-    temps = [temps_all[i] for i in pick]
-    flops = [float(rt.manifest["levels"][i]["flops_per_sample"]) for i in pick]
-    cert = learn_then_test(cal, y_cal, dims, temps, flops, epsilon, delta, target)
+    flops_all = [float(lv["flops_per_sample"]) for lv in rt.manifest["levels"]]
+    picks = [[names.index(n) for n in cascade] for cascade in sets]
+    cands = [([cal_all[i] for i in pick], cascade, [temps_all[i] for i in pick],
+              [flops_all[i] for i in pick]) for pick, cascade in zip(picks, sets)]
+    chosen, certs = certify_cheapest(cands, y_cal, epsilon, delta, target)
     bar.update(1)
     bar.close()
-    if cert.thresholds is None:
+    k = 0 if chosen is None else chosen
+    cascade, cert, pick = sets[k], certs[k], picks[k]
+    temps, flops = cands[k][2], cands[k][3]
+    test = [test_all[i] for i in pick]
+    if chosen is None:
         log.warning("no thresholds could be certified for %s <= %g at delta %g on %d samples; "
                     "the runtime will use the largest level alone", target, epsilon, delta,
                     len(y_cal))
-    report = _test_report(test, y_test, dims, temps, cert, flops, target)
+    m = len(sets)
     record = {
         "levels": list(cascade),
         "temperatures": temps_all,
@@ -187,17 +215,23 @@ def _calibrate_thresholds(rt: Runtime, cascade: list[str], x_cal, y_cal, x_test,
         "target": target, "epsilon": epsilon, "delta": delta, "n": int(len(y_cal)),
         "guarantee": (f"P({target} risk > {epsilon:g}) <= {delta:g} over the calibration draw"
                       if cert.thresholds is not None else "none certified: largest level only"),
-        "method": "learn-then-test, fixed-sequence, exact binomial p-values, shared threshold",
+        "method": "learn-then-test, fixed-sequence, exact binomial p-values, shared threshold"
+                  + (f"; the cheapest certified of {m} level sets, each at delta/{m} "
+                     "(Bonferroni)" if m > 1 else ""),
         "empirical_risk": cert.empirical_risk, "risk_bound": cert.risk_bound,
         "p_value": cert.p_value, "n_certified": cert.n_certified,
         "expected_relative_cost": cert.expected_relative_cost,
         "exit_fractions": cert.exit_fractions,
-        "test": report,
+        "test": _test_report(test, y_test, cascade, temps, cert, flops, target),
     }
-    trained = [i for i, name in enumerate(dims) if name.isdigit()]
-    if cascade == names and 1 < len(trained) < len(dims) and trained[-1] == len(dims) - 1:
-        record["trained_only"] = _trained_only(trained, cal, y_cal, test, y_test, dims, temps,
-                                               flops, epsilon, delta, target)
+    if m > 1:
+        record["candidates"] = [
+            {"levels": list(c[1]), "thresholds": ce.thresholds, "delta": delta / m,
+             "expected_relative_cost": ce.expected_relative_cost,
+             "test": _test_report([test_all[i] for i in p], y_test, c[1], c[2], ce, c[3],
+                                  target)}
+            for c, ce, p in zip(cands, certs, picks)]
+        record["chosen"] = chosen
     return record
 
 
@@ -215,20 +249,6 @@ def _test_report(test, y_test, dims, temps, cert, flops, target) -> dict:
         "relative_cost": float(out.cost.mean()),
         "exit_fractions": [float((out.levels == d).mean()) for d in dims],
     }
-
-
-def _trained_only(keep: list[int], cal, y_cal, test, y_test, dims, temps, flops, epsilon,
-                  delta, target) -> dict:
-    """For comparison: the cascade over the trained levels alone, certified at the same
-    target, epsilon and delta on the same calibration draw (its cost is relative to the same
-    largest level)."""
-    pick = [dims[i] for i in keep]
-    sub = ([cal[i] for i in keep], [test[i] for i in keep], [temps[i] for i in keep],
-           [flops[i] for i in keep])
-    cert = learn_then_test(sub[0], y_cal, pick, sub[2], sub[3], epsilon, delta, target)
-    return {"levels": pick, "thresholds": cert.thresholds,
-            "expected_relative_cost": cert.expected_relative_cost,
-            "test": _test_report(sub[1], y_test, pick, sub[2], cert, sub[3], target)}
 
 
 def _quantize_static(folder: Path, manifest: dict, x_cal, x_test, y_test, method: str,
@@ -304,12 +324,18 @@ def calibration_table(record: dict, manifest: dict) -> str:
         f"  relative FLOPs cost {t['relative_cost']:.3f}; answered per level: "
         + ", ".join(f"{d}: {f:.1%}" for d, f in zip(dims, t["exit_fractions"])),
     ]
-    if "trained_only" in record:
-        o = record["trained_only"]
-        lines.append(f"  trained levels alone ({', '.join(o['levels'])}), same epsilon and "
-                     f"delta: relative FLOPs cost {o['test']['relative_cost']:.3f} on test "
-                     f"(calibration split {o['expected_relative_cost']:.3f}), accuracy "
-                     f"{o['test']['accuracy']:.4f}")
+    if record.get("candidates"):
+        m = len(record["candidates"])
+        lines.append(f"  level sets certified, each at delta/{m} = {record['delta'] / m:g} "
+                     "(Bonferroni), the cheaper on the calibration split kept:")
+        for i, c in enumerate(record["candidates"]):
+            what = "every level" if i == 0 else "the trained levels"
+            mark = "  <- chosen" if i == record.get("chosen") else ""
+            cost = (f"cost {c['expected_relative_cost']:.3f} on the calibration split, "
+                    f"{c['test']['relative_cost']:.3f} on test, accuracy "
+                    f"{c['test']['accuracy']:.4f}" if c["thresholds"] is not None
+                    else "none certified")
+            lines.append(f"    {what} ({', '.join(c['levels'])}): {cost}{mark}")
     int8 = [lv for lv in manifest["levels"] if "int8" in lv and "accuracy_fp32" in lv["int8"]]
     for lv in int8:
         q = lv["int8"]

@@ -116,3 +116,25 @@ def learn_then_test(logits: Sequence[np.ndarray], y: np.ndarray, dims: Sequence[
     # probability >= 1 - delta over the calibration draw.
     return Certified([tau] * (len(dims) - 1), float(out.loss.mean()), float(epsilon), cost,
                      exits, len(certified), p)
+
+
+def certify_cheapest(candidates: Sequence[tuple[Sequence[np.ndarray], Sequence, Sequence[float],
+                                                Sequence[float]]],
+                     y: np.ndarray, epsilon: float, delta: float, target: str = "agreement",
+                     ) -> tuple[int | None, list[Certified]]:
+    """Certify each candidate cascade (logits, dims, temperatures, flops; one level set each)
+    at delta / m, and choose the certified one with the lowest expected cost on this
+    calibration draw.
+
+    Choosing among m sets on the data that certifies them is multiple testing. Bonferroni
+    makes it safe: the chosen set's risk exceeds epsilon only if some certified set's does,
+    which has probability at most m * delta / m = delta. Returns the index of the chosen set
+    (None when none certified: the largest level alone) and every set's certificate.
+    """
+    m = len(candidates)
+    certs = [learn_then_test(lg, y, dims, temps, flops, epsilon, delta / m, target)
+             for lg, dims, temps, flops in candidates]
+    ok = [i for i, c in enumerate(certs) if c.thresholds is not None]
+    if not ok:
+        return None, certs
+    return min(ok, key=lambda i: (certs[i].expected_relative_cost, i)), certs

@@ -90,3 +90,50 @@ def test_accuracy_target_counts_only_rows_the_largest_got_right():
     # row 0: largest right, cascade wrong -> 1; row 1: largest wrong -> 0; row 2: both right
     np.testing.assert_array_equal(out.loss, [1, 0, 0])
     np.testing.assert_allclose(out.cost, [0.1, 0.1, 0.1])
+
+
+def test_choosing_the_cheapest_level_set_keeps_the_promise_over_200_re_splits():
+    """Two candidate cascades share the large level. Set A's small level has confidence
+    Uniform(0.5, 1), risk (1 - tau)^2; set B's is Uniform(0.6, 1), risk (1 - tau)^2 / 0.8, and
+    costs more. Choosing the cheaper certified set on the same draw, with Bonferroni over the
+    two, keeps P(risk > epsilon) <= delta."""
+    from matryoshka.calibration.thresholds import certify_cheapest
+
+    def risk(lo: float, tau: float | None) -> float:
+        if tau is None:
+            return 0.0
+        return (1.0 - max(tau, lo)) ** 2 / (2 * (1.0 - lo))
+
+    rng = np.random.default_rng(7)
+    exceed = exceed_uncorrected = 0
+    chose = [0, 0]
+    for _ in range(DRAWS):
+        agree_u = rng.uniform(size=N)
+        large_label = np.zeros(N, int)
+        smalls = []
+        for lo in (0.5, 0.6):
+            c = rng.uniform(lo, 1.0, N)
+            smalls.append((np.stack([np.log(c), np.log1p(-c)], 1), c))
+        # one large level for both sets: it disagrees with set A's small level w.p. 1 - c_A;
+        # set B's small level is drawn on its own (its own rows' disagreements)
+        large_label = np.where(agree_u < smalls[0][1], 0, 1)
+        large = np.where(large_label[:, None] == 0, [[3.0, 0.0]], [[0.0, 3.0]])
+        c_b = smalls[1][1]
+        agree_b = rng.uniform(size=N) < c_b
+        small_b = np.where(agree_b[:, None], smalls[1][0], smalls[1][0][:, ::-1])
+        small_b = np.where(large_label[:, None] == 0, small_b, small_b[:, ::-1])
+        cands = [([smalls[0][0], large], [1, 2], [1.0, 1.0], [1.0, 10.0]),
+                 ([small_b, large], [1, 2], [1.0, 1.0], [1.5, 10.0])]
+        i, certs = certify_cheapest(cands, large_label, EPS, DELTA)
+        if i is not None:
+            chose[i] += 1
+            exceed += risk((0.5, 0.6)[i], certs[i].thresholds[0]) > EPS
+        # without the correction: each set at the full delta, then the cheaper
+        raw = [learn_then_test(*c[:1], large_label, *c[1:], EPS, DELTA) for c in cands]
+        ok = [j for j, c in enumerate(raw) if c.thresholds is not None]
+        if ok:
+            j = min(ok, key=lambda j: raw[j].expected_relative_cost)
+            exceed_uncorrected += risk((0.5, 0.6)[j], raw[j].thresholds[0]) > EPS
+    assert min(chose) > 0, chose  # both sets get chosen on some draws: the choice is real
+    assert exceed / DRAWS <= DELTA
+    assert exceed <= exceed_uncorrected

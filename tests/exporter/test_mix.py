@@ -63,7 +63,9 @@ def test_the_runtime_runs_a_mix_as_torch_does(mix_export, tiny_checkpoint, demo_
     assert (first.levels == rt.levels[0]).all()
 
 
-def test_calibrate_over_all_levels_compares_the_trained_ones(mix_export, tmp_path):
+def test_calibrate_by_default_keeps_the_cheaper_certified_level_set(mix_export, tmp_path):
+    """Every level, or the trained levels alone: both certified at delta/2 (Bonferroni), the
+    one with the lower expected cost on the calibration split kept and said."""
     import shutil
 
     folder = tmp_path / "export"
@@ -73,10 +75,14 @@ def test_calibrate_over_all_levels_compares_the_trained_ones(mix_export, tmp_pat
     assert r.exit_code == 0, r.output
     rec = json.loads((folder / "manifest.json").read_text())["calibration"]["fp32"]
     assert len(rec["temperatures"]) == 6 and len(rec["graphs"]) == 6
-    only = rec["trained_only"]
-    assert only["levels"] == ["16", "32", "64"]
-    assert only["test"]["n"] == rec["test"]["n"]
-    assert "trained levels alone (16, 32, 64)" in r.output
+    every, trained = rec["candidates"]
+    assert trained["levels"] == ["16", "32", "64"] and len(every["levels"]) == 6
+    assert every["delta"] == trained["delta"] == pytest.approx(rec["delta"] / 2)
+    certified = [i for i, c in enumerate(rec["candidates"]) if c["thresholds"] is not None]
+    assert rec["chosen"] == min(certified, key=lambda i: (
+        rec["candidates"][i]["expected_relative_cost"], i))
+    assert rec["levels"] == rec["candidates"][rec["chosen"]]["levels"]
+    assert "Bonferroni" in rec["method"] and "<- chosen" in r.output
     # the calibrated cascade answers with names the runtime knows
     rt = Runtime.open(folder, device="cpu")
     assert set(rt.predict(np.zeros((4, 8, 8), np.float32)).levels) <= set(rt.levels)
@@ -93,7 +99,7 @@ def test_calibrate_a_cascade_of_chosen_levels(mix_export, tmp_path, demo_data):
     rec = json.loads((folder / "manifest.json").read_text())["calibration"]["fp32"]
     assert rec["levels"] == ["16", "32", "64"] and len(rec["temperatures"]) == 6
     assert rec["thresholds"] is None or len(rec["thresholds"]) == 2
-    assert "trained_only" not in rec  # it is the trained-only cascade
+    assert "candidates" not in rec  # one set asked for: nothing to choose
     rt = Runtime.open(folder, device="cpu")
     assert rt.cascade_levels() == ["16", "32", "64"]
     x = demo_data["test"][0][:100].astype(np.float32)
@@ -105,7 +111,7 @@ def test_calibrate_a_cascade_of_chosen_levels(mix_export, tmp_path, demo_data):
     rec = json.loads((folder / "manifest.json").read_text())["calibration"]["fp32"]
     assert rec["levels"] == ["wide", "64"]
     r = CliRunner().invoke(cli, ["calibrate", str(folder), "--cascade", "16,nope"])
-    _one_error(r, "--cascade must be all, trained or level names of the export")
+    _one_error(r, "--cascade must be cheapest, all, trained or level names of the export")
 
 
 def test_select_level_can_return_a_mix(mix_export, tmp_path):
