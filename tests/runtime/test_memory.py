@@ -5,7 +5,6 @@ figure (the in-process measure read 0.0 and even -50.9 MB)."""
 import sys
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
