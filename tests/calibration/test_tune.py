@@ -150,3 +150,13 @@ def test_tune_and_auto_errors(export, tmp_path):
     (export / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ArtifactError, match="int8 for a level without an int8 graph"):
         Runtime.open(export, device="cpu")
+
+
+def test_the_margin_is_a_lower_bound_of_the_median_that_one_slow_round_does_not_sink():
+    from matryoshka.calibration.tune import median_lower_bound
+
+    rounds = [0.81, 3.1, 3.2, 3.3, 3.3, 3.4, 3.4, 3.5, 3.5, 3.6]  # one hiccup
+    assert median_lower_bound(rounds) == 3.1  # 10 rounds: the 2nd smallest
+    assert median_lower_bound([0.9, 0.95, 1.0, 1.02, 1.05, 1.06, 1.08, 1.1, 1.1, 1.2]) == 0.95
+    assert median_lower_bound([1.5, 2.0]) == 1.5  # too few rounds: the minimum
+    assert median_lower_bound(list(range(1, 21))) == 6  # P(Bin(20, 1/2) <= 5) = 2.1%
