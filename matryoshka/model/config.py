@@ -167,7 +167,7 @@ class MatryoshkaConfig:
             if level.dim <= self.d_model and level.dim % self.head_dim == 0 \
                     and level == self.spec(level.dim):
                 return level
-            return check_spec(level, self.levels, self.n_layers, self.head_dim, self.ffn_width)
+            return self._check_spec(level)
         if isinstance(level, bool) or not isinstance(level, int):
             raise ConfigError(f"a level is a width or a Spec; got {level!r}")
         validate_levels((level,), self.head_dim, self.d_model, trained=False)
@@ -175,6 +175,18 @@ class MatryoshkaConfig:
             return Spec(level, self.layer_ffn, self.layer_heads)
         n = self.n_layers
         return Spec(level, (self.ffn_width(level),) * n, (level // self.head_dim,) * n)
+
+    def _check_spec(self, spec: Spec) -> Spec:
+        """A Mix'n'Match spec checked against this model's trained granularities, its
+        left-out parts filled in with the residual width's own widths (heads nesting: all
+        heads and the full FFN)."""
+        def own(dim: int) -> tuple[int, int]:
+            if self.nesting == "heads":
+                return self.ffn_width(self.n_heads), self.n_heads
+            return self.ffn_width(dim), dim // self.head_dim
+
+        return check_spec(spec, self.dims(), self.n_layers, self.head_dim, self.ffn_widths(),
+                          self.head_counts(), own)
 
     def _head_spec(self, level: int | Spec | None) -> Spec:
         """spec() under heads nesting: every level keeps d_model; h heads and their FFN."""
@@ -185,9 +197,7 @@ class MatryoshkaConfig:
             if level.dim != self.d_model:
                 raise ConfigError(f"spec {level}: an encoder nested by heads keeps its width "
                                   f"{self.d_model}; got {level.dim}")
-            return check_spec(level, (self.d_model,), n, self.head_dim, self.ffn_width,
-                              widths=self.ffn_widths(), counts=self.head_counts(),
-                              own=(self.ffn_width(self.n_heads), self.n_heads))
+            return self._check_spec(level)
         if isinstance(level, bool) or not isinstance(level, int):
             raise ConfigError(f"a level is a number of heads or a Spec; got {level!r}")
         if not 1 <= level <= self.n_heads:

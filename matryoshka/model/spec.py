@@ -103,19 +103,16 @@ def check_mix_name(name: str, taken: dict[str, str] | None = None) -> str:
     return name
 
 
-def check_spec(spec: Spec, levels: tuple[int, ...], n_layers: int, head_dim: int,
-               ffn_width, widths: list[int] | None = None, counts: list[int] | None = None,
-               own: tuple[int, int] | None = None) -> Spec:
+def check_spec(spec: Spec, dims: tuple[int, ...], n_layers: int, head_dim: int,
+               widths: list[int], counts: list[int], own) -> Spec:
     """The spec with its left-out parts filled in, after checking every width against the
-    trained granularities (`levels` are the residual widths; `widths`, `counts` and `own`, the
-    FFN width and heads a left-out part means, default to those the widths imply); the
-    message names the bad layer."""
-    if spec.dim not in levels:
+    trained granularities: `dims` the residual widths, `widths` the FFN widths and `counts`
+    the head counts a layer may use, and own(dim) the (FFN width, heads) a left-out part means
+    at that residual width; the message names the bad layer."""
+    if spec.dim not in dims:
         raise ConfigError(f"spec {spec.dim}: the residual width {spec.dim} is not a trained "
-                          f"level ({', '.join(map(str, levels))})")
-    widths = widths or sorted({ffn_width(d) for d in levels})
-    counts = counts or sorted({d // head_dim for d in levels})
-    own_ffn, own_heads = own or (ffn_width(spec.dim), spec.dim // head_dim)
+                          f"level ({', '.join(map(str, dims))})")
+    own_ffn, own_heads = own(spec.dim)
     ffn = spec.ffn or (own_ffn,) * n_layers
     heads = spec.heads or (own_heads,) * n_layers
     for key, values in (("ffn", ffn), ("heads", heads)):
