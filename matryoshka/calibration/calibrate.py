@@ -198,9 +198,10 @@ def _calibrate_thresholds(rt: Runtime, sets: list[list[str]], x_cal, y_cal, x_te
     bar.update(1)
     bar.close()
     k = 0 if chosen is None else chosen
-    cascade, cert, pick = sets[k], certs[k], picks[k]
-    temps, flops = cands[k][2], cands[k][3]
-    test = [test_all[i] for i in pick]
+    cascade, cert = sets[k], certs[k]
+    reports = [_test_report([test_all[i] for i in pick], y_test, levels, temps, ce, flops,
+                            target)
+               for pick, (_, levels, temps, flops), ce in zip(picks, cands, certs)]
     if chosen is None:
         log.warning("no thresholds could be certified for %s <= %g at delta %g on %d samples; "
                     "the runtime will use the largest level alone", target, epsilon, delta,
@@ -222,15 +223,13 @@ def _calibrate_thresholds(rt: Runtime, sets: list[list[str]], x_cal, y_cal, x_te
         "p_value": cert.p_value, "n_certified": cert.n_certified,
         "expected_relative_cost": cert.expected_relative_cost,
         "exit_fractions": cert.exit_fractions,
-        "test": _test_report(test, y_test, cascade, temps, cert, flops, target),
+        "test": reports[k],
     }
     if m > 1:
         record["candidates"] = [
-            {"levels": list(c[1]), "thresholds": ce.thresholds, "delta": delta / m,
-             "expected_relative_cost": ce.expected_relative_cost,
-             "test": _test_report([test_all[i] for i in p], y_test, c[1], c[2], ce, c[3],
-                                  target)}
-            for c, ce, p in zip(cands, certs, picks)]
+            {"levels": list(levels), "thresholds": ce.thresholds, "delta": delta / m,
+             "expected_relative_cost": ce.expected_relative_cost, "test": report}
+            for levels, ce, report in zip(sets, certs, reports)]
         record["chosen"] = chosen
     return record
 

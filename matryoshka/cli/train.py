@@ -154,17 +154,13 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
     if tcfg.lr_scale is not None and len(tcfg.lr_scale) != len(cfg.levels):
         raise click.BadParameter(f"needs {len(cfg.levels)} values, one per level",
                                  param_hint="--lr-scale")
-    if pretrained is not None:
-        pass  # read above
-    elif text:
+    if pretrained is None:  # the pretrained path read its data above, with the model
         dataset, record, labels, files, cfg = _text_data(
             data, text_column, label_column, split_seed, vocab_size, tokenizer_model,
-            not no_lowercase, cfg, init, init_from)
-    else:
-        dataset, record, labels, files, cfg = _array_data(data, cfg, init)
+            not no_lowercase, cfg, init, init_from) if text else _array_data(data, cfg, init)
     if init is not None and levels is not None and rewire:
         _rewire(init, dataset, tcfg.batch_size, no_progress)
-    if init is None and pretrained is None:
+    if init is None:
         stem = "digits" if data == "demo" else Path(data).stem
         cfg = dataclasses.replace(cfg, name=name or f"{stem}-{preset_name}")
     from matryoshka.training import train as run_training

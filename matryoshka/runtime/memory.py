@@ -21,11 +21,13 @@ import numpy as np
 from matryoshka.errors import MatryoshkaError
 
 # The child: reads the graph file, checks its sha256 (the bytes measured are the bytes the
-# manifest names), builds the session from those bytes, drops them, runs once.
+# manifest names), builds the session from those bytes with the bench's own session options,
+# drops them, runs once.
 CHILD = r"""
 import hashlib, json, sys
 import numpy as np
 import onnxruntime as ort
+from matryoshka.runtime.providers import session_options
 
 def rss():
     try:
@@ -42,10 +44,7 @@ before = rss()
 data = open(graph, "rb").read()
 if hashlib.sha256(data).hexdigest() != sha:
     sys.exit("the graph file changed while it was measured")
-opts = ort.SessionOptions()
-if threads != "none":
-    opts.intra_op_num_threads = int(threads)
-    opts.inter_op_num_threads = 1
+opts = session_options(None if threads == "none" else int(threads))  # as the bench's own
 opts.log_severity_level = 3
 session = ort.InferenceSession(data, opts, providers=providers.split(","))
 del data

@@ -46,7 +46,7 @@ def choose_precisions(timings: Sequence[dict], accuracy: dict[str, dict[str, flo
             raise ConfigError(f"no fp32 timing or accuracy for level {dim} at batch {batch}; "
                               f"tune at --batch {batch}")
         allowed = [p for p in measured if p in acc and acc["fp32"] - acc[p] <= max_loss
-                   and (p == "fp32" or low.get(dim, 2.0) > 1.0)]
+                   and (p == "fp32" or dim not in low or low[dim] > 1.0)]
         chosen.append(min(allowed, key=lambda p: (p50[(dim, p)], PRECISIONS.index(p))))
     return chosen
 
