@@ -50,11 +50,9 @@ import json; out = json.load(open('$tmp/rt-text.json'))
 assert len(out['label_names']) == 2 and set(out['label_names']) <= {'ham', 'spam'}, out"
 # an imported pretrained encoder (a tiny random BERT folder, WordPiece with [CLS]/[SEP])
 .venv/bin/python -c "
-from tests.model.tiny_bert import make_tiny_bert, texts
+from tests.model.tiny_bert import labelled_csv, make_tiny_bert
 make_tiny_bert('$tmp/bert')
-rows = ['text,label'] + [f'{t} free prize,spam' if i % 2 else f'{t} lunch,ham'
-                         for i, t in enumerate(texts(700))]
-open('$tmp/bert.csv', 'w').write(chr(10).join(rows) + chr(10))"
+labelled_csv('$tmp/bert.csv')"
 .venv/bin/matryoshka train --data "$tmp/bert.csv" --pretrained "$tmp/bert" --max-len 16 \
   --epochs 1 --out "$tmp/bck" --no-progress > /dev/null
 .venv/bin/mexport --checkpoint "$tmp/bck" --out "$tmp/bexp" --no-progress > /dev/null

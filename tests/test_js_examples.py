@@ -111,17 +111,27 @@ def test_text_is_tokenized_in_js_and_answers_equal_python_on_every_test_row(
     assert res["ids_differ"] == 0 and len(res["levels"]) >= 2, res
 
 
-def test_unicode_edge_cases_and_truncation_tokenize_as_in_python(text_export, tmp_path):
+@pytest.mark.parametrize("export,specials", [
+    ("text_export", None),  # BPE, no special tokens
+    ("bert_export", (2, 3)),  # a pretrained WordPiece tokenizer: [CLS] text [SEP]
+])
+def test_unicode_edge_cases_and_truncation_tokenize_as_in_python(export, specials, request,
+                                                                 tmp_path):
+    """The ids, truncated to max_len (around the special tokens), in Node as in Python; and
+    the answers equal."""
     run = _runner("node")
-    rt = Runtime.open(text_export, device="cpu")
+    folder = request.getfixturevalue(export)
+    rt = Runtime.open(folder, device="cpu")
     path = tmp_path / "edge.json"
     path.write_text(json.dumps({"texts": EDGE_TEXTS}))
-    answers = run(text_export, path, "fp32")["answers"]
+    answers = run(folder, path, "fp32")["answers"]
     from matryoshka.runtime.text import encode
 
     want = [r.tolist() for r in encode(rt.tokenizer, EDGE_TEXTS)]
     assert [a["ids"] for a in answers] == want
     assert len(want[-1]) == rt.manifest["tokenizer"]["max_len"]  # truncated in JS too
+    if specials is not None:
+        assert (want[-1][0], want[-1][-1]) == specials
     py = rt.predict(EDGE_TEXTS)
     assert [a["label"] for a in answers] == py.labels.tolist()
     assert [a["level"] for a in answers] == [str(v) for v in py.levels]
@@ -193,36 +203,8 @@ def test_node_example_errors_are_one_line_exit_2(digits_export, tmp_path, case, 
 @pytest.fixture(scope="module")
 def bert_export(tmp_path_factory):
     """An imported tiny BERT (WordPiece; [CLS] and [SEP] from its post-processor), exported."""
-    from tests.model.tiny_bert import make_tiny_bert, texts
+    from tests.model.tiny_bert import fine_tune_and_export, labelled_csv, make_tiny_bert
 
     d = tmp_path_factory.mktemp("js-bert")
-    folder = make_tiny_bert(d / "bert")
-    lines = ["text,label"] + [f"{t} free prize,spam" if i % 2 else f"{t} lunch,ham"
-                              for i, t in enumerate(texts(700))]
-    (d / "data.csv").write_text("\n".join(lines) + "\n")
-    r = CliRunner().invoke(cli, ["train", "--data", str(d / "data.csv"), "--pretrained",
-                                 str(folder), "--max-len", "16", "--epochs", "1",
-                                 "--out", str(d / "ck"), "--no-progress"])
-    assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(mexport, ["--checkpoint", str(d / "ck"), "--out", str(d / "exp"),
-                                     "--no-progress"])
-    assert r.exit_code == 0, r.output
-    return d / "exp"
-
-
-def test_a_pretrained_wordpiece_tokenizer_with_special_tokens_runs_as_in_python(
-        bert_export, tmp_path):
-    """[CLS] text [SEP], truncated to max_len around the special tokens, in Node as in
-    Python; and the answers equal."""
-    run = _runner("node")
-    rt = Runtime.open(bert_export, device="cpu")
-    path = tmp_path / "edge.json"
-    path.write_text(json.dumps({"texts": EDGE_TEXTS}))
-    answers = run(bert_export, path, "fp32")["answers"]
-    from matryoshka.runtime.text import encode
-
-    want = [r.tolist() for r in encode(rt.tokenizer, EDGE_TEXTS)]
-    assert [a["ids"] for a in answers] == want
-    assert want[-1][0] == 2 and want[-1][-1] == 3 and len(want[-1]) == 16
-    py = rt.predict(EDGE_TEXTS)
-    assert [a["label"] for a in answers] == py.labels.tolist()
+    return fine_tune_and_export(d, make_tiny_bert(d / "bert"), labelled_csv(d / "data.csv"),
+                                max_len=16)

@@ -7,7 +7,6 @@ written; the from-scratch configs are unchanged."""
 
 import csv
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +16,14 @@ import torch
 from click.testing import CliRunner
 from safetensors.numpy import load_file, save_file
 
-from matryoshka.cli import cli, mexport
+from matryoshka.cli import cli
 from matryoshka.errors import ConfigError
 from matryoshka.model import preset
 from matryoshka.model.bert import import_bert
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.text import encode, pad
 from tests.model.bert_reference import bert_pooled
-from tests.model.tiny_bert import WORDS, make_tiny_bert, texts
+from tests.model.tiny_bert import fine_tune_and_export, labelled_csv, make_tiny_bert, texts
 
 ROOT = Path(__file__).resolve().parents[2]
 MINILM = ROOT / "artifacts" / "pretrained" / "all-MiniLM-L6-v2"
@@ -65,23 +64,8 @@ def test_truncation_keeps_the_special_tokens(tmp_path):
 def pretrained_export(tmp_path_factory):
     """A tiny BERT fine-tuned for one epoch on a 3-class CSV through the CLI, and exported."""
     d = tmp_path_factory.mktemp("bert")
-    folder = make_tiny_bert(d / "bert")
-    rng = random.Random(0)
-    with open(d / "data.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        for i in range(900):
-            label = ["spam", "ham", "other"][i % 3]
-            key = {"spam": "free money prize", "ham": "lunch meeting thursday",
-                   "other": "patch reply thanks"}[label]
-            w.writerow([" ".join(rng.choices(WORDS, k=rng.randint(1, 20))) + " " + key, label])
-    r = CliRunner().invoke(cli, ["train", "--data", str(d / "data.csv"), "--pretrained",
-                                 str(folder), "--max-len", "32", "--epochs", "1",
-                                 "--out", str(d / "ck"), "--no-progress"])
-    assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(mexport, ["--checkpoint", str(d / "ck"), "--out", str(d / "exp"),
-                                     "--no-progress"])
-    assert r.exit_code == 0, r.output
+    data = labelled_csv(d / "data.csv", classes=("spam", "ham", "other"))
+    fine_tune_and_export(d, make_tiny_bert(d / "bert"), data, max_len=32)
     return d
 
 

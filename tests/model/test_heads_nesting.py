@@ -4,8 +4,6 @@ largest level is the encoder itself; levels are named h3, h6, ...; train --init-
 --levels nests and rewires a fine-tuned encoder, and export, calibrate, the cascade graph and
 predict work on these levels; bad levels are one error."""
 
-import csv
-import random
 
 import pytest
 import torch
@@ -18,7 +16,7 @@ from matryoshka.model.bert import import_bert, nest_by_heads
 from matryoshka.model.transformer import extract_level
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.text import encode, pad
-from tests.model.tiny_bert import WORDS, make_tiny_bert, texts
+from tests.model.tiny_bert import labelled_csv, make_tiny_bert, texts
 
 
 @pytest.fixture
@@ -67,13 +65,7 @@ def nested_export(tmp_path_factory):
     trained jointly with distillation, exported and calibrated, all through the CLI."""
     d = tmp_path_factory.mktemp("heads")
     folder = make_tiny_bert(d / "bert", heads=4, ffn=64)
-    rng = random.Random(0)
-    with open(d / "data.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        for i in range(900):
-            label, key = [("spam", "free money prize"), ("ham", "lunch meeting thursday")][i % 2]
-            w.writerow([" ".join(rng.choices(WORDS, k=rng.randint(1, 20))) + " " + key, label])
+    labelled_csv(d / "data.csv")
     run = CliRunner().invoke
     r = run(cli, ["train", "--data", str(d / "data.csv"), "--pretrained", str(folder),
                   "--max-len", "32", "--epochs", "1", "--out", str(d / "teacher"),

@@ -77,3 +77,41 @@ def texts(n: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 41)))) + rng.choice(["", "!", "?"])
             for _ in range(n)]
+
+
+KEYS = {"spam": "free money prize", "ham": "lunch meeting thursday",
+        "other": "patch reply thanks"}
+
+
+def labelled_csv(path: str | Path, classes=("spam", "ham"), n: int = 900, seed: int = 0) -> Path:
+    """A text,label CSV: n rows of 1 to 20 random words plus their class's key words, the
+    classes in turn, so a model tells them apart after one epoch."""
+    import csv
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(n):
+            label = classes[i % len(classes)]
+            w.writerow([" ".join(rng.choices(WORDS, k=rng.randint(1, 20))) + " " + KEYS[label],
+                        label])
+    return Path(path)
+
+
+def fine_tune_and_export(d: Path, folder: Path, data: Path, max_len: int) -> Path:
+    """train --pretrained FOLDER for one epoch on `data`, then mexport: the export folder
+    (d/exp; the checkpoint is d/ck)."""
+    from click.testing import CliRunner
+
+    from matryoshka.cli import cli, mexport
+
+    r = CliRunner().invoke(cli, ["train", "--data", str(data), "--pretrained", str(folder),
+                                 "--max-len", str(max_len), "--epochs", "1",
+                                 "--out", str(d / "ck"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(mexport, ["--checkpoint", str(d / "ck"), "--out", str(d / "exp"),
+                                     "--no-progress"])
+    assert r.exit_code == 0, r.output
+    return d / "exp"
