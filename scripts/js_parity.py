@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import http.server
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -208,13 +207,13 @@ def main() -> int:
         cases_file = args.cases_out or Path(tmp) / "cases.json"
         cases_file.parent.mkdir(parents=True, exist_ok=True)
         cases_file.write_text(json.dumps(cases))
-        results, code = {}, 0
+        results, missing = {}, False
         for name in runtimes:
             try:
                 res = compare(cases, RUNNERS[name](args.export_dir, cases_file, args.variant))
             except Missing as e:
                 print(f"{name:8} missing: {e}")
-                results[name], code = {"missing": str(e)}, max(code, 2)
+                results[name], missing = {"missing": str(e)}, True
                 continue
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 res = {"equal": False, "why": str(e)}
@@ -227,12 +226,12 @@ def main() -> int:
                       f"{res['ms']:.0f} ms")
             else:
                 print(f"{name:8} DIFFERS: {res['why']}")
-                code = max(code, 1) if code != 2 else code
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    return 1 if any(not r.get("equal", True) for r in results.values()) else code
+    if any(not r.get("equal", True) for r in results.values()):
+        return 1
+    return 2 if missing else 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

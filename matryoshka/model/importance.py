@@ -33,9 +33,11 @@ def importance(model: MatryoshkaTransformer, batches: Iterable[tuple[torch.Tenso
     full level's logits (a sum over the batch, so that per-example terms add up)."""
     loss = loss or torch.nn.functional.cross_entropy
     c = model.config
-    n_heads = c.d_model // c.head_dim
+    n_heads = c.n_heads
     heads = np.zeros((c.n_layers, n_heads))
-    neurons = np.zeros((c.n_layers, model.blocks[0].ffn.w1.weight.shape[0]))
+    # sum pre dL/dpre and sum a dL/da of every neuron, over the split (signed, then |.|)
+    pre_sum = np.zeros((c.n_layers, model.blocks[0].ffn.w1.weight.shape[0]))
+    act_sum = np.zeros_like(pre_sum)
     seen: dict[str, torch.Tensor] = {}
 
     def keep(name):
@@ -51,7 +53,6 @@ def importance(model: MatryoshkaTransformer, batches: Iterable[tuple[torch.Tenso
         handles.append(block.ffn.w2.register_forward_pre_hook(keep(f"act{i}")))
         handles.append(block.ffn.w1.register_forward_hook(
             lambda module, inputs, out, i=i: keep(f"pre{i}")(module, (out,))))
-    pre_sum, act_sum = np.zeros_like(neurons), np.zeros_like(neurons)
     was_training = model.training
     model.eval()  # no dropout: the scores of the function that is deployed
     try:
@@ -67,13 +68,12 @@ def importance(model: MatryoshkaTransformer, batches: Iterable[tuple[torch.Tenso
                 for name, acc in (("pre", pre_sum), ("act", act_sum)):
                     t = seen[f"{name}{i}"]
                     acc[i] += (t * t.grad).detach().sum(dim=tuple(range(t.ndim - 1))).numpy()
-        neurons[:] = np.abs(pre_sum) + np.abs(act_sum)
     finally:
         for h in handles:
             h.remove()
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    return heads, neurons
+    return heads, np.abs(pre_sum) + np.abs(act_sum)
 
 
 def order(scores: np.ndarray) -> np.ndarray:
