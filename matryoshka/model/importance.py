@@ -62,12 +62,13 @@ def importance(model: MatryoshkaTransformer, batches: Iterable[tuple[torch.Tenso
             loss(model(x), y, reduction="sum").backward()
             for i in range(c.n_layers):
                 a = seen[f"attn{i}"]  # [batch, n, heads * head_dim]
-                per_sample = (a * a.grad).detach().sum(dim=1)
+                per_sample = (a * a.grad).detach().float().sum(dim=1)  # bf16 under autocast
                 heads[i] += per_sample.reshape(len(a), n_heads, c.head_dim).sum(2).abs(
                     ).sum(0).numpy()
                 for name, acc in (("pre", pre_sum), ("act", act_sum)):
                     t = seen[f"{name}{i}"]
-                    acc[i] += (t * t.grad).detach().sum(dim=tuple(range(t.ndim - 1))).numpy()
+                    acc[i] += (t * t.grad).detach().float().sum(
+                        dim=tuple(range(t.ndim - 1))).numpy()
     finally:
         for h in handles:
             h.remove()

@@ -31,12 +31,14 @@ from matryoshka.model import (
     flops_per_sample,
 )
 from matryoshka.model.checkpoint import save_checkpoint
+from matryoshka.model.config import random_spec
 from matryoshka.training.distributed import Dist, all_reduce_sum, init_from_env, shutdown, wrap
 from matryoshka.training.objective import LevelOutput, distillation, total_loss
 from matryoshka.training.optim import make_optimizer
 
 log = logging.getLogger(__name__)
 SCHEDULES = ("joint", "progressive", "sampled", "mix")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,16 @@ class TrainConfig:
     lr_scale: tuple[float, ...] | None = None  # lambda_i per level; None: 1 each
     augment: bool = True  # images only: random shifts of up to one pixel
     seed: int = 0
+    precision: str = "fp32"  # the forward and backward: "fp32", or "bf16" under autocast
+    teacher: str | None = None  # the frozen teacher checkpoint whose logits were cached
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}; "
                               f"got {self.schedule!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; "
+                              f"got {self.precision!r}")
         if self.distill_direction not in ("seed", "teacher"):
             raise ConfigError("distill_direction must be 'seed' or 'teacher'")
         if self.epochs < 1 or self.batch_size < 1:
@@ -174,19 +181,6 @@ def levels_for_step(schedule: str, levels: tuple[int, ...], epoch: int, epochs: 
     return list(levels[: stage + 1])
 
 
-def random_spec(cfg: MatryoshkaConfig, rng: np.random.Generator) -> Spec:
-    """A Mix'n'Match sub-model drawn uniformly (MatFormer): a trained residual width, and for
-    each layer a trained FFN width and a trained head count. Drawn from the rng seeded alike
-    on every rank, so all ranks train the same spec in a step."""
-    def draw(values: list[int]) -> int:
-        return values[int(rng.integers(len(values)))]
-
-    widths, counts = cfg.ffn_widths(), cfg.head_counts()
-    dim = draw(list(cfg.dims()))
-    return Spec(dim, tuple(draw(widths) for _ in range(cfg.n_layers)),
-                tuple(draw(counts) for _ in range(cfg.n_layers)))
-
-
 def lr_at(step: int, total: int, base: float, warmup: float) -> float:
     """Linear warmup over the first `warmup` fraction, then cosine decay to zero."""
     w = max(1, int(total * warmup))
@@ -242,9 +236,22 @@ def check_finite_loss(epoch_loss: float, epoch: int, tcfg: TrainConfig, d: Dist)
 
 def train_step(wrapped: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor,
                yb: torch.Tensor, active: list, tcfg: TrainConfig,
-               alphas: dict[int, float], lr: float) -> dict[str, torch.Tensor]:
+               alphas: dict[int, float], lr: float,
+               teacher: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One optimisation step: one forward over the active levels (and the sub-model Spec
-    among them, schedule mix), one backward, one update."""
+    among them, schedule mix), one backward, one update. `teacher`: a frozen model's logits
+    for this batch, which then teach every level (else the largest level teaches)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tcfg.precision == "bf16"):
+        terms = _step_loss(wrapped, xb, yb, active, tcfg, alphas, teacher)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    opt.step()
+    return terms
+
+
+def _step_loss(wrapped, xb, yb, active, tcfg: TrainConfig, alphas, teacher):
     outs, mixes = [], []
     for level, logits, hidden in wrapped(xb, active):
         if isinstance(level, Spec):
@@ -254,22 +261,18 @@ def train_step(wrapped: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.T
     layers = list(tcfg.reg_layers) if tcfg.reg_layers is not None else None
     terms = total_loss(outs, yb, alphas=alphas, beta=tcfg.beta, gamma=tcfg.gamma,
                        temperature=tcfg.temperature, reg_layers=layers,
-                       direction=tcfg.distill_direction)
-    for mix in mixes:  # weighted as an average level, and taught by the largest like one
+                       direction=tcfg.distill_direction, teacher=teacher)
+    for mix in mixes:  # weighted as an average level, and taught like one
         weight = sum(alphas.values()) / len(alphas)
         terms["ce"] = terms["ce"] + weight * F.cross_entropy(mix.logits, yb)
-        if outs and outs[-1].dim == max(alphas):  # the largest level teaches, when it ran
+        if teacher is not None:
+            terms["distill"] = terms["distill"] + distillation(
+                [mix], tcfg.gamma, tcfg.temperature, tcfg.distill_direction, teacher)
+        elif outs and outs[-1].dim == max(alphas):  # the largest level teaches, when it ran
             terms["distill"] = terms["distill"] + distillation(
                 [mix, outs[-1]], tcfg.gamma, tcfg.temperature, tcfg.distill_direction)
         terms["total"] = terms["ce"] + terms["reg"] + terms["distill"]
-    for g in opt.param_groups:
-        g["lr"] = lr
-    opt.zero_grad(set_to_none=True)
-    terms["total"].backward()
-    opt.step()
     return terms
-
-
 def epoch_order(n: int, epoch: int, rng: np.random.Generator, sampler) -> torch.Tensor:
     """This rank's sample order for one epoch: a seeded permutation, or the
     DistributedSampler's shard (set_epoch reshuffles it the same way on every rank)."""
@@ -282,34 +285,42 @@ def epoch_order(n: int, epoch: int, rng: np.random.Generator, sampler) -> torch.
 def train(cfg: MatryoshkaConfig, data: Dataset, tcfg: TrainConfig, out: str | Path,
           force: bool = False, progress: bool = True, data_name: str | dict = "",
           init: MatryoshkaTransformer | None = None, files: dict[str, bytes] | None = None,
-          labels: list[str] | None = None) -> dict:
+          labels: list[str] | None = None, teacher_logits: np.ndarray | None = None) -> dict:
     """Train a model and write its checkpoint folder to `out` atomically; returns metrics.
 
     `data_name` is the data's record (matryoshka.data.source), kept in metrics.json so that
     export, calibrate and bench find the same data; `labels` are the class names; `files`
     are written into the checkpoint too (tokenizer.json for text).
     `init` starts from another model's weights (same config) instead of a random draw.
+    `teacher_logits` [n_train, n_classes], a frozen teacher's logits on the training split
+    (row for row), teach every level in place of the largest one.
     Under torchrun the data is sharded over the ranks, gradients are all-reduced by DDP,
     metrics are reduced, and rank 0 alone writes the checkpoint.
     """
     check_data_fits(cfg, data)
     alphas = tcfg.alphas(cfg.levels)
+    n_train = len(data["train"][0])
+    if teacher_logits is not None and teacher_logits.shape != (n_train, cfg.n_classes):
+        raise ConfigError(f"the teacher's logits are shaped {teacher_logits.shape}; the "
+                          f"training split needs ({n_train}, {cfg.n_classes})")
     d = init_from_env()
     try:
         if d.main:
             with atomic_dir(out, force) as tmp:
                 metrics, model = _fit(cfg, data, tcfg, tmp, progress, data_name, init, d,
-                                      alphas)
+                                      alphas, teacher_logits)
                 metrics["labels"] = list(labels or [str(i) for i in range(cfg.n_classes)])
                 save_checkpoint(tmp, model, metrics, files)
         else:
-            metrics, _ = _fit(cfg, data, tcfg, None, False, data_name, init, d, alphas)
+            metrics, _ = _fit(cfg, data, tcfg, None, False, data_name, init, d, alphas,
+                              teacher_logits)
     finally:
         shutdown(d)
     return metrics
 
 
-def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, d: Dist, alphas):
+def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, d: Dist, alphas,
+         teacher_logits):
     torch.manual_seed(tcfg.seed)
     rng = np.random.default_rng(tcfg.seed)  # the same draws on every rank (sampled levels)
     gen = torch.Generator().manual_seed(tcfg.seed + d.rank)
@@ -321,6 +332,8 @@ def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, d: Dist, 
     x = torch.as_tensor(data["train"][0]).to(torch.float32 if cfg.input_kind == "image"
                                              else torch.long)
     y = torch.as_tensor(data["train"][1], dtype=torch.long)
+    taught = None if teacher_logits is None else torch.as_tensor(teacher_logits,
+                                                                  dtype=torch.float32)
     sampler = None
     if d.enabled:
         from torch.utils.data import DistributedSampler
@@ -330,7 +343,7 @@ def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, d: Dist, 
     per_rank = len(sampler) if sampler is not None else len(x)
     steps_per_epoch = math.ceil(per_rank / tcfg.batch_size)
     total = steps_per_epoch * tcfg.epochs
-    best, best_key, best_epoch = None, None, 0
+    best, best_key, best_epoch, best_val = None, None, 0, {}
     start, step = time.perf_counter(), 0
     # disable=None: tqdm hides itself when stderr is not a terminal (CI logs, pipes)
     bar = tqdm(total=total, desc="train", unit="step", disable=None if progress else True,
@@ -350,7 +363,8 @@ def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, d: Dist, 
                 if tcfg.schedule == "mix":
                     active.append(random_spec(cfg, rng))
                 lr = lr_at(step, total, tcfg.lr, tcfg.warmup)
-                terms = train_step(wrapped, opt, xb, yb, active, tcfg, alphas, lr)
+                terms = train_step(wrapped, opt, xb, yb, active, tcfg, alphas, lr,
+                                   None if taught is None else taught[idx])
                 for k in sums:
                     sums[k] += float(terms[k].detach()) / steps_per_epoch
                 step += 1
@@ -364,7 +378,7 @@ def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, d: Dist, 
             mean_loss = float(np.mean([v["loss"] for v in val.values()]))
             key = (mean_acc, -mean_loss)
             if best_key is None or key > best_key:
-                best_key, best_epoch = key, epoch
+                best_key, best_epoch, best_val = key, epoch, val
                 best = {k: v.clone() for k, v in model.state_dict().items()}
             rec = {"epoch": epoch, "lr": lr, "seconds": time.perf_counter() - start,
                    "train": sums, "val_accuracy": {str(k): v["accuracy"] for k, v in val.items()},
@@ -381,8 +395,7 @@ def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, d: Dist, 
     train_seconds = time.perf_counter() - start
     model.load_state_dict(best)
     model.eval()
-    test = evaluate(model, *data["test"], d=d)
-    val = evaluate(model, *data["val"], d=d)
+    test, val = evaluate(model, *data["test"], d=d), best_val  # val: as scored at its epoch
     metrics = {
         "model": cfg.name,
         "data": data_name,

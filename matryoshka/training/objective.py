@@ -41,21 +41,24 @@ def consistency(outputs: list[LevelOutput], beta: float, layers: list[int] | Non
 
 
 def distillation(outputs: list[LevelOutput], gamma: float, temperature: float,
-                 direction: str = "seed") -> torch.Tensor:
+                 direction: str = "seed", teacher: torch.Tensor | None = None) -> torch.Tensor:
     """L_distill = sum_{i<k} gamma * T^2 * KL(., .) between softmax(z_i/T) and softmax(z_k/T).
 
     z_k is detached: the largest level teaches, it does not learn from the students.
     direction "seed" is the seed's argument order KL(p_i || p_k); "teacher" is Hinton's
-    KL(p_k || p_i).
+    KL(p_k || p_i). Given `teacher` logits (a frozen model's, [batch, n_classes]), they are
+    z_k instead, and every output is a student, the largest level included.
     """
     zero = outputs[0].logits.new_zeros(())
-    if gamma == 0 or len(outputs) < 2:
+    students = outputs if teacher is not None else outputs[:-1]
+    if gamma == 0 or not students:
         return zero
     t = temperature
-    teacher = F.log_softmax(outputs[-1].logits.detach() / t, dim=-1)
+    z = teacher if teacher is not None else outputs[-1].logits
+    teacher = F.log_softmax(z.detach().float() / t, dim=-1)
     total = zero
-    for o in outputs[:-1]:
-        student = F.log_softmax(o.logits / t, dim=-1)
+    for o in students:
+        student = F.log_softmax(o.logits.float() / t, dim=-1)
         if direction == "seed":
             kl = (student.exp() * (student - teacher)).sum(-1).mean()
         else:
@@ -66,14 +69,17 @@ def distillation(outputs: list[LevelOutput], gamma: float, temperature: float,
 
 def total_loss(outputs: list[LevelOutput], y: torch.Tensor, *, alphas: dict[int, float],
                beta: float, gamma: float, temperature: float, reg_layers: list[int] | None = None,
-               direction: str = "seed") -> dict[str, torch.Tensor]:
+               direction: str = "seed", teacher: torch.Tensor | None = None
+               ) -> dict[str, torch.Tensor]:
     """Every term and their sum, as a dict with keys ce, reg, distill, total.
 
-    The distillation term needs the largest level among the outputs; a step that did not run
-    it (a sampled or early progressive step) has no teacher and the term is 0.
+    Without `teacher` logits, the distillation term needs the largest level among the
+    outputs; a step that did not run it (a sampled or early progressive step) has no teacher
+    and the term is 0.
     """
     ce = nested_ce(outputs, y, alphas)
     reg = consistency(outputs, beta, reg_layers)
-    teacher_present = outputs[-1].dim == max(alphas)
-    dist = distillation(outputs, gamma, temperature, direction) if teacher_present else ce * 0
+    teacher_present = teacher is not None or outputs[-1].dim == max(alphas)
+    dist = (distillation(outputs, gamma, temperature, direction, teacher) if teacher_present
+            else ce * 0)
     return {"ce": ce, "reg": reg, "distill": dist, "total": ce + reg + dist}

@@ -75,6 +75,7 @@ def nested_export(tmp_path_factory):
                   "--levels", "1,2,4", "--epochs", "1", "--out", str(d / "ck"), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "rewired by importance" in r.output
+    assert f"teacher: {d / 'teacher'}" in r.output  # the fine-tuned encoder, frozen
     r = run(mexport, ["--checkpoint", str(d / "ck"), "--out", str(d / "exp"), "--no-progress"])
     assert r.exit_code == 0, r.output
     calibrate(d / "exp", epsilon=0.1, delta=0.2, progress=False)
@@ -105,4 +106,19 @@ def test_levels_on_a_model_that_is_not_an_imported_encoder_are_refused(tmp_path,
                                  "--init-from", str(nested_export / "ck"), "--levels", "2,4",
                                  "--out", str(tmp_path / "x"), "--no-progress"])
     assert r.exit_code == 2 and "error: only a model trained at its full width" in r.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_frozen_teacher_is_recorded_and_one_of_other_classes_is_refused(
+        tmp_path, nested_export, tiny_checkpoint):
+    from matryoshka.model.checkpoint import load_checkpoint
+
+    _, metrics = load_checkpoint(nested_export / "ck")
+    assert metrics["train_config"]["teacher"] == str(nested_export / "teacher")
+    r = CliRunner().invoke(cli, ["train", "--data", str(nested_export / "data.csv"),
+                                 "--init-from", str(nested_export / "teacher"), "--levels",
+                                 "2,4", "--teacher", str(tiny_checkpoint), "--no-rewire",
+                                 "--out", str(tmp_path / "x"), "--no-progress"])
+    assert r.exit_code == 2, r.output
+    assert "error: --teacher" in r.output and "was trained on the classes" in r.output
     assert not (tmp_path / "x").exists()

@@ -97,3 +97,16 @@ def test_the_neuron_score_is_the_taylor_score_of_its_weights(bert):
         want = (incoming.abs() + outgoing.abs()).detach().numpy()
         np.testing.assert_allclose(neurons[i], want, rtol=1e-3, atol=1e-6)
     model.zero_grad()
+
+
+def test_scores_under_bf16_autocast_are_float_and_rank_like_fp32(bert):
+    """train --precision bf16 scores under autocast: the activations and gradients are bf16
+    there; the scores come back as float arrays that rank the heads nearly as fp32 does."""
+    model, batches = bert
+    fp32 = importance(model, batches)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = importance(model, batches)
+    for name, a32, a16 in zip(("heads", "neurons"), fp32, bf16):
+        assert a16.shape == a32.shape and a16.dtype == np.float64 and np.isfinite(a16).all()
+        for row32, row16 in zip(a32, a16):
+            assert np.corrcoef(row32, row16)[0, 1] > 0.9, name

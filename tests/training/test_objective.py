@@ -148,3 +148,19 @@ def test_a_mix_step_adds_its_loss_to_the_joint_one():
     train_step(MultiLevel(model), opt, x, y, [16, spec], tcfg, alphas, lr=0.0)
     grad = model.blocks[0].ffn.w1.weight.grad
     assert grad[48:96, :16].abs().sum() > 0 and grad[48:96, 16:].abs().sum() == 0
+
+
+def test_a_frozen_teachers_logits_teach_every_level_the_largest_included():
+    outs = _outputs()
+    z = torch.randn(3, outs[0].logits.shape[1])
+    t, gamma = 2.0, 0.5
+    p_t = F.softmax(z / t, -1)
+    expected = sum(gamma * t * t * (p_t * (p_t.log() - F.log_softmax(o.logits / t, -1)))
+                   .sum(-1).mean() for o in outs)
+    torch.testing.assert_close(distillation(outs, gamma, t, "teacher", teacher=z), expected)
+    y = torch.tensor([0, 1, 2])
+    only_small = total_loss(outs[:1], y, alphas={4: 1.0, 8: 1.0}, beta=0.0, gamma=gamma,
+                            temperature=t, direction="teacher", teacher=z)
+    torch.testing.assert_close(only_small["distill"],
+                               distillation(outs[:1], gamma, t, "teacher", teacher=z))
+    assert float(only_small["distill"]) > 0, "a step without the largest level is still taught"
