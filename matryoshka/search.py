@@ -24,12 +24,14 @@ from tqdm import tqdm
 from matryoshka.errors import ArtifactError, ConfigError, DataError, MissingArtifactError
 from matryoshka.io import read_json_object, write_json_atomic
 from matryoshka.model import MatryoshkaConfig, MatryoshkaTransformer, Spec, flops_per_sample
+from matryoshka.model.config import random_spec
 from matryoshka.search_report import plot_beside
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-METHODS = ("greedy", "exhaustive")
+METHODS = ("greedy", "exhaustive", "random")
 MAX_CANDIDATES = 5000  # exhaustive refuses beyond this many specs
+RANDOM_CANDIDATES = 24  # random draws this many specs unless told
 SEARCH_JSON = "search.json"
 
 
@@ -136,23 +138,43 @@ def exhaustive_specs(config: MatryoshkaConfig) -> Iterator[Spec]:
                 yield Spec(dim, ffn, heads)
 
 
+def random_specs(config: MatryoshkaConfig, count: int, seed: int = 0) -> list[Spec]:
+    """`count` distinct specs drawn uniformly (as schedule mix draws them in training), none
+    of them a trained level; all the others when the space holds fewer. Seeded: the same
+    draws every run."""
+    rng = np.random.default_rng(seed)
+    levels = {config.spec(dim) for dim in config.levels}
+    want = min(count, exhaustive_count(config) - len(levels))
+    drawn: dict[Spec, None] = {}
+    while len(drawn) < want:
+        spec = random_spec(config, rng)
+        if spec not in levels:
+            drawn.setdefault(spec)
+    return list(drawn)
+
+
 def run_method(config: MatryoshkaConfig, accuracy: Callable[[Spec], float],
-               method: str = "greedy", max_candidates: int = MAX_CANDIDATES) -> None:
+               method: str = "greedy", max_candidates: int | None = None) -> None:
     """Score the candidates of `method` with `accuracy` (an `Evaluations` records them), the
-    trained levels always among them."""
+    trained levels always among them. random scores `max_candidates` draws
+    [RANDOM_CANDIDATES]; exhaustive refuses more specs than `max_candidates`
+    [MAX_CANDIDATES]."""
     _check_method(config, method, max_candidates)
     if method == "greedy":
         greedy_walk(config, accuracy)
         return
     for dim in config.levels:
         accuracy(config.spec(dim))
-    for spec in exhaustive_specs(config):
+    specs = (random_specs(config, max_candidates or RANDOM_CANDIDATES) if method == "random"
+             else exhaustive_specs(config))
+    for spec in specs:
         accuracy(spec)
 
 
-def _check_method(config: MatryoshkaConfig, method: str, max_candidates: int) -> None:
+def _check_method(config: MatryoshkaConfig, method: str, max_candidates: int | None) -> None:
     if method not in METHODS:
         raise ConfigError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
+    max_candidates = max_candidates or MAX_CANDIDATES
     if method == "exhaustive" and exhaustive_count(config) > max_candidates:
         widths, counts = granularities(config)
         raise ConfigError(
@@ -235,9 +257,10 @@ def pick_best(front: list[dict], budget_flops: float | None) -> dict | None:
 # -- search: load, score, write ----------------------------------------------------------------
 def search(checkpoint: str | Path, budget_flops: float | None = None, method: str = "greedy",
            data: str | None = None, out: str | Path | None = None, plot: bool = True,
-           progress: bool = True, max_candidates: int = MAX_CANDIDATES) -> dict:
+           progress: bool = True, max_candidates: int | None = None) -> dict:
     """Score Mix'n'Match specs of a checkpoint on its validation split (method "greedy": see
-    `greedy_walk`; "exhaustive": every spec, at most `max_candidates`), and write the record
+    `greedy_walk`; "exhaustive": every spec, at most `max_candidates` [5000]; "random":
+    `max_candidates` [24] specs drawn uniformly, `random_specs`), and write the record
     with its Pareto frontier to `out` [<checkpoint's folder>/../search.json], and search.png
     beside it when `plot` (a warning, not a failure, without matplotlib; the record's "plot"
     names the PNG, or is null). With a budget, the record's "best" is the most accurate
@@ -258,7 +281,9 @@ def search(checkpoint: str | Path, budget_flops: float | None = None, method: st
     if budget_flops is not None and budget_flops < smallest:
         raise _too_small(budget_flops, smallest)
     x, y, data_record = val_split(checkpoint, model, metrics, data)
-    total = exhaustive_count(cfg) if method == "exhaustive" else None
+    total = {"exhaustive": exhaustive_count(cfg),
+             "random": len(cfg.levels) + len(random_specs(cfg, max_candidates
+                                                          or RANDOM_CANDIDATES))}.get(method)
     with tqdm(total=total, desc="search", unit="spec", disable=None if progress else True,
               leave=False) as bar:
         evals = Evaluations(lambda s: evaluate(model, x, y, s), on_new=lambda s: bar.update(1))

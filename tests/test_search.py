@@ -27,6 +27,7 @@ from matryoshka.search import (
     load_picks,
     pareto,
     pick_best,
+    random_specs,
     run_method,
     search,
     spec_params,
@@ -163,8 +164,22 @@ def test_exhaustive_is_every_spec_and_refuses_past_the_limit():
     assert set(evals.accuracy) == set(specs)
     with pytest.raises(ConfigError, match="would score 243 specs .* more than the limit of 242"):
         run_method(TINY, Evaluations(lambda s: 0.5), "exhaustive", max_candidates=242)
-    with pytest.raises(ConfigError, match="--method must be one of greedy, exhaustive"):
-        run_method(TINY, Evaluations(lambda s: 0.5), "random")
+    with pytest.raises(ConfigError, match="--method must be one of greedy, exhaustive, random"):
+        run_method(TINY, Evaluations(lambda s: 0.5), "bayes")
+
+
+def test_random_draws_distinct_specs_other_than_the_levels_seeded_and_bounded():
+    levels = {TINY.spec(d) for d in TINY.levels}
+    drawn = random_specs(TINY, 40)
+    assert len(drawn) == len(set(drawn)) == 40 and not levels & set(drawn)
+    assert all(TINY.spec(s) == s for s in drawn)  # each one a valid Mix'n'Match spec
+    assert random_specs(TINY, 40) == drawn  # the same draws every run
+    assert len({s.dim for s in drawn}) == 3 and len({s.heads for s in drawn}) > 3
+    every = random_specs(TINY, 10_000)  # the space holds 243, three of them levels
+    assert len(every) == 240 and set(every) | levels == set(exhaustive_specs(TINY))
+    evals = Evaluations(lambda s: 0.5)
+    run_method(TINY, evals, "random", max_candidates=5)
+    assert len(evals.accuracy) == 8 and levels <= set(evals.accuracy)
 
 
 @pytest.mark.parametrize("spec", [Spec(64, (24, 96), (4, 8)), Spec(16, (96, 48), (8, 2)),

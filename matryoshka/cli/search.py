@@ -36,11 +36,14 @@ def parse_flops(text: str) -> float:
 @click.option("--budget-flops", default=None,
               help="FLOPs per sample the deployment affords, e.g. 3e6 or 2.5M; the most "
               "accurate frontier entry within it is marked best.")
-@click.option("--method", type=click.Choice(["greedy", "exhaustive"]), default="greedy",
-              show_default=True, help="greedy: walk down from every trained level; "
-              "exhaustive: every spec (refused beyond --max-candidates).")
-@click.option("--max-candidates", type=click.IntRange(min=1), default=5000, show_default=True,
-              help="The most specs an exhaustive search may score.")
+@click.option("--method", type=click.Choice(["greedy", "exhaustive", "random"]),
+              default="greedy", show_default=True,
+              help="greedy: walk down from every trained level; exhaustive: every spec "
+              "(refused beyond --max-candidates); random: --max-candidates specs drawn "
+              "uniformly, seeded (a bounded search for big models).")
+@click.option("--max-candidates", type=click.IntRange(min=1), default=None,
+              help="exhaustive: the most specs it may score [5000]; random: how many specs "
+              "it draws [24].")
 @click.option("--data", default=None,
               help="'demo', a .npz or a text file [the checkpoint's own data]; val split only.")
 @click.option("--out", default=None,

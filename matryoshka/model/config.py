@@ -410,4 +410,19 @@ def preset(name: str, **overrides) -> MatryoshkaConfig:
     return MatryoshkaConfig(**{**PRESETS[name], **overrides})
 
 
-__all__ = ["MatryoshkaConfig", "PRESETS", "preset", "parse_levels", "resize", "validate_levels"]
+def random_spec(cfg: MatryoshkaConfig, rng) -> Spec:
+    """A Mix'n'Match sub-model drawn uniformly (MatFormer): a trained residual width, and for
+    each layer a trained FFN width and a trained head count, from a numpy Generator `rng`.
+    Training (schedule mix) draws from an rng seeded alike on every rank, so all ranks train
+    the same spec in a step; `search --method random` scores such draws."""
+    def draw(values: list[int]) -> int:
+        return values[int(rng.integers(len(values)))]
+
+    widths, counts = cfg.ffn_widths(), cfg.head_counts()
+    dim = draw(list(cfg.dims()))
+    return Spec(dim, tuple(draw(widths) for _ in range(cfg.n_layers)),
+                tuple(draw(counts) for _ in range(cfg.n_layers)))
+
+
+__all__ = ["MatryoshkaConfig", "PRESETS", "preset", "parse_levels", "random_spec", "resize",
+           "validate_levels"]
