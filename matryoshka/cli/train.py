@@ -174,7 +174,7 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
     if teacher is None and init is not None and levels is not None:
         teacher = init_from  # nesting: the fine-tuned encoder teaches every level
     taught = None
-    if teacher is not None and teacher != "none":
+    if teacher is not None and teacher != "none" and tcfg.gamma > 0:  # gamma 0: no distilling
         taught = _teacher_logits(teacher, data, text_column, label_column, split_seed,
                                  dataset, labels, precision, no_progress)
     tcfg = dataclasses.replace(tcfg, teacher=None if taught is None else teacher,
