@@ -169,14 +169,14 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
             data, text_column, label_column, split_seed, vocab_size, tokenizer_model,
             not no_lowercase, cfg, init, init_from) if text else _array_data(data, cfg, init)
     precision = _precision(precision, cfg)
-    if init is not None and levels is not None and rewire:
-        _rewire(init, dataset, tcfg.batch_size, precision, no_progress)
     if teacher is None and init is not None and levels is not None:
         teacher = init_from  # nesting: the fine-tuned encoder teaches every level
     taught = None
     if teacher is not None and teacher != "none" and tcfg.gamma > 0:  # gamma 0: no distilling
         taught = _teacher_logits(teacher, data, text_column, label_column, split_seed,
                                  dataset, labels, precision, no_progress)
+    if init is not None and levels is not None and rewire:
+        _rewire(init, dataset, tcfg.batch_size, precision, no_progress)
     tcfg = dataclasses.replace(tcfg, teacher=None if taught is None else teacher,
                                precision=precision)
     if init is None:
@@ -228,7 +228,6 @@ def _teacher_logits(folder, data, text_column, label_column, split_seed, dataset
                     precision, no_progress):
     """The frozen teacher's logits on the training split, row for row, under the training
     precision; text is tokenized with the teacher's own tokenizer."""
-
     from matryoshka.errors import ConfigError
     from matryoshka.model.checkpoint import checkpoint_tokenizer, load_checkpoint
     from matryoshka.training.loop import check_data_fits
