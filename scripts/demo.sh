@@ -92,4 +92,36 @@ $M predict $T/export --text "Congratulations! You have been selected for a FREE 
   --text "Are we still meeting for lunch on Thursday? I booked the usual place."
 took
 echo "== text done: table in $T/export/bench.md"
+
+# The pretrained path (README, "Start from a pretrained encoder"), sized to fit this job: the
+# first 64 tokens of each mail, one epoch per stage, bf16 autocast where the CPU has it.
+P=artifacts/minilm-demo
+MINILM=artifacts/pretrained/all-MiniLM-L6-v2
+step "pretrained: fetch all-MiniLM-L6-v2 (once; sha256-pinned), fine-tune it at full width: the teacher"
+bash scripts/fetch_pretrained.sh
+$M train --data artifacts/data/spam.csv --pretrained $MINILM --max-len 64 --epochs 1 \
+  --out $P/teacher --force
+took
+step "pretrained: nest by heads (3, 6, 9, 12 of 12; rewired by importance), distilled from the frozen teacher"
+$M train --data artifacts/data/spam.csv --init-from $P/teacher --levels 3,6,9,12 --epochs 1 \
+  --out $P/checkpoint --force
+took
+step "pretrained: search, export (fp32 and INT8), calibrate, tune, bench"
+# 12 random Mix'n'Match specs (the greedy walk scores ~300, ~20 min here); export the best
+# one under 800 MFLOPs per mail beside the levels
+$M search $P/checkpoint --method random --max-candidates 12 --budget-flops 800M --no-progress
+.venv/bin/mexport --checkpoint $P/checkpoint --out $P/export --quantize dynamic-pc-shared \
+  --from-search $P/search.json --pick best --force
+$M calibrate $P/export --epsilon 0.02 --delta 0.1
+$M tune $P/export --batch 1,32 --for-batch 32 --iters 10
+$M calibrate $P/export --epsilon 0.02 --delta 0.1 --variant auto
+$M bench $P/export --device cpu --batch 1,32 --iters 10 --json $P/bench-cpu.json
+$M predict $P/export --text "Congratulations! You have been selected for a FREE cruise, reply now"
+took
+step "text: every model on the same 590 test mails"
+.venv/bin/python scripts/text_report.py --baseline $T/baseline.json \
+  --model "from scratch=$T/checkpoint" --cascade "from scratch=$T/export" \
+  --model "MiniLM teacher=$P/teacher" --model "MiniLM nested=$P/checkpoint" \
+  --cascade "MiniLM nested=$P/export"
+echo "== pretrained done: table in $P/export/bench.md"
 echo "== the web page: python -m http.server, then open http://localhost:8000/examples/web/"
