@@ -107,3 +107,24 @@ def test_training_is_deterministic(tmp_path):
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys()
     assert all(wa[k].equal(wb[k]) for k in wa)
+
+
+def test_train_rows_draws_a_seeded_subset_of_the_training_split(tmp_path):
+    from safetensors.torch import load_file
+
+    outs = {}
+    for name, extra in (("a", ["--seed", "0"]), ("b", ["--seed", "0"]), ("c", ["--seed", "1"]),
+                        ("all", [])):
+        outs[name] = tmp_path / name
+        rows = ["--train-rows", "200"] if name != "all" else []
+        r = _run("train", "--preset", "tiny", "--epochs", "1", "--out", str(outs[name]),
+                 "--no-progress", *rows, *extra)
+        assert r.exit_code == 0, r.output
+    w = {k: load_file(v / "model.safetensors") for k, v in outs.items()}
+    same = lambda p, q: all(w[p][k].equal(w[q][k]) for k in w[p])  # noqa: E731
+    assert same("a", "b") and not same("a", "c") and not same("a", "all")
+    _, metrics = load_checkpoint(outs["a"])
+    assert metrics["train_config"]["train_rows"] == 200
+    assert load_checkpoint(outs["all"])[1]["train_config"]["train_rows"] is None
+    r = _run("train", "--train-rows", "0", "--out", str(tmp_path / "z"))
+    _assert_one_error(r, "--train-rows")

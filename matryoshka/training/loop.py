@@ -60,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "fp32"  # the forward and backward: "fp32", or "bf16" under autocast
     teacher: str | None = None  # the frozen teacher checkpoint whose logits were cached
+    train_rows: int | None = None  # a subset of the training split, when one was drawn
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:

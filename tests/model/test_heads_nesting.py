@@ -117,6 +117,12 @@ def test_the_frozen_teacher_is_recorded_and_one_of_other_classes_is_refused(
     assert metrics["train_config"]["teacher"] == str(nested_export / "teacher")
     r = CliRunner().invoke(cli, ["train", "--data", str(nested_export / "data.csv"),
                                  "--init-from", str(nested_export / "teacher"), "--levels",
+                                 "2,4", "--epochs", "1", "--train-rows", "20", "--out",
+                                 str(tmp_path / "sub"), "--no-progress"])
+    assert r.exit_code == 0, r.output  # the teacher's logits follow the rows kept
+    assert load_checkpoint(tmp_path / "sub")[1]["train_config"]["train_rows"] == 20
+    r = CliRunner().invoke(cli, ["train", "--data", str(nested_export / "data.csv"),
+                                 "--init-from", str(nested_export / "teacher"), "--levels",
                                  "2,4", "--teacher", str(tiny_checkpoint), "--no-rewire",
                                  "--out", str(tmp_path / "x"), "--no-progress"])
     assert r.exit_code == 2, r.output
