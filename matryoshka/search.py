@@ -281,9 +281,9 @@ def search(checkpoint: str | Path, budget_flops: float | None = None, method: st
     if budget_flops is not None and budget_flops < smallest:
         raise _too_small(budget_flops, smallest)
     x, y, data_record = val_split(checkpoint, model, metrics, data)
-    total = {"exhaustive": exhaustive_count(cfg),
-             "random": len(cfg.levels) + len(random_specs(cfg, max_candidates
-                                                          or RANDOM_CANDIDATES))}.get(method)
+    total = {"exhaustive": exhaustive_count(cfg),  # random: the levels, then its draws
+             "random": min(exhaustive_count(cfg),
+                           len(cfg.levels) + (max_candidates or RANDOM_CANDIDATES))}.get(method)
     with tqdm(total=total, desc="search", unit="spec", disable=None if progress else True,
               leave=False) as bar:
         evals = Evaluations(lambda s: evaluate(model, x, y, s), on_new=lambda s: bar.update(1))
