@@ -27,7 +27,10 @@ def nested_ce(outputs: list[LevelOutput], y: torch.Tensor,
 
 def consistency(outputs: list[LevelOutput], beta: float, layers: list[int] | None) -> torch.Tensor:
     """L_reg = sum_{i<k} beta * ||h^(l,i+1)[:d_i] - h^(l,i)||^2, summed over features,
-    averaged over tokens and batch, summed over the chosen layers (None: all)."""
+    averaged over tokens and batch, summed over the chosen layers (None: all).
+
+    d_i is the width of level i's hidden state: its level for width nesting, and the whole
+    residual width for head nesting, whose levels all keep it."""
     zero = outputs[0].logits.new_zeros(())
     if beta == 0 or len(outputs) < 2:
         return zero
@@ -35,7 +38,8 @@ def consistency(outputs: list[LevelOutput], beta: float, layers: list[int] | Non
     for small, big in zip(outputs, outputs[1:]):
         chosen = range(len(small.hidden)) if layers is None else layers
         for l in chosen:
-            diff = big.hidden[l][..., : small.dim] - small.hidden[l]
+            h = small.hidden[l]
+            diff = big.hidden[l][..., : h.shape[-1]] - h
             total = total + diff.pow(2).sum(-1).mean()
     return beta * total
 
