@@ -60,7 +60,8 @@ POSITIVE = click.IntRange(min=1)
               "Mix'n'Match sub-model per step (MatFormer).")
 @click.option("--alpha", default=None, help="CE weight per level, comma-separated "
               "[demo: 1,1,1,2; else 1 each].")
-@click.option("--beta", type=float, default=None, help="Consistency weight L_reg [0].")
+@click.option("--beta", type=float, default=None,
+              help="Consistency weight L_reg [0; nesting by heads: 5e-4].")
 @click.option("--gamma", type=float, default=None, help="Distillation weight L_distill [0.5].")
 @click.option("--temperature", type=float, default=None, help="Distillation T [2].")
 @click.option("--distill-direction", type=click.Choice(["seed", "teacher"]), default=None,
@@ -154,7 +155,7 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
                   distill_direction=distill_direction)
     recipe = dict(RECIPES.get(preset_name, {})) if init_from is None else {}
     if init is not None and cfg.nesting == "heads":  # nesting a fine-tuned encoder
-        recipe = dict(RECIPES["pretrained"], distill_direction="teacher")
+        recipe = dict(RECIPES["nested"])
     if pretrained is not None:
         dataset, record, labels, files, init = _pretrained_data(
             data, text_column, label_column, split_seed, pretrained, max_len, name, seed)

@@ -4,6 +4,7 @@ largest level is the encoder itself; levels are named h3, h6, ...; train --init-
 --levels nests and rewires a fine-tuned encoder, and export, calibrate, the cascade graph and
 predict work on these levels; bad levels are one error."""
 
+import json
 
 import pytest
 import torch
@@ -115,12 +116,16 @@ def test_the_frozen_teacher_is_recorded_and_one_of_other_classes_is_refused(
 
     _, metrics = load_checkpoint(nested_export / "ck")
     assert metrics["train_config"]["teacher"] == str(nested_export / "teacher")
+    assert metrics["train_config"]["beta"] == 5e-4  # the nesting recipe's consistency term
     r = CliRunner().invoke(cli, ["train", "--data", str(nested_export / "data.csv"),
                                  "--init-from", str(nested_export / "teacher"), "--levels",
-                                 "2,4", "--epochs", "1", "--train-rows", "20", "--out",
-                                 str(tmp_path / "sub"), "--no-progress"])
+                                 "2,4", "--epochs", "1", "--train-rows", "20", "--beta",
+                                 "0.01", "--out", str(tmp_path / "sub"), "--no-progress"])
     assert r.exit_code == 0, r.output  # the teacher's logits follow the rows kept
     assert load_checkpoint(tmp_path / "sub")[1]["train_config"]["train_rows"] == 20
+    # the consistency term compares head levels over the whole residual width
+    epoch = json.loads((tmp_path / "sub" / "metrics.jsonl").read_text().splitlines()[0])
+    assert epoch["train"]["reg"] > 0
     r = CliRunner().invoke(cli, ["train", "--data", str(nested_export / "data.csv"),
                                  "--init-from", str(nested_export / "teacher"), "--levels",
                                  "2,4", "--teacher", str(tiny_checkpoint), "--no-rewire",
