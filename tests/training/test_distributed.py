@@ -46,6 +46,9 @@ def _ddp_worker(rank, world, init_file, out):
         _step(model, wrap(model, Dist(rank, world), "joint"), x[mine], y[mine])
         if rank == 0:
             torch.save({k: v.detach() for k, v in model.state_dict().items()}, out)
+        # tear down together: once in CI, rank 1 aborted in gloo's teardown ("terminate
+        # called without an active exception") while rank 0 was still saving
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
