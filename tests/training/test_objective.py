@@ -32,7 +32,6 @@ def test_reg_matches_formula_at_chosen_layers():
     torch.testing.assert_close(consistency(outs, beta=0.3, layers=[1]), expected)
 
 
-
 def test_reg_of_head_levels_compares_the_whole_residual_width():
     # head nesting: levels 3 and 12 (heads), both hidden states the full 8-dim residual
     g = torch.Generator().manual_seed(1)
@@ -41,6 +40,7 @@ def test_reg_of_head_levels_compares_the_whole_residual_width():
     outs = [LevelOutput(3, z, small_h), LevelOutput(12, z, big_h)]
     expected = 0.5 * (big_h[0] - small_h[0]).pow(2).sum(-1).mean()
     torch.testing.assert_close(consistency(outs, beta=0.5, layers=None), expected)
+
 
 def test_distill_is_zero_when_logits_agree():
     for direction in ("seed", "teacher"):
