@@ -114,6 +114,7 @@ def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val
         rt = Runtime.from_manifest(export_dir, manifest, device="cpu", variant=variant)
         record = _calibrate_thresholds(rt, level_sets(manifest["levels"], cascade), x_cal,
                                        y_cal, x_test, y_test, target, epsilon, delta, progress)
+        _check_certified(record, manifest, variant, rt)
         record.update(variant=variant, split=split, data=data_record,
                       precisions=[rt.precision(d) for d in rt.levels],
                       graphs=[rt.entry(d)["sha256"] for d in rt.levels],
@@ -124,6 +125,25 @@ def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val
         commit_manifest(export_dir, manifest)
         settle_names(export_dir, manifest)
     return record
+
+
+def _check_certified(record: dict, manifest: dict, variant: str, rt: Runtime) -> None:
+    """Nothing certified is a valid outcome (the runtime then runs the largest level alone),
+    with a warning; but it never replaces a calibration that certified thresholds for these
+    very graphs: that would silently make a working cascade run its largest level on every
+    row. Then nothing is written, and the user is told what would certify."""
+    if record["thresholds"] is not None:
+        return
+    what = (f"no thresholds could be certified for {record['target']} <= "
+            f"{record['epsilon']:g} at delta {record['delta']:g} on {record['n']} samples")
+    old = (manifest.get("calibration") or {}).get(variant) or {}
+    graphs = [rt.entry(d)["sha256"] for d in rt.levels]
+    if old.get("thresholds") is not None and old.get("graphs") in (None, graphs):
+        raise ConfigError(
+            f"{what}; the export keeps its {variant} calibration ({old['target']} <= "
+            f"{old['epsilon']:g} at delta {old['delta']:g}) and nothing was written. A larger "
+            "--epsilon or --delta, or more calibration rows, would certify thresholds")
+    log.warning("%s; the runtime will use the largest level alone", what)
 
 
 def check_labels(dataset: dict, n_classes: int, data) -> None:
@@ -202,10 +222,6 @@ def _calibrate_thresholds(rt: Runtime, sets: list[list[str]], x_cal, y_cal, x_te
     reports = [_test_report([test_all[i] for i in pick], y_test, levels, temps, ce, flops,
                             target)
                for pick, (_, levels, temps, flops), ce in zip(picks, cands, certs)]
-    if chosen is None:
-        log.warning("no thresholds could be certified for %s <= %g at delta %g on %d samples; "
-                    "the runtime will use the largest level alone", target, epsilon, delta,
-                    len(y_cal))
     m = len(sets)
     record = {
         "levels": list(cascade),

@@ -84,7 +84,7 @@ class Certified:
     expected_relative_cost: float
     exit_fractions: list[float]
     n_certified: int
-    p_value: float
+    p_value: float | None  # of the chosen thresholds; None when nothing was certified
 
 
 def learn_then_test(logits: Sequence[np.ndarray], y: np.ndarray, dims: Sequence[int],
@@ -109,7 +109,7 @@ def learn_then_test(logits: Sequence[np.ndarray], y: np.ndarray, dims: Sequence[
         certified.append((float(out.cost.mean()), float(tau), out, p))
     if not certified:
         # The largest level alone: risk 0 by definition, cost 1.
-        return Certified(None, 0.0, 0.0, 1.0, [0.0] * (len(dims) - 1) + [1.0], 0, float("nan"))
+        return Certified(None, 0.0, 0.0, 1.0, [0.0] * (len(dims) - 1) + [1.0], 0, None)
     cost, tau, out, p = min(certified, key=lambda c: (c[0], -c[1]))
     exits = [float((out.levels == d).mean()) for d in dims]
     # risk_bound is what the procedure guarantees for the chosen thresholds: epsilon, with

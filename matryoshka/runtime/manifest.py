@@ -323,8 +323,20 @@ def manifest_writer(folder: str | Path, replace: bool = False) -> Iterator[dict 
         try:
             yield current
         except BaseException:
-            remove_unnamed(folder, current)  # graphs installed for a commit that never came
+            _remove_uncommitted(folder)
             raise
+
+
+def _remove_uncommitted(folder: Path) -> None:
+    """After a failed writer: delete the graphs it installed for a commit that never came.
+    What is kept is read from the manifest on disk, not from the writer's copy, which it
+    changed in place (and which may name new files and no longer the committed ones), and
+    which a writer that committed and then failed has already replaced."""
+    try:
+        on_disk = read_manifest(folder) if (folder / MANIFEST).exists() else None
+    except (ArtifactError, OSError):
+        return  # nothing to tell the committed files from the new ones: keep them all
+    remove_unnamed(folder, on_disk)
 
 
 def commit_manifest(folder: str | Path, manifest: dict) -> None:
@@ -340,6 +352,7 @@ def commit_manifest(folder: str | Path, manifest: dict) -> None:
 
 
 def remove_unnamed(folder: Path, manifest: dict | None) -> None:
+    """Delete the graph files that `manifest` does not name."""
     keep = named_files(manifest)
     for p in folder.iterdir():
         if GRAPH_FILE.match(p.name) and p.name not in keep and p.is_file():
