@@ -1,18 +1,24 @@
-"""Peak memory of `matryoshka predict` on a large input, by --batch-size (issue 11, defect 7).
+"""Peak memory of `matryoshka predict` on a large input: arrays by --batch-size, or a text
+file by its number of lines.
 
     python benchmarks/predict_memory.py [EXPORT_DIR] [--rows 100000] [--level 512]
+    python benchmarks/predict_memory.py TEXT_EXPORT --texts CSV [--lines 2000,20000,100000]
 
-Each run is its own process, `matryoshka predict EXPORT_DIR x.npy --level L --batch-size B
---json`; its peak resident set size comes from the kernel (wait4's ru_maxrss), so nothing in
-this process is counted. The input is `--rows` real test digits, repeated. The last row of the
-table, one chunk as large as the whole input, is what predict did before it ran in chunks.
+Each run is its own process, whose peak resident set size (VmHWM, which the kernel resets at
+exec) it reports as it exits, so nothing in this process is counted.
+- Arrays: `matryoshka predict EXPORT_DIR x.npy --level L --batch-size B --json` on `--rows`
+  real test digits, repeated. The last row of the table, one chunk as large as the whole
+  input, is what predict did before it ran in chunks.
+- Texts: `matryoshka predict TEXT_EXPORT --input-file F --json` (the calibrated cascade) on
+  files of 2,000 to 100,000 lines, each a text of CSV's `text` column drawn at random (so
+  that every file has the same mix of lengths), its whitespace collapsed to spaces. Predict
+  streams the file a window of lines at a time, so the peak should not grow with the lines.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,18 +28,53 @@ import numpy as np
 
 from matryoshka.data import load_dataset
 
+# The child reports its own high-water mark (VmHWM) as it exits: wait4's ru_maxrss would also
+# count the pages it shared with this process between fork and exec (this process's size).
+HWM = ("import atexit, sys\n"
+       "def hwm():\n"
+       "    for line in open('/proc/self/status'):\n"
+       "        if line.startswith('VmHWM:'):\n"
+       "            sys.stderr.write('\\nVmHWM ' + line.split()[1] + '\\n')\n"
+       "atexit.register(hwm)\n"
+       "from matryoshka.cli import main\n"
+       "sys.argv = ['matryoshka'] + sys.argv[1:]\n"
+       "main()\n")
 
-def peak_mb(cmd: list[str]) -> tuple[float, str]:
-    """Run cmd to completion; its peak RSS in MiB and its stdout."""
-    with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err = proc.stderr.read().decode()
-        if proc.returncode:
-            raise SystemExit(f"{' '.join(cmd)} failed: {err}")
-        out.seek(0)
-        return usage.ru_maxrss / 1024.0, out.read().decode()
+
+def peak_mb(args: list[str]) -> tuple[float, str]:
+    """Run `matryoshka ARGS` to completion in its own process; its peak RSS in MiB and its
+    stdout."""
+    proc = subprocess.run([sys.executable, "-c", HWM, *args], capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"matryoshka {' '.join(args)} failed: {proc.stderr}")
+    kb = [ln.split()[1] for ln in proc.stderr.splitlines() if ln.startswith("VmHWM ")]
+    return int(kb[-1]) / 1024.0, proc.stdout
+
+
+def texts_table(export_dir: str, csv_path: str, counts: list[int]) -> None:
+    """Peak RSS of predict --input-file by the file's number of lines."""
+    import csv
+
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        texts = [" ".join(row["text"].split())[:2000] for row in csv.DictReader(f)]
+    texts = [t for t in texts if t]
+    exe = ["predict", export_dir, "--device", "cpu", "--json", "--input-file"]
+    rng = np.random.default_rng(0)
+    print(f"predict --input-file on {export_dir}; lines drawn at random from {csv_path}")
+    print(f"{'lines':>8} {'file MiB':>9} {'peak RSS MiB':>13} {'vs first':>9}")
+    first = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in counts:
+            path = Path(tmp) / f"texts-{n}.txt"
+            with open(path, "w", encoding="utf-8") as f:  # every file: the corpus's length mix
+                for i in rng.integers(0, len(texts), n):
+                    f.write(texts[i] + "\n")
+            mb, out = peak_mb([*exe, str(path)])
+            if len(json.loads(out)["labels"]) != n:
+                raise SystemExit(f"predict answered the wrong number of lines for {n}")
+            first = mb if first is None else first
+            print(f"{n:>8} {path.stat().st_size / 2**20:>9.1f} {mb:>13.1f} {mb - first:>+9.1f}")
+            path.unlink()
 
 
 def main() -> None:
@@ -42,10 +83,15 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--level", type=int, default=512)
     ap.add_argument("--batches", default="64,256,1024")
+    ap.add_argument("--texts", default=None, help="a CSV with a text column: time a text export")
+    ap.add_argument("--lines", default="2000,20000,100000")
     args = ap.parse_args()
+    if args.texts:
+        texts_table(args.export_dir, args.texts, [int(v) for v in args.lines.split(",")])
+        return
     x = load_dataset("demo")["test"][0]
     x = np.ascontiguousarray(x[np.arange(args.rows) % len(x)])
-    exe = [sys.executable, "-m", "matryoshka", "predict"]
+    exe = ["predict"]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.npy"
         np.save(path, x)

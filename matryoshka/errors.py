@@ -44,3 +44,24 @@ class TrainingError(MatryoshkaError):
     """Training diverged (a non-finite loss); no checkpoint is written."""
 
     exit_code = 1
+
+
+def not_a_folder(path, what: str) -> MatryoshkaError:
+    """The error for a folder argument that is not a folder: missing (not found), or a file
+    that exists but is not the folder that was asked for."""
+    from pathlib import Path
+
+    if Path(path).exists():
+        return ConfigError(f"{what} {path} is a file, not a folder")
+    return MissingArtifactError(f"{what} not found: {path}")
+
+
+def not_a_file(path, what: str) -> MatryoshkaError:
+    """The error for a file argument that is not a regular file: missing, or a folder."""
+    from pathlib import Path
+
+    if Path(path).is_dir():
+        return ConfigError(f"{what} {path} is a folder, not a file")
+    if Path(path).exists():
+        return ConfigError(f"{what} {path} is not a regular file")
+    return MissingArtifactError(f"{what} not found: {path}")

@@ -213,3 +213,76 @@ def test_model_size_from_the_cli(tmp_path):
                            (["--d-model", "100"], "cannot scale the preset's levels")):
         one_error(run(cli, "train", *args, "--out", tmp_path / "bad"), 2, fragment)
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_stream_of_texts_is_answered_a_window_at_a_time(text_model, monkeypatch):
+    """predict_texts reads only one window ahead (memory flat in the number of texts), and
+    answers as predict does on the whole list, errors naming the text's place in the
+    stream."""
+    import matryoshka.runtime.runtime as runtime_module
+
+    rt = Runtime.open(text_model / "exp", device="cpu", batch_size=4)
+    with open(text_model / "pets.csv", newline="", encoding="utf-8") as f:
+        texts = [row["body"] for row in csv.DictReader(f)][:45]
+    whole = rt.predict(texts)
+    taken = []
+
+    def stream():
+        for t in texts:
+            taken.append(t)
+            yield t
+
+    parts = []
+    for out in rt.predict_texts(stream(), window=10):
+        assert len(taken) == min(len(texts), 10 * (len(parts) + 1))  # one window ahead
+        parts.append(out)
+    assert [len(p) for p in parts] == [10, 10, 10, 10, 5]
+    got = np.concatenate([p.labels for p in parts])
+    np.testing.assert_array_equal(got, whole.labels)
+    np.testing.assert_array_equal(np.concatenate([p.levels for p in parts]), whole.levels)
+    np.testing.assert_allclose(np.concatenate([p.probs for p in parts]), whole.probs, atol=1e-6)
+    with pytest.raises(TextInputError, match="text 23 is empty"):
+        list(rt.predict_texts(texts[:23] + [" "] + texts[24:], window=10))
+    monkeypatch.setattr(runtime_module, "TEXT_WINDOW", 7)  # the CLI's windows, made small
+    path = text_model / "many.txt"
+    path.write_text("\n".join(texts[:20]) + "\n\n" + "\n".join(texts[20:]) + "\n")
+    r = run(cli, "predict", text_model / "exp", "--input-file", path, "--device", "cpu",
+            "--json", "--engine", "levels")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["labels"] == rt.predict(texts).labels.tolist()
+    assert out["levels"] == whole.levels.tolist() and len(out["confidence"]) == 45
+    r = run(cli, "predict", text_model / "exp", "--input-file", path, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    rows = r.stdout.splitlines()
+    assert [int(ln.split()[0]) for ln in rows[1:-1]] == list(range(45))  # across windows
+    assert rows[-1].startswith("45 rows answered by level")
+
+
+def test_an_empty_list_of_texts_gives_no_rows(text_model):
+    rt = Runtime.open(text_model / "exp", device="cpu")
+    out = rt.predict([])
+    assert len(out) == 0 and out.probs.shape == (0, rt.n_classes)
+    assert len(rt.predict(())) == 0 and list(rt.predict_texts(iter([]))) == []
+
+
+def test_a_path_of_the_wrong_kind_is_named_as_such(text_model, tmp_path):
+    """A folder given for a file, or a file for a folder, is not 'not found'."""
+    exp = text_model / "exp"
+    one_error(run(cli, "predict", exp, "--input-file", tmp_path, "--device", "cpu"), 2,
+              f"input file {tmp_path} is a folder, not a file")
+    one_error(run(cli, "predict", exp, tmp_path, "--device", "cpu"), 2, "is a folder, not a file")
+    one_error(run(cli, "predict", exp, "--input-file", tmp_path / "none.txt"), 2,
+              "input file not found")
+    a_file = text_model / "pets.csv"
+    one_error(run(cli, "train", "--data", a_file, "--text-column", "body", "--label-column",
+                  "animal", "--pretrained", a_file, "--out", tmp_path / "ck"), 2,
+              f"pretrained model folder {a_file} is a file, not a folder")
+    one_error(run(cli, "train", "--data", a_file, "--text-column", "body", "--label-column",
+                  "animal", "--init-from", a_file, "--levels", "8,16", "--out",
+                  tmp_path / "ck"), 2, f"checkpoint folder {a_file} is a file, not a folder")
+    one_error(run(cli, "train", "--data", a_file, "--text-column", "body", "--label-column",
+                  "animal", "--teacher", a_file, "--out", tmp_path / "ck"), 2,
+              f"checkpoint folder {a_file} is a file, not a folder")
+    one_error(run(cli, "calibrate", exp, "--data", tmp_path), 2, "is a folder")
+    assert not (tmp_path / "ck").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import click
 
 from matryoshka.cli.core import cli, parse_floats
@@ -41,8 +43,6 @@ def predict(export_dir, input_npy, texts, input_file, level, thresholds, device,
 
       matryoshka predict artifacts/text/export --text "WIN a FREE cruise!!!" --text "lunch?"
     """
-    import json as _json
-
     from matryoshka.errors import ConfigError
     from matryoshka.runtime import Runtime
 
@@ -56,49 +56,104 @@ def predict(export_dir, input_npy, texts, input_file, level, thresholds, device,
         thr = list(parse_floats(thresholds, "--thresholds") or ())
     rt = Runtime.open(export_dir, device=device, variant=variant, batch_size=batch_size,
                       engine=engine)
+    output = _Output(rt, as_json)
     if input_npy:
-        x = _load_array(input_npy, key)
-    else:
-        x = list(texts) if texts else _read_lines(input_file)  # predict refuses text
-        # for an export without a tokenizer, with one clear message
-    out = rt.predict(x, level=level, thresholds=thr)
-    names = rt.class_names
-    if as_json:
-        click.echo(_json.dumps({"labels": out.labels.tolist(),
-                                "label_names": [names[i] for i in out.labels],
-                                "levels": out.levels.tolist(),
-                                "confidence": [round(float(c), 6) for c in out.confidence],
-                                "engine": rt.engine,
-                                "providers": rt.active_providers()}, allow_nan=False))
-        return
-    width = max([5] + [len(n) for n in names])
-    click.echo(f"{'row':>5} {'label':>{width}} {'level':>6} {'confidence':>11}")
-    for i, (lab, lev, conf) in enumerate(zip(out.labels, out.levels, out.confidence)):
-        click.echo(f"{i:>5} {names[lab]:>{width}} {lev:>6} {conf:>11.4f}")
-    if len(out):
-        counts = {d: int((out.levels == d).sum()) for d in rt.levels}
-        share = ", ".join(f"{d}: {c}" for d, c in counts.items() if c)
-        engine = "cascade.onnx" if rt.engine == "graph" else "one session per level"
-        click.echo(f"{len(out)} rows answered by level ({share}); engine: {engine}")
+        output.add(rt.predict(_load_array(input_npy, key), level=level, thresholds=thr))
+    elif texts:
+        output.add(rt.predict(list(texts), level=level, thresholds=thr))
+    else:  # streamed: one window of lines is read, tokenized and answered at a time
+        for out in rt.predict_texts(_read_lines(input_file), level=level, thresholds=thr):
+            output.add(out)
+    output.close()
 
 
-def _read_lines(path_text: str) -> list[str]:
-    """The non-blank lines of a UTF-8 text file."""
+class _Output:
+    """The table (printed row by row, as the answers come) or the JSON object (written at
+    the end, a slice at a time) of `matryoshka predict`: its memory is a few bytes a row."""
+
+    def __init__(self, rt, as_json: bool):
+        self.rt, self.as_json, self.n = rt, as_json, 0
+        self.names = rt.class_names
+        self.parts: list[tuple] = []  # JSON: (labels, levels, confidence) of each chunk
+        self.counts = dict.fromkeys(rt.levels, 0)
+        self.width = max([5] + [len(n) for n in self.names])
+
+    def add(self, out) -> None:
+        if self.as_json:
+            self.parts.append((out.labels, out.levels, out.confidence))
+            return
+        if self.n == 0:
+            click.echo(f"{'row':>5} {'label':>{self.width}} {'level':>6} {'confidence':>11}")
+        lines = [f"{self.n + i:>5} {self.names[lab]:>{self.width}} {lev:>6} {conf:>11.4f}"
+                 for i, (lab, lev, conf) in enumerate(zip(out.labels, out.levels,
+                                                          out.confidence))]
+        if lines:
+            click.echo("\n".join(lines))
+        for d in self.counts:
+            self.counts[d] += int((out.levels == d).sum())
+        self.n += len(out)
+
+    def close(self) -> None:
+        if self.as_json:
+            self._write_json()
+            return
+        if self.n == 0:
+            click.echo(f"{'row':>5} {'label':>{self.width}} {'level':>6} {'confidence':>11}")
+            return
+        share = ", ".join(f"{d}: {c}" for d, c in self.counts.items() if c)
+        engine = "cascade.onnx" if self.rt.engine == "graph" else "one session per level"
+        click.echo(f"{self.n} rows answered by level ({share}); engine: {engine}")
+
+    def _write_json(self) -> None:
+        import json
+
+        def field(key: str, values) -> None:
+            click.echo(f"{json.dumps(key)}: [", nl=False)
+            first = True
+            for chunk in values:
+                if chunk:
+                    click.echo(("" if first else ", ") + json.dumps(chunk)[1:-1], nl=False)
+                    first = False
+            click.echo("], ", nl=False)
+
+        click.echo("{", nl=False)
+        field("labels", (p[0].tolist() for p in self.parts))
+        field("label_names", ([self.names[i] for i in p[0]] for p in self.parts))
+        field("levels", (p[1].tolist() for p in self.parts))
+        field("confidence", ([round(float(c), 6) for c in p[2]] for p in self.parts))
+        tail = {"engine": self.rt.engine, "providers": self.rt.active_providers()}
+        click.echo(json.dumps(tail, allow_nan=False)[1:])
+
+
+def _read_lines(path_text: str) -> Iterator[str]:
+    """The non-blank lines of a UTF-8 text file, read lazily (a file of any size is held a
+    window at a time); the errors name the line."""
     from pathlib import Path
 
-    from matryoshka.errors import DataError, MissingArtifactError
+    from matryoshka.errors import not_a_file
 
     path = Path(path_text)
-    if not path.is_file():
-        raise MissingArtifactError(f"input file not found: {path}")
-    try:
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 (byte {e.start}); convert it, e.g. with "
-                        "iconv -f latin1 -t utf-8") from None
-    if not lines:
+    if not path.is_file():  # checked now, before the first line is asked for
+        raise not_a_file(path, "input file")
+    return _lines(path)
+
+
+def _lines(path) -> Iterator[str]:
+    from matryoshka.errors import DataError
+
+    with open(path, "rb") as f:  # bytes: a decoding error can name its line
+        found = False
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path} is not UTF-8 (line {number}, byte {e.start}); convert "
+                                "it, e.g. with iconv -f latin1 -t utf-8") from None
+            if line.strip():
+                found = True
+                yield line
+    if not found:
         raise DataError(f"{path} holds no text (every line is blank)")
-    return lines
 
 
 def _load_array(path_text: str, key: str | None):
@@ -108,11 +163,11 @@ def _load_array(path_text: str, key: str | None):
 
     import numpy as np
 
-    from matryoshka.errors import DataError, MissingArtifactError
+    from matryoshka.errors import DataError, not_a_file
 
     path = Path(path_text)
     if not path.is_file():
-        raise MissingArtifactError(f"input file not found: {path}")
+        raise not_a_file(path, "input file")
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):

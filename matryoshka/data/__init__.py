@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matryoshka.errors import DataError, MissingArtifactError
+from matryoshka.errors import DataError, not_a_file
 
 SPLITS = ("train", "val", "test")
 KEYS = tuple(f"{p}_{s}" for s in SPLITS for p in ("x", "y"))
@@ -29,7 +29,7 @@ def load_dataset(name_or_path: str | Path) -> Dataset:
     """
     path = DEMO_FILE if str(name_or_path) == "demo" else Path(name_or_path)
     if not path.is_file():
-        raise MissingArtifactError(f"data file not found: {path}")
+        raise not_a_file(path, "data file")
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in KEYS if k not in f.files]

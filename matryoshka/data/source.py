@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from matryoshka.data import DEMO_FILE, Dataset, load_dataset
-from matryoshka.errors import DataError, MissingArtifactError
+from matryoshka.errors import DataError, MissingArtifactError, not_a_file
 from matryoshka.io import sha256_file
 
 
@@ -22,7 +22,7 @@ def describe(name_or_path: str | Path) -> dict:
         return {"kind": "demo", "sha256": sha256_file(DEMO_FILE)}
     path = Path(name_or_path).resolve()
     if not path.is_file():
-        raise MissingArtifactError(f"data file not found: {name_or_path}")
+        raise not_a_file(name_or_path, "data file")
     return {"kind": "npz", "path": str(path), "sha256": sha256_file(path)}
 
 

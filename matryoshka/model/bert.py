@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matryoshka.errors import ArtifactError, ConfigError, MissingArtifactError
+from matryoshka.errors import ArtifactError, ConfigError, not_a_folder
 
 POOLING_FILE = "1_Pooling/config.json"
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
@@ -33,7 +33,7 @@ def read_bert_config(folder: str | Path) -> dict:
     message for anything else."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise MissingArtifactError(f"pretrained model folder not found: {folder}")
+        raise not_a_folder(folder, "pretrained model folder")
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{folder} is not a Hugging Face model folder: it has no {CONFIG_FILE}")

@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from matryoshka.errors import ArtifactError, ConfigError, MissingArtifactError
+from matryoshka.errors import ArtifactError, ConfigError, MissingArtifactError, not_a_folder
 from matryoshka.io import (
     publish,
     read_json_object,
@@ -51,6 +51,8 @@ def read_config(folder: str | Path) -> MatryoshkaConfig:
     """The checkpoint's config, after checking that the folder holds a whole checkpoint."""
     folder = Path(folder)
     if not folder.is_dir():
+        if folder.exists():
+            raise not_a_folder(folder, "checkpoint folder")
         raise MissingArtifactError(f"checkpoint folder not found: {folder}; make one with: "
                                    f"{TRAIN_HINT}")
     for name in (CONFIG, WEIGHTS, METRICS):

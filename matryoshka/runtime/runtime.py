@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 # `matryoshka tune` from measurements on a device) chose for each level.
 VARIANTS = ("fp32", "int8", "auto")
 DEFAULT_BATCH = 256  # rows per session.run in predict: bounds the activations' memory
+TEXT_WINDOW = 1024  # texts tokenized and held at once by predict_texts: bounds their memory
 # How the cascade runs: "graph", one session over cascade.onnx (one session.run per call);
 # "levels", one session per level driven from Python; "auto", the graph where the export has
 # one for this variant (measured faster at every batch size), else the levels.
@@ -393,7 +395,8 @@ class Runtime:
         """
         if level is not None and thresholds is not None:
             raise ConfigError("give either level or thresholds, not both")
-        if _is_texts(x):
+        if _is_texts(x) or (self.manifest.get("tokenizer") and isinstance(x, (list, tuple))
+                            and len(x) == 0):
             return self._predict_texts(x, level, thresholds)
         if self._graph is not None and level is None and self._runs_on_graph(thresholds):
             # the graph reports NaN and inf rows itself: no pass over x here
@@ -442,16 +445,54 @@ class Runtime:
         return concat(parts)
 
     def _predict_texts(self, texts, level, thresholds) -> Prediction:
-        from matryoshka.runtime.text import buckets, check_texts, encode, pad
+        from matryoshka.runtime.text import check_texts
 
+        self._need_tokenizer()
+        texts = check_texts(texts)  # a string or a non-list is refused before any work
+        parts = list(self.predict_texts(texts, level, thresholds))
+        return concat(parts) if parts else empty(self.n_classes, self.levels)
+
+    def predict_texts(self, texts: Iterable[str], level: str | int | None = None,
+                      thresholds: list[float] | None = None,
+                      window: int | None = None) -> Iterator[Prediction]:
+        """Predict a stream of texts (any iterable: a list, a generator over a file's lines),
+        yielding one Prediction per `window` texts [TEXT_WINDOW], in input order. Only one window is
+        tokenized and held at a time, so memory stays flat in the number of texts; inside a
+        window, texts are sorted by length into batches of `batch_size`. The answers are
+        those of `predict` on the whole list.
+
+        >>> with open("mails.txt") as f:                                    # doctest: +SKIP
+        ...     for out in rt.predict_texts(line for line in f if line.strip()):
+        ...         print(out.labels)
+        """
+        from matryoshka.runtime.text import check_texts
+
+        self._need_tokenizer()
+        if isinstance(texts, (str, bytes)):
+            check_texts(texts)  # its message: predict([text])
+        window = TEXT_WINDOW if window is None else window
+        if window < 1:
+            raise ConfigError(f"window must be at least 1 text; got {window}")
+        chunk, start = [], 0
+        for text in texts:
+            chunk.append(text)
+            if len(chunk) == window:
+                yield self._predict_window(chunk, start, level, thresholds)
+                start, chunk = start + len(chunk), []
+        if chunk:
+            yield self._predict_window(chunk, start, level, thresholds)
+
+    def _need_tokenizer(self) -> None:
         if not self.manifest.get("tokenizer"):
             raise ConfigError(f"{self.folder} has no tokenizer.json, so it takes token ids, "
                               "not strings; export a model trained on raw text")
-        texts = check_texts(texts)
-        rows = encode(self.tokenizer, texts)
+
+    def _predict_window(self, texts: list[str], start: int, level, thresholds) -> Prediction:
+        from matryoshka.runtime.text import buckets, check_texts, encode, pad
+
+        texts = check_texts(texts, start)
+        rows = encode(self.tokenizer, texts, start)
         n = len(rows)
-        if n == 0:
-            return empty(self.n_classes, self.levels)
         labels, levels = np.zeros(n, np.int64), np.zeros(n, np.asarray(self.levels).dtype)
         probs, conf = np.zeros((n, self.n_classes), np.float32), np.zeros(n, np.float32)
         for idx in buckets([len(r) for r in rows], self.batch_size):

@@ -37,8 +37,9 @@ def load_tokenizer(data: bytes):
     return tokenizer
 
 
-def check_texts(texts) -> list[str]:
-    """A list of non-empty strings, or TextInputError naming the first bad item."""
+def check_texts(texts, start: int = 0) -> list[str]:
+    """A list of non-empty strings, or TextInputError naming the first bad item (counted
+    from `start`: the position of texts[0] in a longer stream)."""
     if isinstance(texts, (str, bytes)):
         raise TextInputError("pass a list of strings, not one string: predict([text])")
     try:
@@ -46,7 +47,7 @@ def check_texts(texts) -> list[str]:
     except TypeError:
         raise TextInputError(f"texts must be a list of strings; got {type(texts).__name__}"
                              ) from None
-    for i, t in enumerate(items):
+    for i, t in enumerate(items, start):
         if not isinstance(t, str):
             raise TextInputError(f"text {i} is not a string (got {type(t).__name__} {t!r:.40})")
         if not t.strip():
@@ -54,12 +55,12 @@ def check_texts(texts) -> list[str]:
     return items
 
 
-def encode(tokenizer, texts: Sequence[str]) -> list[np.ndarray]:
+def encode(tokenizer, texts: Sequence[str], start: int = 0) -> list[np.ndarray]:
     """One int64 id array per text, truncated as tokenizer.json says (no padding)."""
     rows = [np.asarray(e.ids, dtype=np.int64) for e in tokenizer.encode_batch(list(texts))]
     for i, row in enumerate(rows):
         if len(row) == 0:
-            raise TextInputError(f"text {i} gives no tokens: {texts[i][:40]!r}")
+            raise TextInputError(f"text {start + i} gives no tokens: {texts[i][:40]!r}")
     return rows
 
 
