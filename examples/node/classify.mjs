@@ -55,6 +55,9 @@ async function main() {
     }
   };
   const sha256 = async (bytes) => createHash("sha256").update(bytes).digest("hex");
+  // logSeverityLevel 3 (errors only): at the default (2) onnxruntime warns that the
+  // initializers "thresholds" and "temperatures" appear in the graph inputs. They are meant
+  // to: they hold the calibrated defaults that a caller may override (docs/cascade.md).
   const cascade = await openCascade({ ort, Tokenizer, read, sha256, variant: args.variant,
                                       sessionOptions: { logSeverityLevel: 3 } });
   let texts = args.texts;

@@ -238,7 +238,10 @@ def _stage(scope: _Scope, levels: Sequence[LevelGraph], i: int, x: str, store: _
     up = _Scope()
     up.const(f"{nxt}/squeeze_axes", np.zeros(1, np.int64))
     up.const(f"{nxt}/one", np.ones((), np.int64))
-    up.node("NonZero", [undecided], [f"{nxt}/nonzero"])  # [1, m]
+    # the branch reads only the int64 mask, never the bool one it is cast from: with both as
+    # implicit inputs, onnxruntime's optimizer warns ("Implicit input name .../undecided_i64
+    # cannot be safely updated") twice per level each time an app opens the graph
+    up.node("NonZero", [f"{lv.name}/undecided_i64"], [f"{nxt}/nonzero"])  # [1, m]
     up.node("Squeeze", [f"{nxt}/nonzero", f"{nxt}/squeeze_axes"], [f"{nxt}/rows_in"])
     up.node("Transpose", [f"{nxt}/nonzero"], [f"{nxt}/scatter_at"], perm=[1, 0])  # [m, 1]
     up.node("Gather", [x, f"{nxt}/rows_in"], [f"{nxt}/x"], axis=0)

@@ -295,3 +295,24 @@ def test_mexport_ort_writes_the_mobile_format_and_calibrate_keeps_it(tiny_checkp
     ref = Runtime.open(out, device="cpu", engine="levels").predict(x)
     np.testing.assert_array_equal(got["labels"], ref.labels)
     np.testing.assert_array_equal(np.asarray(entry["levels"])[got["level_index"]], ref.levels)
+
+
+def test_bare_onnxruntime_opens_the_graph_with_only_the_documented_warnings(calibrated):
+    """An app that opens cascade.onnx at onnxruntime's default log level sees two warnings,
+    one per overridable default (docs/cascade.md says why and how to silence them), and not
+    the dozen 'Implicit input name ... cannot be safely updated' lines that a graph reading
+    both a mask and its int64 cast inside an If branch made."""
+    import subprocess
+    import sys
+
+    for variant in ("fp32", "int8"):
+        name = json.loads((calibrated / "manifest.json").read_text())["cascade"][variant]["file"]
+        r = subprocess.run([sys.executable, "-c", "import onnxruntime as ort, sys; "
+                            "ort.InferenceSession(sys.argv[1])", str(calibrated / name)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 2, r.stderr
+        assert all("appears in graph inputs" in ln for ln in lines), r.stderr
+        assert {ln.split("Initializer ")[1].split()[0] for ln in lines} == {"thresholds",
+                                                                            "temperatures"}
