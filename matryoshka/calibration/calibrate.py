@@ -120,6 +120,7 @@ def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val
                       graphs=[rt.entry(d)["sha256"] for d in rt.levels],
                       data_sha256=data_record.get("sha256"),
                       created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        del rt  # its sessions (every level's weights) are not held while the cascade is built
         manifest.setdefault("calibration", {})[variant] = record
         refresh_cascades(export_dir, manifest, committed, x_cal)
         commit_manifest(export_dir, manifest)
@@ -154,10 +155,10 @@ def check_labels(dataset: dict, n_classes: int, data) -> None:
                             f"{n_classes} classes (0 to {n_classes - 1})")
 
 
-def level_logits(rt: Runtime, x: np.ndarray, batch: int = 256) -> list[np.ndarray]:
-    """The logits of every level of `rt` on x, in chunks of `batch` rows."""
-    return [np.concatenate([rt.run_level(d, x[i:i + batch]) for i in range(0, len(x), batch)])
-            for d in rt.levels]
+def level_logits(rt: Runtime, x: np.ndarray) -> list[np.ndarray]:
+    """The logits of every level of `rt` on x, in chunks (memory flat in the rows: only the
+    logits, a few numbers a row, are kept)."""
+    return [rt.run_level_in_chunks(d, x) for d in rt.levels]
 
 
 def level_sets(entries: list[dict], cascade: str) -> list[list[str]]:

@@ -27,7 +27,7 @@ from matryoshka.errors import ValidationError
 from matryoshka.exporter.cascade import IR_VERSION, LevelGraph, build_cascade
 from matryoshka.io import temp_path, writing
 from matryoshka.logs import quiet_root_logger
-from matryoshka.runtime.cascade import run_cascade
+from matryoshka.runtime.cascade import concat, run_cascade
 from matryoshka.runtime.manifest import (
     SCHEMA_VERSION,
     cascade_file,
@@ -36,7 +36,7 @@ from matryoshka.runtime.manifest import (
     level_name,
     named_files,
 )
-from matryoshka.runtime.runtime import Runtime, read_named
+from matryoshka.runtime.runtime import CHUNK_ROWS, Runtime, read_named
 
 log = logging.getLogger(__name__)
 VARIANTS = ("fp32", "int8", "auto")
@@ -127,14 +127,15 @@ def _build(folder: Path, manifest: dict, variant: str, want: dict, named: dict[s
     onnx.checker.check_model(model, full_check=True)
     data = model.SerializeToString()
     plain = cascade_file(variant)
+    opset = next(o.version for o in model.opset_import if o.domain == "")
+    log.info("%s: %d bytes, %.3fx the largest level's graph", plain, len(data),
+             len(data) / max(1, graphs[-1].model.ByteSize()))
+    del model, graphs  # every level's weights, twice over: not held while the check runs
     check_cascade(data, Runtime.from_manifest(folder, manifest, device="cpu", preload=False,
                                               variant=variant), want, x, plain)
     tmp = temp_path(folder, plain)
     with writing(tmp):
         tmp.write_bytes(data)
-    opset = next(o.version for o in model.opset_import if o.domain == "")
-    log.info("%s: %d bytes, %.3fx the largest level's graph", plain, len(data),
-             len(data) / max(1, graphs[-1].model.ByteSize()))
     return {**install(folder, tmp, plain, named), **want, "ir_version": IR_VERSION,
             "opset": opset}
 
@@ -221,14 +222,20 @@ def check_cascade(data: bytes, rt: Runtime, want: dict, x: np.ndarray, name: str
     rng = np.random.default_rng(seed)
     vectors += [rng.uniform(0.3, 1.0, k - 1).tolist() for _ in range(random)]
     vectors += tie_vectors(rt, x, levels, temps, rng)
+    names = [o.name for o in session.get_outputs()]
     for thr in vectors:
-        feed = {"x": x}
+        feed = {}
         if thr is not None:
             feed["thresholds"] = np.asarray(thr, np.float32)
             feed["temperatures"] = temps
-        out = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+        # in chunks of rows, both sides: every output is per row, and the memory stays that
+        # of a chunk (a session's arena keeps its largest run)
+        parts = [session.run(None, {**feed, "x": x[i:i + CHUNK_ROWS]})
+                 for i in range(0, len(x), CHUNK_ROWS)]
+        out = {n: np.concatenate([p[j] for p in parts]) for j, n in enumerate(names)}
         used = want["thresholds"] if thr is None else [float(np.float32(t)) for t in thr]
-        ref = run_cascade(x, levels, used, temps.tolist(), rt.run_level)
+        ref = concat([run_cascade(x[i:i + CHUNK_ROWS], levels, used, temps.tolist(),
+                                  rt.run_level) for i in range(0, len(x), CHUNK_ROWS)])
         got = np.asarray(levels)[out["level_index"]]
         same = (np.array_equal(out["labels"], ref.labels) and np.array_equal(got, ref.levels)
                 and np.array_equal(out["probs"], ref.probs)
@@ -258,7 +265,7 @@ def tie_vectors(rt: Runtime, x: np.ndarray, levels: list[str], temps: np.ndarray
         return []
     ties, least = [], 1.0
     for i, level in enumerate(levels[:-1]):
-        conf = np.sort(softmax(rt.run_level(level, x), float(temps[i])).max(axis=1))
+        conf = np.sort(softmax(rt.run_level_in_chunks(level, x), float(temps[i])).max(axis=1))
         ties.append(float(conf[len(conf) // 2]))  # a real float32 value, exact in float64
         least = float(conf[0]) if i == 0 else least
     out = []

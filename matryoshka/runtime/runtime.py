@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # `matryoshka tune` from measurements on a device) chose for each level.
 VARIANTS = ("fp32", "int8", "auto")
 DEFAULT_BATCH = 256  # rows per session.run in predict: bounds the activations' memory
+CHUNK_ROWS = 64  # rows per run where a whole split is scored (calibrate, tune, the graph check)
 TEXT_WINDOW = 1024  # texts tokenized and held at once by predict_texts: bounds their memory
 # How the cascade runs: "graph", one session over cascade.onnx (one session.run per call);
 # "levels", one session per level driven from Python; "auto", the graph where the export has
@@ -320,6 +321,16 @@ class Runtime:
             session.run_with_iobinding(binding)
             return binding.copy_outputs_to_cpu()[0]
         return session.run(None, {name: x})[0]
+
+    def run_level_in_chunks(self, level: str | int, x: np.ndarray,
+                            rows: int = CHUNK_ROWS) -> np.ndarray:
+        """Raw logits of a level on an already checked input, `rows` rows per run: the same
+        numbers as one run, with the activations' memory (which onnxruntime's arena keeps at
+        its peak) bounded by the chunk, whatever the number of rows."""
+        if len(x) <= rows:
+            return self.run_level(level, x)
+        return np.concatenate([self.run_level(level, x[i:i + rows])
+                               for i in range(0, len(x), rows)])
 
     def select_level(self, budget_ms: float, batch: int = 1, percentile: str = "p90") -> str:
         """The largest level (by FLOPs: a trained level or a mix) whose latency measured by

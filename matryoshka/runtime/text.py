@@ -55,9 +55,15 @@ def check_texts(texts, start: int = 0) -> list[str]:
     return items
 
 
+ENCODE_CHUNK = 256  # texts per encode_batch: its Encodings (tokens, offsets, and the
+# overflowing pieces a truncation keeps) weigh far more than the ids, so few live at once
+
+
 def encode(tokenizer, texts: Sequence[str], start: int = 0) -> list[np.ndarray]:
     """One int64 id array per text, truncated as tokenizer.json says (no padding)."""
-    rows = [np.asarray(e.ids, dtype=np.int64) for e in tokenizer.encode_batch(list(texts))]
+    rows = [np.asarray(e.ids, dtype=np.int64)
+            for i in range(0, len(texts), ENCODE_CHUNK)
+            for e in tokenizer.encode_batch(list(texts[i:i + ENCODE_CHUNK]))]
     for i, row in enumerate(rows):
         if len(row) == 0:
             raise TextInputError(f"text {start + i} gives no tokens: {texts[i][:40]!r}")

@@ -295,3 +295,13 @@ def test_predict_cli_json_and_errors(tiny_export_dir, tmp_path, x_test):
     r = CliRunner().invoke(cli, ["predict", str(tiny_export_dir), str(tmp_path / "x.npy"),
                                  "--thresholds", "0.5", "--device", "cpu"])
     assert r.exit_code == 2 and "need 2 thresholds" in r.stderr
+
+
+def test_a_level_run_in_chunks_gives_the_logits_of_one_run(tiny_export_dir, demo_data):
+    rt = Runtime.open(tiny_export_dir, device="cpu")
+    x = check_input(demo_data["test"][0][:50], rt.input_spec)
+    for level in rt.levels:
+        whole = rt.run_level(level, x)
+        chunked = rt.run_level_in_chunks(level, x, rows=7)
+        assert chunked.shape == whole.shape
+        np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-5)
