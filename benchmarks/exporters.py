@@ -4,7 +4,7 @@
 
 Both graphs are simplified with the same onnxsim settings as mexport, then timed in one run,
 interleaved round by round, at batch 32 on the CPU provider. This is the measurement behind
-the README's "The exporter: why TorchScript".
+docs/internals.md, "The exporter: why TorchScript".
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measurements behind the README's "Demo results" performance section, on this machine.
+# The measurements behind docs/results.md's "Performance" section, on this machine.
 # Run after scripts/demo.sh has made artifacts/demo/export.
 set -euo pipefail
 cd "$(dirname "$0")/.."

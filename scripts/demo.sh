@@ -85,17 +85,17 @@ $M calibrate $T/export --epsilon 0.02 --delta 0.1 --variant int8
 js_check $T/export --cases-out $T/test-cases.json  # the strings tokenized in JavaScript
 $M bench $T/export --device cpu --batch 1,32 --iters 30 --json $T/bench-cpu.json
 # a spam, a mailing-list reply (the corpus's ham), and a short personal note, which this corpus
-# has almost none of (README, "Text demo": it is called spam)
+# has almost none of (docs/results.md, "Text demo": it is called spam)
 $M predict $T/export --text "Congratulations! You have been selected for a FREE cruise, reply now" \
   --text "Re: razor and spamassassin - I upgraded to 2.40 yesterday and the false positives are gone. Thanks for the patch, Justin." \
   --text "Are we still meeting for lunch on Thursday? I booked the usual place."
 took
 echo "== text done: table in $T/export/bench.md"
 
-# The pretrained path (README, "Start from a pretrained encoder"), sized to fit this job's 20
+# The pretrained path (docs/pretrained.md), sized to fit this job's 20
 # minutes: 2,000 of the 4,717 training mails, their first 64 tokens, one epoch per stage, two
 # levels (a quarter of the heads and FFN, and all), bf16 autocast where the CPU has it. The
-# README's figures come from the full runs it names.
+# figures in docs/pretrained.md come from the full runs it names.
 P=artifacts/minilm-demo
 MINILM=artifacts/pretrained/all-MiniLM-L6-v2
 step "pretrained: fetch all-MiniLM-L6-v2 (once; sha256-pinned), fine-tune it at full width: the teacher"

@@ -353,7 +353,7 @@ PRESETS: dict[str, dict] = {
         d_model=64, levels=(16, 32, 64), n_layers=2, head_dim=8, d_mid=96,
         image_size=8, patch_size=4, n_classes=10, name="tiny",
     ),
-    # Raw text on a 2-core CPU (README, "Text demo"): widths 16..128, 2 blocks, 128 tokens;
+    # Raw text on a 2-core CPU (docs/results.md, "Text demo"): widths 16..128, 2 blocks, 128 tokens;
     # vocab_size and n_classes follow the tokenizer and the data (train --vocab-size).
     "text": dict(
         d_model=128, levels=(16, 32, 64, 128), n_layers=2, head_dim=16, d_mid=256,

@@ -95,17 +95,17 @@ class TrainConfig:
 
 # The training recipe each model preset was tuned with; command-line flags override it.
 RECIPES: dict[str, dict] = {
-    # Measured on the demo digits (README, "Demo results"): 60 epochs; the largest level,
+    # Measured on the demo digits (docs/results.md, "Demo results"): 60 epochs; the largest level,
     # which is also the distillation teacher, weighs 2; Hinton's KL(teacher || student).
     "demo": dict(epochs=60, alpha=(1.0, 1.0, 1.0, 2.0), distill_direction="teacher"),
     "tiny": dict(epochs=6, batch_size=64, lr=3e-3),
-    # Measured on the text demo (README, "Text demo"): 5 epochs at lr 3e-3 (1e-3 left the
+    # Measured on the text demo (docs/results.md, "Text demo"): 5 epochs at lr 3e-3 (1e-3 left the
     # levels 1-2 points apart after 5 epochs); the demo's recipe otherwise.
     "text": dict(epochs=5, batch_size=32, lr=3e-3, alpha=(1.0, 1.0, 1.0, 2.0),
                  distill_direction="teacher"),
     "tiny-text": dict(epochs=6, batch_size=32, lr=3e-3),
     # An imported pretrained encoder (train --pretrained): BERT's fine-tuning recipe, a small
-    # learning rate for a few epochs (README, "Start from a pretrained encoder").
+    # learning rate for a few epochs (docs/pretrained.md).
     "pretrained": dict(epochs=2, batch_size=16, lr=5e-5, warmup=0.1, weight_decay=0.01),
 }
 # A fine-tuned encoder nested by heads (train --init-from X --levels ...): the pretrained
@@ -113,7 +113,7 @@ RECIPES: dict[str, dict] = {
 # each level's hidden states to the next level's at every layer. beta 5e-4 weighs it about
 # as much as the CE over an epoch of MiniLM (a sum over 384 features of 6 layers and 3 pairs);
 # on the spam demo it brought the smallest level within 1 point of the largest on two seeds
-# (README, "Start from a pretrained encoder").
+# (docs/pretrained.md).
 RECIPES["nested"] = dict(RECIPES["pretrained"], distill_direction="teacher", beta=5e-4)
 
 
