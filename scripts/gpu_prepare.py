@@ -27,6 +27,8 @@ import tarfile
 from pathlib import Path
 
 WHEEL = "onnxruntime-gpu==1.31.1"
+# onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl from PyPI (255,569,273 bytes)
+WHEEL_SHA256 = "05d548956197b9d01f59b625de740e0d6be3593f874e241a12dc0362650ecdf7"
 ROWS = 512  # test rows per export carried for parity and bench
 
 
@@ -100,6 +102,12 @@ def download_wheel(to: Path) -> Path:
     wheels = sorted(to.glob("onnxruntime_gpu-*.whl"))
     if r.returncode or not wheels:
         fail(f"pip download {WHEEL} failed: {r.stderr.strip().splitlines()[-1:]}", 1)
+    h = hashlib.sha256()
+    with open(wheels[-1], "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != WHEEL_SHA256:
+        fail(f"{wheels[-1].name} has sha256 {h.hexdigest()}, not the pinned {WHEEL_SHA256}", 1)
     return wheels[-1]
 
 
