@@ -397,8 +397,10 @@ class Runtime:
           has one, else the largest level.
 
         x is an array as the graphs take it, or, for an export with a tokenizer, a list of
-        strings: they are tokenized exactly as in training, sorted by length into batches of
-        `batch_size` (a short text never pays for the longest one), and answered in input order.
+        strings: they are tokenized exactly as in training, a window of TEXT_WINDOW texts at a
+        time (`predict_texts` streams any iterable the same way), sorted by length into
+        batches of `batch_size` (a short text never pays for the longest one), and answered
+        in input order.
 
         >>> out = rt.predict(x, thresholds=[0.9, 0.9, 0.9])  # doctest: +SKIP
         >>> out.labels, out.probs, out.confidence, out.levels  # doctest: +SKIP
