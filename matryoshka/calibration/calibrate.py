@@ -114,10 +114,10 @@ def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val
         rt = Runtime.from_manifest(export_dir, manifest, device="cpu", variant=variant)
         record = _calibrate_thresholds(rt, level_sets(manifest["levels"], cascade), x_cal,
                                        y_cal, x_test, y_test, target, epsilon, delta, progress)
-        _check_certified(record, manifest, variant, rt)
+        graphs = [rt.entry(d)["sha256"] for d in rt.levels]
+        _check_certified(record, manifest, variant, graphs)
         record.update(variant=variant, split=split, data=data_record,
-                      precisions=[rt.precision(d) for d in rt.levels],
-                      graphs=[rt.entry(d)["sha256"] for d in rt.levels],
+                      precisions=[rt.precision(d) for d in rt.levels], graphs=graphs,
                       data_sha256=data_record.get("sha256"),
                       created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         del rt  # its sessions (every level's weights) are not held while the cascade is built
@@ -128,7 +128,7 @@ def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val
     return record
 
 
-def _check_certified(record: dict, manifest: dict, variant: str, rt: Runtime) -> None:
+def _check_certified(record: dict, manifest: dict, variant: str, graphs: list[str]) -> None:
     """Nothing certified is a valid outcome (the runtime then runs the largest level alone),
     with a warning; but it never replaces a calibration that certified thresholds for these
     very graphs: that would silently make a working cascade run its largest level on every
@@ -138,7 +138,6 @@ def _check_certified(record: dict, manifest: dict, variant: str, rt: Runtime) ->
     what = (f"no thresholds could be certified for {record['target']} <= "
             f"{record['epsilon']:g} at delta {record['delta']:g} on {record['n']} samples")
     old = (manifest.get("calibration") or {}).get(variant) or {}
-    graphs = [rt.entry(d)["sha256"] for d in rt.levels]
     if old.get("thresholds") is not None and old.get("graphs") in (None, graphs):
         raise ConfigError(
             f"{what}; the export keeps its {variant} calibration ({old['target']} <= "

@@ -72,7 +72,7 @@ class _Output:
     the end, a slice at a time) of `matryoshka predict`: its memory is a few bytes a row."""
 
     def __init__(self, rt, as_json: bool):
-        self.rt, self.as_json, self.n = rt, as_json, 0
+        self.rt, self.as_json, self.n, self.headed = rt, as_json, 0, False
         self.names = rt.class_names
         self.parts: list[tuple] = []  # JSON: (labels, levels, confidence) of each chunk
         self.counts = dict.fromkeys(rt.levels, 0)
@@ -82,8 +82,7 @@ class _Output:
         if self.as_json:
             self.parts.append((out.labels, out.levels, out.confidence))
             return
-        if self.n == 0:
-            click.echo(f"{'row':>5} {'label':>{self.width}} {'level':>6} {'confidence':>11}")
+        self._header()
         lines = [f"{self.n + i:>5} {self.names[lab]:>{self.width}} {lev:>6} {conf:>11.4f}"
                  for i, (lab, lev, conf) in enumerate(zip(out.labels, out.levels,
                                                           out.confidence))]
@@ -97,12 +96,17 @@ class _Output:
         if self.as_json:
             self._write_json()
             return
+        self._header()
         if self.n == 0:
-            click.echo(f"{'row':>5} {'label':>{self.width}} {'level':>6} {'confidence':>11}")
             return
         share = ", ".join(f"{d}: {c}" for d, c in self.counts.items() if c)
         engine = "cascade.onnx" if self.rt.engine == "graph" else "one session per level"
         click.echo(f"{self.n} rows answered by level ({share}); engine: {engine}")
+
+    def _header(self) -> None:
+        if not self.headed:
+            click.echo(f"{'row':>5} {'label':>{self.width}} {'level':>6} {'confidence':>11}")
+            self.headed = True
 
     def _write_json(self) -> None:
         import json
