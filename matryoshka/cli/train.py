@@ -74,16 +74,23 @@ POSITIVE = click.IntRange(min=1)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--init-from", default=None, help="Start from this checkpoint's config and "
               "weights (fine-tuning); the size options are then ignored, but for --levels on "
-              "an encoder fine-tuned by --pretrained, which nests it by heads.")
+              "an encoder fine-tuned by --pretrained, which nests it (see --nesting).")
+@click.option("--nesting", type=click.Choice(["width", "heads"]), default="width",
+              show_default=True, help="With --init-from an encoder fine-tuned by --pretrained "
+              "and --levels: width nests its hidden width, the seed's h[:d_i] (levels are "
+              "widths, e.g. 96,192,288,384 of MiniLM's 384: the token table, every matrix and "
+              "LayerNorm sliced, FLOPs ~ d_i^2); heads keeps the width and nests heads and FFN "
+              "neurons (DynaBERT; levels are numbers of heads, e.g. 3,6,9,12).")
 @click.option("--pretrained", default=None, metavar="FOLDER",
               help="Raw text: start from this pretrained Hugging Face BERT-family encoder "
               "(config.json, model.safetensors, tokenizer.json; e.g. the folder "
               "scripts/fetch_pretrained.sh unpacks), with its own tokenizer and a new "
               "classifier head; the size and tokenizer options are then ignored.")
 @click.option("--rewire/--no-rewire", default=True, show_default=True,
-              help="With --init-from an imported encoder and --levels (numbers of heads): "
-              "reorder each layer's heads and FFN neurons by importance on the training split "
-              "first, so that every level's prefix holds the most important.")
+              help="With --init-from an imported encoder and --levels: reorder first, by "
+              "importance on the training split, the residual channels (--nesting width; one "
+              "permutation of every residual axis, Minitron's score) and each layer's heads "
+              "and FFN neurons, so that every level's prefix holds the most important.")
 @click.option("--teacher", default=None, metavar="CHECKPOINT|none",
               help="Distil every level, the largest included, from this frozen checkpoint: "
               "its logits on the training split are computed once before training, with its "
@@ -102,8 +109,8 @@ POSITIVE = click.IntRange(min=1)
 def train(preset_name, data, text_column, label_column, split_seed, out, levels, d_model,
           layers, head_dim, d_mid, ffn_mult, max_len, vocab_size, tokenizer_model,
           no_lowercase, name, epochs, batch_size, schedule, alpha, beta, gamma, temperature,
-          distill_direction, lr, lr_scale, seed, init_from, pretrained, rewire, teacher,
-          precision, train_rows, force, no_progress) -> None:
+          distill_direction, lr, lr_scale, seed, init_from, nesting, pretrained, rewire,
+          teacher, precision, train_rows, force, no_progress) -> None:
     """Train a Matryoshka Transformer and write its checkpoint folder.
 
     Examples:
@@ -117,7 +124,10 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
       artifacts/pretrained/all-MiniLM-L6-v2 --out artifacts/minilm/teacher
 
       matryoshka train --data artifacts/data/spam.csv --init-from artifacts/minilm/teacher
-      --levels 3,6,9,12 --out artifacts/minilm/checkpoint   (nested by heads)
+      --levels 96,192,288,384 --out artifacts/minilm/checkpoint   (nested by width)
+
+      matryoshka train --data artifacts/data/spam.csv --init-from artifacts/minilm/teacher
+      --nesting heads --levels 3,6,9,12 --out artifacts/minilm/heads   (nested by heads)
     """
     import dataclasses
 
@@ -127,6 +137,7 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
     from matryoshka.training import RECIPES, TrainConfig
 
     check_out_dir(out, force)
+    _check_nesting(nesting, init_from, levels)
     text = is_text_source(data)
     if pretrained is not None:
         _check_pretrained_options(text, init_from, levels, preset_name)
@@ -139,11 +150,16 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
         from matryoshka.model.checkpoint import load_checkpoint
 
         init, _ = load_checkpoint(init_from)
-        if levels is not None:  # nest an imported encoder's heads and FFN (DynaBERT)
+        cfg = init.config
+        if levels is not None and nesting == "heads":  # heads and FFN (DynaBERT)
             from matryoshka.model.bert import nest_by_heads
 
             init = nest_by_heads(init, parse_levels(levels))
-        cfg = init.config
+            cfg = init.config
+        elif levels is not None:  # the hidden width: nested after the rewiring, below
+            from matryoshka.model.bert import width_config
+
+            cfg = width_config(init.config, parse_levels(levels))
     else:
         cfg = resize(preset(preset_name), d_model=d_model,
                      levels=parse_levels(levels) if levels is not None else None,
@@ -154,7 +170,7 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
                   lr_scale=parse_floats(lr_scale, "--lr-scale"),
                   distill_direction=distill_direction)
     recipe = dict(RECIPES.get(preset_name, {})) if init_from is None else {}
-    if init is not None and cfg.nesting == "heads":  # nesting a fine-tuned encoder
+    if init is not None and levels is not None:  # nesting a fine-tuned encoder
         recipe = dict(RECIPES["nested"])
     if pretrained is not None:
         dataset, record, labels, files, init = _pretrained_data(
@@ -181,7 +197,12 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
         taught = _teacher_logits(teacher, data, text_column, label_column, split_seed,
                                  dataset, rows, labels, precision, no_progress)
     if init is not None and levels is not None and rewire:
-        _rewire(init, dataset, tcfg.batch_size, precision, no_progress)
+        _rewire(init, dataset, tcfg.batch_size, precision, no_progress,
+                channels=nesting == "width")
+    if init is not None and levels is not None and nesting == "width":
+        from matryoshka.model.bert import nest_by_width
+
+        init = nest_by_width(init, cfg.levels)
     tcfg = dataclasses.replace(tcfg, teacher=None if taught is None else teacher,
                                precision=precision, train_rows=train_rows and len(rows))
     if init is None:
@@ -197,10 +218,10 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
 
 
 def _rewire(model, dataset, batch_size: int, precision: str, no_progress: bool,
-            rows: int = 2048) -> None:
-    """Reorder the heads and FFN neurons by importance on (up to `rows` of) the training
-    split: scored by the full model (under the training precision), so the smallest prefixes
-    keep what it uses most."""
+            rows: int = 2048, channels: bool = False) -> None:
+    """Reorder the heads and FFN neurons (and with `channels`, first the residual channels)
+    by importance on (up to `rows` of) the training split: scored by the full model (under
+    the training precision), so the smallest prefixes keep what it uses most."""
     import numpy as np
     import torch
 
@@ -210,10 +231,16 @@ def _rewire(model, dataset, batch_size: int, precision: str, no_progress: bool,
     keep = np.random.default_rng(0).permutation(len(x))[:rows]
     x, y = torch.as_tensor(x[keep]), torch.as_tensor(y[keep], dtype=torch.long)
     batches = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    what = "residual channels, heads and FFN neurons" if channels else "heads and FFN neurons"
     if not no_progress:
-        click.echo(f"rewiring: scoring heads and FFN neurons on {len(x)} training rows",
-                   err=True)
+        click.echo(f"rewiring: scoring {what} on {len(x)} training rows", err=True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        if channels:
+            from matryoshka.model.channels import rewire_channels
+
+            order = rewire_channels(model, [b for b, _ in batches])["channel_order"]
+            click.echo("rewired the residual channels by importance; the first 8: "
+                       f"{order[:8]}", err=True)
         info = rewire(model, batches)
     click.echo("rewired by importance; heads of layer 0, most important first: "
                f"{info['head_order'][0]}", err=True)
@@ -289,7 +316,16 @@ def _check_pretrained_options(text, init_from, levels, preset_name) -> None:
     if levels is not None:
         raise ConfigError("--levels with --pretrained: fine-tune the full width first (it is "
                           "the teacher), then nest it: train --init-from THAT_CHECKPOINT "
-                          "--levels 3,6,9,12 (numbers of heads)")
+                          "--levels 96,192,288,384 (hidden widths of MiniLM's 384; "
+                          "--nesting heads --levels 3,6,9,12 for numbers of heads)")
+
+
+def _check_nesting(nesting, init_from, levels) -> None:
+    from matryoshka.errors import ConfigError
+
+    if nesting == "heads" and (init_from is None or levels is None):
+        raise ConfigError("--nesting heads nests an encoder fine-tuned by --pretrained: give "
+                          "it with --init-from THAT_CHECKPOINT and --levels (numbers of heads)")
 
 
 def _pretrained_data(data, text_column, label_column, split_seed, folder, max_len, name,

@@ -226,6 +226,53 @@ def import_bert(folder: str | Path, n_classes: int, max_len: int = 128, name: st
     return model.eval(), tokenizer
 
 
+def _check_full_width(c) -> None:
+    if c.nesting != "width" or c.levels != (c.d_model,) or c.layer_ffn:
+        raise ConfigError("only a model trained at its full width alone (an imported encoder "
+                          f"fine-tuned by train --pretrained) can be nested; this one "
+                          f"has levels {','.join(map(str, c.levels))}")
+
+
+def width_config(c, levels: tuple[int, ...]):
+    """The config of a full-width model nested by its hidden width (the seed's h[:d_i]):
+    levels are widths, multiples of head_dim up to d_model, the last d_model; heads d_i /
+    head_dim and FFN d_mid * d_i / d_model; per-level LayerNorms."""
+    import dataclasses
+
+    from matryoshka.model.config import MatryoshkaConfig
+
+    _check_full_width(c)
+    try:
+        return MatryoshkaConfig(**{**dataclasses.asdict(c), "levels": tuple(levels),
+                                   "norm": "per_level", "ffn_nesting": "proportional"})
+    except ConfigError as e:
+        raise ConfigError(f"--levels {','.join(map(str, levels))}: {e} (levels of --nesting "
+                          f"width are hidden widths, multiples of {c.head_dim} up to "
+                          f"{c.d_model}; numbers of heads need --nesting heads)") from None
+
+
+def nest_by_width(model, levels: tuple[int, ...]):
+    """The same weights as a model nested by its hidden width: level d_i runs h[:d_i], the
+    first d_i / head_dim heads and d_mid * d_i / d_model FFN neurons of every layer, the
+    first d_i columns of the token and position tables, and its own LayerNorms, whose gamma_i,
+    beta_i start as the prefixes of the model's. The largest level is the model itself.
+    Reorder the residual channels first (model/channels.py), so the prefixes hold the most
+    important."""
+    from matryoshka.model.layers import NestedLayerNorm
+    from matryoshka.model.transformer import MatryoshkaTransformer
+
+    nested = MatryoshkaTransformer(width_config(model.config, levels))
+    state = model.state_dict()
+    for name, module in nested.named_modules():
+        if isinstance(module, NestedLayerNorm):  # one shared gamma, beta: a prefix per level
+            for part in ("weight", "bias"):
+                full = state[f"{name}.{part}.0"]
+                for i, d in enumerate(levels):
+                    state[f"{name}.{part}.{i}"] = full[:d].clone()
+    nested.load_state_dict(state, strict=True)
+    return nested.train(model.training)
+
+
 def nest_by_heads(model, levels: tuple[int, ...]):
     """The same weights as a model nested by heads (config nesting 'heads'): level h runs the
     first h heads and the first d_mid * h / n_heads FFN neurons of every layer, at the full
@@ -236,10 +283,7 @@ def nest_by_heads(model, levels: tuple[int, ...]):
     from matryoshka.model.transformer import MatryoshkaTransformer
 
     c = model.config
-    if c.nesting != "width" or c.levels != (c.d_model,) or c.layer_ffn:
-        raise ConfigError("only a model trained at its full width alone (an imported encoder "
-                          f"fine-tuned by train --pretrained) can be nested by heads; this one "
-                          f"has levels {','.join(map(str, c.levels))}")
+    _check_full_width(c)
     try:
         cfg = MatryoshkaConfig(**{**dataclasses.asdict(c), "nesting": "heads",
                                   "levels": tuple(levels), "ffn_nesting": "proportional"})
@@ -252,5 +296,5 @@ def nest_by_heads(model, levels: tuple[int, ...]):
     return nested.train(model.training)
 
 
-__all__ = ["import_bert", "nest_by_heads", "read_bert_config", "read_bert_weights", "read_pooling",
+__all__ = ["import_bert", "nest_by_heads", "nest_by_width", "width_config", "read_bert_config", "read_bert_weights", "read_pooling",
            "bert_config_fields", "bert_state", "read_tokenizer"]

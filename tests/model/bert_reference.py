@@ -57,3 +57,45 @@ def bert_pooled(w: dict, cfg: dict, ids: np.ndarray, pad_id: int = 0,
         return h[:, 0]
     m = mask[..., None].astype(np.float64)
     return (h * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+
+
+def as_bert(state: dict, config, dim: int | None = None, ffn: int | None = None) -> dict:
+    """A matryoshka state dict (numpy or torch values) under BertModel's names, the key bias
+    and the token-type table zero (the import folds the latter into the positions): the whole
+    model, or the standalone BERT that a width level dim (with ffn neurons per layer) is, cut
+    by hand from the prefixes (the first dim rows and columns, the first ffn neurons, the
+    level's own LayerNorm gamma_i, beta_i)."""
+    s = {k: np.asarray(v.detach().numpy() if hasattr(v, "detach") else v)
+         for k, v in state.items()}
+    d, f = dim or config.d_model, ffn or config.d_mid
+    i = config.dims().index(d)
+
+    def ln(name):
+        return s[f"{name}.weight.{i}"][:d], s[f"{name}.bias.{i}"][:d]
+
+    w = {"embeddings.word_embeddings.weight": s["embed.weight"][:, :d],
+         "embeddings.position_embeddings.weight": s["pos"][:, :d],
+         "embeddings.token_type_embeddings.weight": np.zeros((2, d), np.float32)}
+    w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"] = ln("ln_e")
+    for layer in range(config.n_layers):
+        p, b = f"encoder.layer.{layer}.", f"blocks.{layer}."
+        a = p + "attention."
+        for theirs, ours in (("query", "q"), ("key", "k"), ("value", "v")):
+            w[f"{a}self.{theirs}.weight"] = s[f"{b}attn.{ours}.weight"][:d, :d]
+            w[f"{a}self.{theirs}.bias"] = (np.zeros(d, np.float32) if ours == "k"
+                                           else s[f"{b}attn.{ours}.bias"][:d])
+        w[f"{a}output.dense.weight"] = s[f"{b}attn.o.weight"][:d, :d]
+        w[f"{a}output.dense.bias"] = s[f"{b}attn.o.bias"][:d]
+        w[f"{a}output.LayerNorm.weight"], w[f"{a}output.LayerNorm.bias"] = ln(f"{b}ln1")
+        w[f"{p}intermediate.dense.weight"] = s[f"{b}ffn.w1.weight"][:f, :d]
+        w[f"{p}intermediate.dense.bias"] = s[f"{b}ffn.w1.bias"][:f]
+        w[f"{p}output.dense.weight"] = s[f"{b}ffn.w2.weight"][:d, :f]
+        w[f"{p}output.dense.bias"] = s[f"{b}ffn.w2.bias"][:d]
+        w[f"{p}output.LayerNorm.weight"], w[f"{p}output.LayerNorm.bias"] = ln(f"{b}ln2")
+    return w
+
+
+def bert_cfg(config, dim: int | None = None) -> dict:
+    """The reference's config for the model, or for its width level dim."""
+    return {"num_attention_heads": (dim or config.d_model) // config.head_dim,
+            "num_hidden_layers": config.n_layers, "layer_norm_eps": config.ln_eps}

@@ -22,7 +22,7 @@ from matryoshka.model import preset
 from matryoshka.model.bert import import_bert
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.text import encode, pad
-from tests.model.bert_reference import bert_pooled
+from tests.model.bert_reference import as_bert, bert_cfg, bert_pooled
 from tests.model.tiny_bert import fine_tune_and_export, labelled_csv, make_tiny_bert, texts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,43 +88,8 @@ def test_the_exported_graph_equals_the_reference_encoder_and_its_head(pretrained
     assert np.abs(logits - (pooled @ head[0].T + head[1])).max() <= 1e-4
     # and that torch model is still exactly a BERT: its weights, written back under
     # BertModel's names, give the same pooled output in the numpy reference
-    ref = bert_pooled(_as_bert(model), _bert_cfg(model.config), ids)
+    ref = bert_pooled(as_bert(model.state_dict(), model.config), bert_cfg(model.config), ids)
     assert np.abs(pooled - ref).max() <= 1e-4
-
-
-def _as_bert(model) -> dict:
-    """The model's encoder under BertModel's names (key bias 0, token type 0 in positions)."""
-    s = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    d = model.config.d_model
-    w = {"embeddings.word_embeddings.weight": s["embed.weight"],
-         "embeddings.position_embeddings.weight": s["pos"],
-         "embeddings.token_type_embeddings.weight": np.zeros((2, d), np.float32),
-         "embeddings.LayerNorm.weight": s["ln_e.weight.0"],
-         "embeddings.LayerNorm.bias": s["ln_e.bias.0"]}
-    for i in range(model.config.n_layers):
-        p, b = f"encoder.layer.{i}.", f"blocks.{i}."
-        w.update({f"{p}attention.self.query.weight": s[f"{b}attn.q.weight"],
-                  f"{p}attention.self.query.bias": s[f"{b}attn.q.bias"],
-                  f"{p}attention.self.key.weight": s[f"{b}attn.k.weight"],
-                  f"{p}attention.self.key.bias": np.zeros(d, np.float32),
-                  f"{p}attention.self.value.weight": s[f"{b}attn.v.weight"],
-                  f"{p}attention.self.value.bias": s[f"{b}attn.v.bias"],
-                  f"{p}attention.output.dense.weight": s[f"{b}attn.o.weight"],
-                  f"{p}attention.output.dense.bias": s[f"{b}attn.o.bias"],
-                  f"{p}attention.output.LayerNorm.weight": s[f"{b}ln1.weight.0"],
-                  f"{p}attention.output.LayerNorm.bias": s[f"{b}ln1.bias.0"],
-                  f"{p}intermediate.dense.weight": s[f"{b}ffn.w1.weight"],
-                  f"{p}intermediate.dense.bias": s[f"{b}ffn.w1.bias"],
-                  f"{p}output.dense.weight": s[f"{b}ffn.w2.weight"],
-                  f"{p}output.dense.bias": s[f"{b}ffn.w2.bias"],
-                  f"{p}output.LayerNorm.weight": s[f"{b}ln2.weight.0"],
-                  f"{p}output.LayerNorm.bias": s[f"{b}ln2.bias.0"]})
-    return w
-
-
-def _bert_cfg(c) -> dict:
-    return {"num_attention_heads": c.d_model // c.head_dim, "num_hidden_layers": c.n_layers,
-            "layer_norm_eps": c.ln_eps}
 
 
 def test_the_pretrained_export_predicts_strings_with_its_own_tokenizer(pretrained_export):

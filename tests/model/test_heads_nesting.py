@@ -73,7 +73,8 @@ def nested_export(tmp_path_factory):
                   "--no-progress"])
     assert r.exit_code == 0, r.output
     r = run(cli, ["train", "--data", str(d / "data.csv"), "--init-from", str(d / "teacher"),
-                  "--levels", "1,2,4", "--epochs", "1", "--out", str(d / "ck"), "--no-progress"])
+                  "--nesting", "heads", "--levels", "1,2,4", "--epochs", "1", "--out",
+                  str(d / "ck"), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "rewired by importance" in r.output
     assert f"teacher: {d / 'teacher'}" in r.output  # the fine-tuned encoder, frozen
@@ -118,8 +119,8 @@ def test_the_frozen_teacher_is_recorded_and_one_of_other_classes_is_refused(
     assert metrics["train_config"]["teacher"] == str(nested_export / "teacher")
     assert metrics["train_config"]["beta"] == 5e-4  # the nesting recipe's consistency term
     r = CliRunner().invoke(cli, ["train", "--data", str(nested_export / "data.csv"),
-                                 "--init-from", str(nested_export / "teacher"), "--levels",
-                                 "2,4", "--epochs", "1", "--train-rows", "20", "--beta",
+                                 "--init-from", str(nested_export / "teacher"), "--nesting",
+                                 "heads", "--levels", "2,4", "--epochs", "1", "--train-rows", "20", "--beta",
                                  "0.01", "--out", str(tmp_path / "sub"), "--no-progress"])
     assert r.exit_code == 0, r.output  # the teacher's logits follow the rows kept
     assert load_checkpoint(tmp_path / "sub")[1]["train_config"]["train_rows"] == 20
@@ -127,8 +128,8 @@ def test_the_frozen_teacher_is_recorded_and_one_of_other_classes_is_refused(
     epoch = json.loads((tmp_path / "sub" / "metrics.jsonl").read_text().splitlines()[0])
     assert epoch["train"]["reg"] > 0
     r = CliRunner().invoke(cli, ["train", "--data", str(nested_export / "data.csv"),
-                                 "--init-from", str(nested_export / "teacher"), "--levels",
-                                 "2,4", "--teacher", str(tiny_checkpoint), "--no-rewire",
+                                 "--init-from", str(nested_export / "teacher"), "--nesting",
+                                 "heads", "--levels", "2,4", "--teacher", str(tiny_checkpoint), "--no-rewire",
                                  "--out", str(tmp_path / "x"), "--no-progress"])
     assert r.exit_code == 2, r.output
     assert "error: --teacher" in r.output and "was trained on the classes" in r.output

@@ -1,0 +1,162 @@
+"""An imported encoder nested by its hidden width (the seed's h[:d_i], DESIGN's width nesting):
+nest_by_width keeps the encoder exactly as the largest level and gives every smaller level the
+prefixes of its weights and LayerNorms; a width level's exported graph is a standalone BERT cut
+by hand from those prefixes (tests/model/bert_reference.py); train --init-from --levels
+rewires the residual channels, then export (INT8 included), calibrate, the cascade graph,
+Mix'n'Match and predict work on width levels; bad levels are one `error:` line, exit 2,
+nothing written."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from matryoshka.calibration import calibrate
+from matryoshka.cli import cli, mexport
+from matryoshka.errors import ConfigError
+from matryoshka.model.bert import import_bert, nest_by_width
+from matryoshka.model.checkpoint import load_checkpoint
+from matryoshka.model.transformer import extract_level
+from matryoshka.runtime import Runtime
+from matryoshka.runtime.text import encode, pad
+from tests.model.bert_reference import as_bert, bert_cfg, bert_pooled
+from tests.model.tiny_bert import labelled_csv, make_tiny_bert, texts
+
+
+@pytest.fixture
+def imported(tmp_path):
+    model, tok = import_bert(make_tiny_bert(tmp_path / "bert"), n_classes=2, max_len=32)
+    return model, torch.from_numpy(pad(encode(tok, texts(24))))
+
+
+def test_the_largest_width_is_the_encoder_and_a_smaller_one_its_prefix(imported):
+    model, x = imported
+    nested = nest_by_width(model, (8, 16, 32))
+    c = nested.config
+    assert c.nesting == "width" and c.dims() == (8, 16, 32) and c.norm == "per_level"
+    assert c.spec(8).heads == (1, 1) and c.spec(16).ffn == (32, 32) and c.level_name(8) == "8"
+    s, full = nested.state_dict(), model.state_dict()
+    for i, d in enumerate((8, 16, 32)):  # gamma_i, beta_i start as the prefixes
+        assert torch.equal(s[f"blocks.1.ln2.weight.{i}"], full["blocks.1.ln2.weight.0"][:d])
+        assert torch.equal(s[f"ln_e.bias.{i}"], full["ln_e.bias.0"][:d])
+    with torch.no_grad():
+        assert torch.equal(nested(x), model(x))  # the largest level: the encoder itself
+        small = extract_level(nested, 8)
+        assert small.embed.weight.shape == (model.config.vocab_size, 8)
+        assert small.blocks[0].attn.q.weight.shape == (8, 8)
+        assert small.blocks[0].ffn.w1.weight.shape == (16, 8)
+        assert torch.equal(small(x), nested(x, level=8))
+        assert not torch.allclose(nested(x, level=8), nested(x), atol=1e-3)
+
+
+@pytest.mark.parametrize("levels,fragment", [
+    ((8, 12, 32), "multiples of 8 up to 32"),  # not a multiple of head_dim
+    ((8, 16, 64), "multiples of 8 up to 32"),  # wider than the encoder
+    ((16, 8, 32), "multiples of 8 up to 32"),  # not increasing
+    ((8, 16), "multiples of 8 up to 32"),  # the last is not the encoder's width
+])
+def test_bad_widths_are_refused(imported, levels, fragment):
+    with pytest.raises(ConfigError, match=fr"--levels {','.join(map(str, levels))}: .*{fragment}"):
+        nest_by_width(imported[0], levels)
+
+
+def test_only_a_full_width_encoder_is_nested_by_width(imported):
+    with pytest.raises(ConfigError, match="only a model trained at its full width"):
+        nest_by_width(nest_by_width(imported[0], (16, 32)), (8, 32))
+
+
+@pytest.fixture(scope="module")
+def width_export(tmp_path_factory):
+    """A tiny BERT fine-tuned (the teacher), nested at widths 8, 16, 32 with its residual
+    channels rewired, trained jointly with distillation, exported in float32 and INT8 with a
+    Mix'n'Match sub-model, and calibrated, all through the CLI."""
+    d = tmp_path_factory.mktemp("width")
+    folder = make_tiny_bert(d / "bert")
+    labelled_csv(d / "data.csv")
+    run = CliRunner().invoke
+    r = run(cli, ["train", "--data", str(d / "data.csv"), "--pretrained", str(folder),
+                  "--max-len", "32", "--epochs", "1", "--out", str(d / "teacher"),
+                  "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = run(cli, ["train", "--data", str(d / "data.csv"), "--init-from", str(d / "teacher"),
+                  "--levels", "8,16,32", "--epochs", "1", "--out", str(d / "ck"),
+                  "--no-progress"])
+    assert r.exit_code == 0, r.output
+    d.joinpath("train.log").write_text(r.output)
+    r = run(mexport, ["--checkpoint", str(d / "ck"), "--out", str(d / "exp"), "--quantize",
+                      "dynamic-pc-shared", "--mix", "mid=16:ffn=64,32:heads=4,2",
+                      "--no-progress"])
+    assert r.exit_code == 0, r.output
+    calibrate(d / "exp", epsilon=0.1, delta=0.2, progress=False)
+    return d
+
+
+def test_training_rewires_the_channels_then_nests_by_width(width_export):
+    d = width_export
+    out = (d / "train.log").read_text()
+    assert "rewired the residual channels" in out and f"teacher: {d / 'teacher'}" in out
+    model, _ = load_checkpoint(d / "ck")
+    assert model.config.levels == (8, 16, 32) and model.config.nesting == "width"
+
+
+def test_a_width_level_graph_is_the_bert_cut_from_the_prefixes(width_export):
+    d = width_export
+    model, _ = load_checkpoint(d / "ck")
+    rt = Runtime.open(d / "exp", device="cpu")
+    ids = pad(encode(rt.tokenizer, texts(40, seed=3)))
+    state = model.state_dict()
+    head_w, head_b = state["head.weight"].numpy(), state["head.bias"].numpy()
+    for entry in rt.manifest["levels"]:
+        if entry["name"] not in ("8", "16"):
+            continue
+        dim = entry["dim"]
+        ffn = model.config.ffn_width(dim)
+        sess = ort.InferenceSession(str(d / "exp" / entry["file"]),
+                                    providers=["CPUExecutionProvider"])
+        logits = sess.run(None, {"x": ids})[0]
+        pooled = bert_pooled(as_bert(state, model.config, dim, ffn), bert_cfg(model.config, dim),
+                             ids)
+        ref = pooled @ head_w[:, :dim].T.astype(np.float64) + head_b
+        assert logits.shape == (40, 2) and np.abs(logits - ref).max() <= 1e-4, entry["name"]
+
+
+def test_the_width_export_shrinks_and_runs_the_cascade(width_export):
+    d = width_export
+    rt = Runtime.open(d / "exp", device="cpu")
+    levels = {lv["name"]: lv for lv in rt.manifest["levels"]}
+    assert set(levels) == {"8", "16", "32", "mid"}
+    assert [levels[n]["file"] for n in ("8", "16", "32")] == [
+        "level-0008.onnx", "level-0016.onnx", "level-0032.onnx"]
+    assert levels["mid"]["spec"] == {"dim": 16, "ffn": [64, 32], "heads": [4, 2]}
+    flops = [levels[n]["flops_per_sample"] for n in ("8", "16", "mid", "32")]
+    assert flops == sorted(flops) and flops[0] * 3 < flops[-1]
+    sizes = [(d / "exp" / levels[n]["file"]).stat().st_size for n in ("8", "16", "32")]
+    assert sizes == sorted(sizes) and sizes[0] * 2 < sizes[-1]  # the embedding is sliced too
+    strings = ["free money prize now", "lunch meeting thursday?", "the a and of", "click here"]
+    out = rt.predict(strings)
+    ref = Runtime.open(d / "exp", device="cpu", engine="levels").predict(strings)
+    assert out.labels.tolist() == ref.labels.tolist() and list(out.levels) == list(ref.levels)
+    assert np.allclose(out.probs, ref.probs, atol=1e-5)
+    int8 = Runtime.open(d / "exp", device="cpu", variant="int8").predict(strings, level="8")
+    assert (int8.levels == "8").all() and int8.probs.shape == (4, 2)
+
+
+def test_bad_width_levels_through_the_cli_write_nothing(tmp_path, width_export):
+    d = width_export
+    run = CliRunner().invoke
+    base = ["train", "--data", str(d / "data.csv"), "--out", str(tmp_path / "x"),
+            "--no-progress"]
+    for extra, fragment in [
+        (["--init-from", str(d / "teacher"), "--levels", "8,12,32"], "multiples of 8 up to 32"),
+        (["--init-from", str(d / "teacher"), "--levels", "8,16,64"], "multiples of 8 up to 32"),
+        (["--init-from", str(d / "teacher"), "--levels", "16,8,32"], "multiples of 8 up to 32"),
+        (["--init-from", str(d / "teacher"), "--levels", "8,16"], "multiples of 8 up to 32"),
+        (["--init-from", str(d / "ck"), "--levels", "8,32"],
+         "only a model trained at its full width"),
+        (["--nesting", "heads", "--levels", "1,4"], "--nesting heads"),
+    ]:
+        r = run(cli, base + extra)
+        assert r.exit_code == 2, (extra, r.output)
+        assert r.output.startswith("error: ") and fragment in r.output, (extra, r.output)
+        assert "Traceback" not in r.output and not (tmp_path / "x").exists()
