@@ -104,7 +104,7 @@ $M train --data artifacts/data/spam.csv --pretrained $MINILM --max-len 64 --epoc
   --train-rows 2000 --out $P/teacher --force
 took
 step "pretrained: nest by heads (3 and 12 of 12; rewired by importance), distilled from the frozen teacher"
-$M train --data artifacts/data/spam.csv --init-from $P/teacher --levels 3,12 --epochs 1 \
+$M train --data artifacts/data/spam.csv --init-from $P/teacher --nesting heads --levels 3,12 --epochs 1 \
   --train-rows 2000 --out $P/checkpoint --force
 took
 step "pretrained: search (4 random sub-models), export (fp32 and INT8), calibrate, tune, bench"

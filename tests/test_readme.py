@@ -53,7 +53,8 @@ def workspace(tmp_path_factory, demo_data):
     (d / "artifacts" / "data").mkdir(parents=True)
     (d / "artifacts" / "pretrained").mkdir()
     labelled_csv(d / "artifacts" / "data" / "spam.csv", n=700)
-    make_tiny_bert(d / "artifacts" / "pretrained" / "all-MiniLM-L6-v2", hidden=48, heads=12)
+    make_tiny_bert(d / "artifacts" / "pretrained" / "all-MiniLM-L6-v2", hidden=384, heads=12,
+                   ffn=768)  # MiniLM's width and heads: the README's levels are its widths
     reviews = pets_csv(d / "reviews.csv", n=700)
     reviews.write_text(reviews.read_text().replace("body,animal", "review,stars", 1))
     (d / "new-reviews.txt").write_text("\n".join(texts(30)) + "\n")
@@ -100,5 +101,5 @@ def test_every_quickstart_command_runs(workspace):
     assert ran >= 12
     manifest = json.loads((workspace / "artifacts" / "minilm" / "export" /
                            "manifest.json").read_text())
-    assert [lv["name"] for lv in manifest["levels"]] == ["h3", "h6", "h9", "h12"]
+    assert [lv["name"] for lv in manifest["levels"]] == ["96", "192", "288", "384"]
     assert "calibration" in manifest
