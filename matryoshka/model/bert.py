@@ -296,5 +296,6 @@ def nest_by_heads(model, levels: tuple[int, ...]):
     return nested.train(model.training)
 
 
-__all__ = ["import_bert", "nest_by_heads", "nest_by_width", "width_config", "read_bert_config", "read_bert_weights", "read_pooling",
+__all__ = ["import_bert", "nest_by_heads", "nest_by_width", "width_config", "read_bert_config",
+           "read_bert_weights", "read_pooling",
            "bert_config_fields", "bert_state", "read_tokenizer"]

@@ -17,7 +17,7 @@ from matryoshka.model.bert import import_bert, nest_by_heads
 from matryoshka.model.transformer import extract_level
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.text import encode, pad
-from tests.model.tiny_bert import labelled_csv, make_tiny_bert, texts
+from tests.model.tiny_bert import labelled_csv, make_tiny_bert, teacher_and_student, texts
 
 
 @pytest.fixture
@@ -67,17 +67,10 @@ def nested_export(tmp_path_factory):
     d = tmp_path_factory.mktemp("heads")
     folder = make_tiny_bert(d / "bert", heads=4, ffn=64)
     labelled_csv(d / "data.csv")
+    output = teacher_and_student(d, folder, "--nesting", "heads", "--levels", "1,2,4")
+    assert "rewired by importance" in output
+    assert f"teacher: {d / 'teacher'}" in output  # the fine-tuned encoder, frozen
     run = CliRunner().invoke
-    r = run(cli, ["train", "--data", str(d / "data.csv"), "--pretrained", str(folder),
-                  "--max-len", "32", "--epochs", "1", "--out", str(d / "teacher"),
-                  "--no-progress"])
-    assert r.exit_code == 0, r.output
-    r = run(cli, ["train", "--data", str(d / "data.csv"), "--init-from", str(d / "teacher"),
-                  "--nesting", "heads", "--levels", "1,2,4", "--epochs", "1", "--out",
-                  str(d / "ck"), "--no-progress"])
-    assert r.exit_code == 0, r.output
-    assert "rewired by importance" in r.output
-    assert f"teacher: {d / 'teacher'}" in r.output  # the fine-tuned encoder, frozen
     r = run(mexport, ["--checkpoint", str(d / "ck"), "--out", str(d / "exp"), "--no-progress"])
     assert r.exit_code == 0, r.output
     calibrate(d / "exp", epsilon=0.1, delta=0.2, progress=False)
@@ -120,8 +113,9 @@ def test_the_frozen_teacher_is_recorded_and_one_of_other_classes_is_refused(
     assert metrics["train_config"]["beta"] == 5e-4  # the nesting recipe's consistency term
     r = CliRunner().invoke(cli, ["train", "--data", str(nested_export / "data.csv"),
                                  "--init-from", str(nested_export / "teacher"), "--nesting",
-                                 "heads", "--levels", "2,4", "--epochs", "1", "--train-rows", "20", "--beta",
-                                 "0.01", "--out", str(tmp_path / "sub"), "--no-progress"])
+                                 "heads", "--levels", "2,4", "--epochs", "1", "--train-rows",
+                                 "20", "--beta", "0.01", "--out", str(tmp_path / "sub"),
+                                 "--no-progress"])
     assert r.exit_code == 0, r.output  # the teacher's logits follow the rows kept
     assert load_checkpoint(tmp_path / "sub")[1]["train_config"]["train_rows"] == 20
     # the consistency term compares head levels over the whole residual width
@@ -129,8 +123,8 @@ def test_the_frozen_teacher_is_recorded_and_one_of_other_classes_is_refused(
     assert epoch["train"]["reg"] > 0
     r = CliRunner().invoke(cli, ["train", "--data", str(nested_export / "data.csv"),
                                  "--init-from", str(nested_export / "teacher"), "--nesting",
-                                 "heads", "--levels", "2,4", "--teacher", str(tiny_checkpoint), "--no-rewire",
-                                 "--out", str(tmp_path / "x"), "--no-progress"])
+                                 "heads", "--levels", "2,4", "--teacher", str(tiny_checkpoint),
+                                 "--no-rewire", "--out", str(tmp_path / "x"), "--no-progress"])
     assert r.exit_code == 2, r.output
     assert "error: --teacher" in r.output and "was trained on the classes" in r.output
     assert not (tmp_path / "x").exists()

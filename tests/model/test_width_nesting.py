@@ -21,7 +21,7 @@ from matryoshka.model.transformer import extract_level
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.text import encode, pad
 from tests.model.bert_reference import as_bert, bert_cfg, bert_pooled
-from tests.model.tiny_bert import labelled_csv, make_tiny_bert, texts
+from tests.model.tiny_bert import labelled_csv, make_tiny_bert, teacher_and_student, texts
 
 
 @pytest.fixture
@@ -74,16 +74,8 @@ def width_export(tmp_path_factory):
     d = tmp_path_factory.mktemp("width")
     folder = make_tiny_bert(d / "bert")
     labelled_csv(d / "data.csv")
+    d.joinpath("train.log").write_text(teacher_and_student(d, folder, "--levels", "8,16,32"))
     run = CliRunner().invoke
-    r = run(cli, ["train", "--data", str(d / "data.csv"), "--pretrained", str(folder),
-                  "--max-len", "32", "--epochs", "1", "--out", str(d / "teacher"),
-                  "--no-progress"])
-    assert r.exit_code == 0, r.output
-    r = run(cli, ["train", "--data", str(d / "data.csv"), "--init-from", str(d / "teacher"),
-                  "--levels", "8,16,32", "--epochs", "1", "--out", str(d / "ck"),
-                  "--no-progress"])
-    assert r.exit_code == 0, r.output
-    d.joinpath("train.log").write_text(r.output)
     r = run(mexport, ["--checkpoint", str(d / "ck"), "--out", str(d / "exp"), "--quantize",
                       "dynamic-pc-shared", "--mix", "mid=16:ffn=64,32:heads=4,2",
                       "--no-progress"])

@@ -115,3 +115,22 @@ def fine_tune_and_export(d: Path, folder: Path, data: Path, max_len: int) -> Pat
                                      "--no-progress"])
     assert r.exit_code == 0, r.output
     return d / "exp"
+
+
+def teacher_and_student(d: Path, folder: Path, *nest: str) -> str:
+    """train --pretrained FOLDER for one epoch on d/data.csv (the teacher, d/teacher), then
+    train --init-from it with `nest` (e.g. --levels 8,16,32) for one epoch (d/ck); returns
+    the second run's output."""
+    from click.testing import CliRunner
+
+    from matryoshka.cli import cli
+
+    run = CliRunner().invoke
+    r = run(cli, ["train", "--data", str(d / "data.csv"), "--pretrained", str(folder),
+                  "--max-len", "32", "--epochs", "1", "--out", str(d / "teacher"),
+                  "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = run(cli, ["train", "--data", str(d / "data.csv"), "--init-from", str(d / "teacher"),
+                  *nest, "--epochs", "1", "--out", str(d / "ck"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    return r.output
