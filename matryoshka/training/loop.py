@@ -108,12 +108,12 @@ RECIPES: dict[str, dict] = {
     # learning rate for a few epochs (docs/pretrained.md).
     "pretrained": dict(epochs=2, batch_size=16, lr=5e-5, warmup=0.1, weight_decay=0.01),
 }
-# A fine-tuned encoder nested by its width or by heads (train --init-from X --levels ...): the
-# pretrained recipe, taught by the frozen teacher (Hinton's KL), with the consistency term L_reg tying
-# each level's hidden states to the next level's at every layer. beta 5e-4 weighs it about
-# as much as the CE over an epoch of MiniLM (a sum over 384 features of 6 layers and 3 pairs);
-# on the spam demo it brought the smallest level within 1 point of the largest on two seeds
-# (docs/pretrained.md).
+# A fine-tuned encoder nested by its width or by heads (train --init-from X --levels ...):
+# the pretrained recipe (2 epochs), taught by the frozen teacher (Hinton's KL), with the
+# consistency term L_reg tying each level's hidden states to the next level's at every layer.
+# beta 5e-4 weighs it about as much as the CE over an epoch of MiniLM (a sum over 384
+# features of 6 layers and 3 pairs); on the spam demo it brought h3 within 1 point of h12 on
+# two seeds. Width 96 needs the second epoch (+2.2 points on validation; docs/pretrained.md).
 RECIPES["nested"] = dict(RECIPES["pretrained"], distill_direction="teacher", beta=5e-4)
 
 
