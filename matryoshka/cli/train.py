@@ -171,7 +171,7 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
                   distill_direction=distill_direction)
     recipe = dict(RECIPES.get(preset_name, {})) if init_from is None else {}
     if init is not None and levels is not None:  # nesting a fine-tuned encoder
-        recipe = dict(RECIPES["nested"])
+        recipe = dict(RECIPES["nested" if nesting == "heads" else "nested_width"])
     if pretrained is not None:
         dataset, record, labels, files, init = _pretrained_data(
             data, text_column, label_column, split_seed, pretrained, max_len, name, seed)

@@ -111,6 +111,7 @@ def test_the_frozen_teacher_is_recorded_and_one_of_other_classes_is_refused(
     _, metrics = load_checkpoint(nested_export / "ck")
     assert metrics["train_config"]["teacher"] == str(nested_export / "teacher")
     assert metrics["train_config"]["beta"] == 5e-4  # the nesting recipe's consistency term
+    assert metrics["train_config"]["lr"] == 5e-5  # heads keep the fine-tuning rate
     r = CliRunner().invoke(cli, ["train", "--data", str(nested_export / "data.csv"),
                                  "--init-from", str(nested_export / "teacher"), "--nesting",
                                  "heads", "--levels", "2,4", "--epochs", "1", "--train-rows",

@@ -88,8 +88,11 @@ def test_training_rewires_the_channels_then_nests_by_width(width_export):
     d = width_export
     out = (d / "train.log").read_text()
     assert "rewired the residual channels" in out and f"teacher: {d / 'teacher'}" in out
-    model, _ = load_checkpoint(d / "ck")
+    model, metrics = load_checkpoint(d / "ck")
     assert model.config.levels == (8, 16, 32) and model.config.nesting == "width"
+    recipe = metrics["train_config"]  # the width recipe: the nesting one at twice the lr
+    assert recipe["lr"] == 1e-4 and recipe["beta"] == 5e-4
+    assert recipe["teacher"] == str(d / "teacher")
 
 
 def test_a_width_level_graph_is_the_bert_cut_from_the_prefixes(width_export):
