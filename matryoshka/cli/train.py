@@ -138,6 +138,7 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
 
     check_out_dir(out, force)
     _check_nesting(nesting, init_from, levels)
+    nests = init_from is not None and levels is not None  # nesting a fine-tuned encoder
     text = is_text_source(data)
     if pretrained is not None:
         _check_pretrained_options(text, init_from, levels, preset_name)
@@ -151,12 +152,12 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
 
         init, _ = load_checkpoint(init_from)
         cfg = init.config
-        if levels is not None and nesting == "heads":  # heads and FFN (DynaBERT)
+        if nests and nesting == "heads":  # heads and FFN (DynaBERT)
             from matryoshka.model.bert import nest_by_heads
 
             init = nest_by_heads(init, parse_levels(levels))
             cfg = init.config
-        elif levels is not None:  # the hidden width: nested after the rewiring, below
+        elif nests:  # the hidden width: nested after the rewiring, below
             from matryoshka.model.bert import width_config
 
             cfg = width_config(init.config, parse_levels(levels))
@@ -170,7 +171,7 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
                   lr_scale=parse_floats(lr_scale, "--lr-scale"),
                   distill_direction=distill_direction)
     recipe = dict(RECIPES.get(preset_name, {})) if init_from is None else {}
-    if init is not None and levels is not None:  # nesting a fine-tuned encoder
+    if nests:
         recipe = dict(RECIPES["nested" if nesting == "heads" else "nested_width"])
     if pretrained is not None:
         dataset, record, labels, files, init = _pretrained_data(
@@ -190,16 +191,16 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
             not no_lowercase, cfg, init, init_from) if text else _array_data(data, cfg, init)
     precision = _precision(precision, cfg)
     rows = _train_rows(dataset, train_rows, seed)
-    if teacher is None and init is not None and levels is not None:
+    if teacher is None and nests:
         teacher = init_from  # nesting: the fine-tuned encoder teaches every level
     taught = None
     if teacher is not None and teacher != "none" and tcfg.gamma > 0:  # gamma 0: no distilling
         taught = _teacher_logits(teacher, data, text_column, label_column, split_seed,
                                  dataset, rows, labels, precision, no_progress)
-    if init is not None and levels is not None and rewire:
+    if nests and rewire:
         _rewire(init, dataset, tcfg.batch_size, precision, no_progress,
                 channels=nesting == "width")
-    if init is not None and levels is not None and nesting == "width":
+    if nests and nesting == "width":
         from matryoshka.model.bert import nest_by_width
 
         init = nest_by_width(init, cfg.levels)

@@ -227,10 +227,9 @@ def import_bert(folder: str | Path, n_classes: int, max_len: int = 128, name: st
 
 
 def _check_full_width(c) -> None:
-    if c.nesting != "width" or c.levels != (c.d_model,) or c.layer_ffn:
-        raise ConfigError("only a model trained at its full width alone (an imported encoder "
-                          f"fine-tuned by train --pretrained) can be nested; this one "
-                          f"has levels {','.join(map(str, c.levels))}")
+    from matryoshka.model.channels import check_full_width
+
+    check_full_width(c, "(an imported encoder fine-tuned by train --pretrained) can be nested")
 
 
 def width_config(c, levels: tuple[int, ...]):

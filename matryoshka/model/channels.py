@@ -26,12 +26,17 @@ from matryoshka.model.layers import NestedLayerNorm
 from matryoshka.model.transformer import MatryoshkaTransformer
 
 
-def _check_full_width(model: MatryoshkaTransformer) -> None:
-    c = model.config
+def check_full_width(c, action: str) -> None:
+    """Refuse a config that is not a model trained at its full width alone: only such a model
+    can `action` (be nested, have its residual channels reordered)."""
     if c.nesting != "width" or c.levels != (c.d_model,) or c.layer_ffn:
-        raise ConfigError("only a model trained at its full width alone can have its residual "
-                          "channels reordered; this one has levels "
-                          f"{','.join(map(str, c.levels))}")
+        raise ConfigError(f"only a model trained at its full width alone {action}; this one "
+                          f"has levels {','.join(map(str, c.levels))}")
+
+
+def _check_permutable(model: MatryoshkaTransformer) -> None:
+    c = model.config
+    check_full_width(c, "can have its residual channels reordered")
     if c.pos_encoding != "learned":
         raise ConfigError("a model with sinusoidal positions cannot have its residual channels "
                           "reordered (the positions are not weights); pass --no-rewire")
@@ -43,7 +48,7 @@ def channel_importance(model: MatryoshkaTransformer,
     """[d_model] importance of each residual channel of the full model on `batches` of inputs
     (Minitron's aggregation: mean |a| over real tokens, L2 over the samples, summed over every
     LayerNorm)."""
-    _check_full_width(model)
+    _check_permutable(model)
     norms = [m for m in model.modules() if isinstance(m, NestedLayerNorm)]
     squares = np.zeros((len(norms), model.config.d_model))
     mask: list[torch.Tensor | None] = [None]
@@ -79,7 +84,7 @@ def permute_channels(model: MatryoshkaTransformer, channel_order: np.ndarray
                      ) -> MatryoshkaTransformer:
     """Apply one permutation (new channel j is old channel channel_order[j]) to every residual
     axis of a full-width model, in place; returns the model."""
-    _check_full_width(model)
+    _check_permutable(model)
     d = model.config.d_model
     p = torch.as_tensor(np.asarray(channel_order, dtype=np.int64))
     if sorted(p.tolist()) != list(range(d)):
@@ -121,4 +126,4 @@ def rewire_channels(model: MatryoshkaTransformer, batches: Iterable[torch.Tensor
     return {"channel_importance": scores.tolist(), "channel_order": channel_order.tolist()}
 
 
-__all__ = ["channel_importance", "permute_channels", "rewire_channels"]
+__all__ = ["channel_importance", "check_full_width", "permute_channels", "rewire_channels"]
