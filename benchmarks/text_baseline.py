@@ -26,6 +26,11 @@ C_GRID = (0.1, 1.0, 10.0)
 
 def run(path: Path, seed: int) -> dict:
     """Fit the baseline on the train split of `path`; the report as a JSON-able dict."""
+    return fit(path, seed)[0]
+
+
+def fit(path: Path, seed: int):
+    """The report, and the fitted model as one callable: texts -> predicted labels."""
     import sklearn
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -53,7 +58,7 @@ def run(path: Path, seed: int) -> dict:
     best_c = max(C_GRID, key=lambda c: by_c[c][0])
     val_acc, fit_s, model = by_c[best_c]
     test_acc = float((model.predict(f_test) == y_test).mean())
-    return {
+    report = {
         "data": str(path),
         "seed": seed,
         "labels": list(data.labels),
@@ -69,6 +74,7 @@ def run(path: Path, seed: int) -> dict:
         "fit_s": round(vectorize_s + fit_s, 3),
         "scikit_learn": sklearn.__version__,
     }
+    return report, lambda texts: model.predict(vectorizer.transform(texts))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -155,3 +155,32 @@ def test_bad_width_levels_through_the_cli_write_nothing(tmp_path, width_export):
         assert r.exit_code == 2, (extra, r.output)
         assert r.output.startswith("error: ") and fragment in r.output, (extra, r.output)
         assert "Traceback" not in r.output and not (tmp_path / "x").exists()
+
+
+def test_the_frontier_benchmark_times_every_level_and_the_certified_cascade(tmp_path,
+                                                                           width_export):
+    """benchmarks/frontier.py on a width export: a row per level, variant and batch, and the
+    cascade's accuracy and cost on the test split are the ones calibrate reported."""
+    import json
+
+    from benchmarks.frontier import main
+
+    d = width_export
+    args = ["--export", f"w={d / 'exp'}", "--data", str(d / "data.csv"), "--no-baseline",
+            "--mails", "4", "--passes", "1", "--batches", "1,4", "--json", str(tmp_path / "f.json"),
+            "--plot", str(tmp_path / "f.png")]
+    assert main(args) == 0
+    rows = json.loads((tmp_path / "f.json").read_text())["rows"]
+    manifest = Runtime.open(d / "exp", device="cpu").manifest
+    names = [lv["name"] for lv in manifest["levels"]]
+    for b in (1, 4):
+        at = [r for r in rows if r["batch"] == b]
+        assert [r["name"] for r in at if r["variant"] == "fp32"] == [*names, "cascade"]
+        assert [r["name"] for r in at if r["variant"] == "int8"] == names  # not calibrated
+        assert all(r["ms_per_mail"] > 0 for r in at)
+    cascade = next(r for r in rows if r["name"] == "cascade")
+    report = manifest["calibration"]["fp32"]["test"]
+    assert cascade["accuracy"] == pytest.approx(report["accuracy"], abs=1e-12)
+    assert cascade["relative_cost"] == pytest.approx(report["relative_cost"], rel=1e-9)
+    assert (tmp_path / "f.png").stat().st_size > 10_000
+    assert main(["--export", "no-equals-sign"]) == 2
