@@ -53,7 +53,8 @@ def open_items(exports: dict[str, Path], threads: int | None) -> list[dict]:
                               "flops": flops.get(level)})
             if rt.calibration() and rt.calibration().get("thresholds") is not None:
                 items.append({"export": name, "variant": variant, "kind": "cascade",
-                              "name": "cascade", "rt": rt, "level": None, "flops": None})
+                              "name": "cascade", "rt": rt, "level": None, "flops": None,
+                              "level_flops": flops})
             else:
                 print(f"{name}: no {variant} calibration, so no {variant} cascade "
                       f"(matryoshka calibrate {folder} --variant {variant})", file=sys.stderr)
@@ -83,8 +84,7 @@ def measure(items: list[dict], texts: list[str], y: np.ndarray, sample: list[str
         item["accuracy"] = float((np.asarray(labels) == y).mean())
         if item["kind"] == "cascade":
             rt = item["rt"]
-            dims = rt.cascade_levels()
-            flops = {level_name(lv): float(lv["flops_per_sample"]) for lv in rt.manifest["levels"]}
+            dims, flops = rt.cascade_levels(), item["level_flops"]
             item["relative_cost"] = float(relative_cost(levels, dims,
                                                         [flops[d] for d in dims]).mean())
             item["exit_fractions"] = [float((levels == d).mean()) for d in dims]
