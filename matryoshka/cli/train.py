@@ -76,18 +76,22 @@ POSITIVE = click.IntRange(min=1)
               "weights (fine-tuning); the size options are then ignored, but for --levels on "
               "an encoder fine-tuned by --pretrained, which nests it (see --nesting).")
 @click.option("--nesting", type=click.Choice(["width", "heads"]), default="width",
-              show_default=True, help="With --init-from an encoder fine-tuned by --pretrained "
-              "and --levels: width nests its hidden width, the seed's h[:d_i] (levels are "
-              "widths, e.g. 96,192,288,384 of MiniLM's 384: the token table, every matrix and "
-              "LayerNorm sliced, FLOPs ~ d_i^2); heads keeps the width and nests heads and FFN "
-              "neurons (DynaBERT; levels are numbers of heads, e.g. 3,6,9,12).")
+              show_default=True, help="With --levels and an imported encoder (--pretrained, "
+              "or --init-from a checkpoint of --pretrained): width nests its hidden width, "
+              "the seed's h[:d_i] (levels are widths, e.g. 96,192,288,384 of MiniLM's 384: "
+              "the token table, every matrix and LayerNorm sliced, FLOPs ~ d_i^2); heads "
+              "keeps the width and nests heads and FFN neurons (DynaBERT; levels are numbers "
+              "of heads, e.g. 3,6,9,12).")
 @click.option("--pretrained", default=None, metavar="FOLDER",
               help="Raw text: start from this pretrained Hugging Face BERT-family encoder "
               "(config.json, model.safetensors, tokenizer.json; e.g. the folder "
               "scripts/fetch_pretrained.sh unpacks), with its own tokenizer and a new "
-              "classifier head; the size and tokenizer options are then ignored.")
+              "classifier head; the size and tokenizer options are then ignored. With "
+              "--levels it is nested at once (see --nesting), its largest level teaching the "
+              "others; fine-tuning it first and nesting that with --init-from lets the "
+              "fine-tuned model teach instead.")
 @click.option("--rewire/--no-rewire", default=True, show_default=True,
-              help="With --init-from an imported encoder and --levels: reorder first, by "
+              help="With --levels and an imported encoder: reorder first, by "
               "importance on the training split, the residual channels (--nesting width; one "
               "permutation of every residual axis, Minitron's score) and each layer's heads "
               "and FFN neurons, so that every level's prefix holds the most important.")
@@ -96,7 +100,7 @@ POSITIVE = click.IntRange(min=1)
               "its logits on the training split are computed once before training, with its "
               "own tokenizer (so a teacher of a longer --max-len can teach) [nesting by "
               "--init-from with --levels: that checkpoint; else none: the largest level, "
-              "trained alongside, teaches].")
+              "trained alongside, teaches (--pretrained with --levels too)].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
               show_default=True, help="The training forward and backward: under bf16 "
               "autocast (the weights, evaluation and export stay fp32) or fp32. auto: bf16 "
@@ -126,6 +130,10 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
       matryoshka train --data artifacts/data/spam.csv --init-from artifacts/minilm/teacher
       --levels 96,192,288,384 --out artifacts/minilm/checkpoint   (nested by width)
 
+      matryoshka train --data artifacts/data/spam.csv --pretrained
+      artifacts/pretrained/all-MiniLM-L6-v2 --levels 96,192,384 --out artifacts/minilm/width
+      (fine-tuned and nested by width in one stage)
+
       matryoshka train --data artifacts/data/spam.csv --init-from artifacts/minilm/teacher
       --nesting heads --levels 3,6,9,12 --out artifacts/minilm/heads   (nested by heads)
     """
@@ -137,11 +145,13 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
     from matryoshka.training import RECIPES, TrainConfig
 
     check_out_dir(out, force)
-    _check_nesting(nesting, init_from, levels)
-    nests = init_from is not None and levels is not None  # nesting a fine-tuned encoder
+    _check_nesting(nesting, init_from, pretrained, levels)
+    # nesting an imported encoder: one fine-tuned by --pretrained (--init-from, which then
+    # teaches), or the pretrained folder itself (the largest level, trained alongside, teaches)
+    nests = (init_from is not None or pretrained is not None) and levels is not None
     text = is_text_source(data)
     if pretrained is not None:
-        _check_pretrained_options(text, init_from, levels, preset_name)
+        _check_pretrained_options(text, init_from, preset_name)
         preset_name = "pretrained"
     preset_name = preset_name or ("text" if text else "demo")
     init = None
@@ -152,15 +162,8 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
 
         init, _ = load_checkpoint(init_from)
         cfg = init.config
-        if nests and nesting == "heads":  # heads and FFN (DynaBERT)
-            from matryoshka.model.bert import nest_by_heads
-
-            init = nest_by_heads(init, parse_levels(levels))
-            cfg = init.config
-        elif nests:  # the hidden width: nested after the rewiring, below
-            from matryoshka.model.bert import width_config
-
-            cfg = width_config(init.config, parse_levels(levels))
+        if nests:
+            init, cfg = _nest_config(init, nesting, parse_levels(levels))
     else:
         cfg = resize(preset(preset_name), d_model=d_model,
                      levels=parse_levels(levels) if levels is not None else None,
@@ -177,6 +180,8 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
         dataset, record, labels, files, init = _pretrained_data(
             data, text_column, label_column, split_seed, pretrained, max_len, name, seed)
         cfg = init.config
+        if nests:
+            init, cfg = _nest_config(init, nesting, parse_levels(levels))
     if len(cfg.levels) != len(recipe.get("alpha", cfg.levels)):
         recipe.pop("alpha", None)  # the recipe's alpha was for the preset's own levels
     recipe.update({k: v for k, v in fields.items() if v is not None})
@@ -216,6 +221,20 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
                            teacher_logits=taught)
     click.echo(level_table(metrics))
     click.echo(f"checkpoint written to {out} ({metrics['train_seconds']:.0f} s of training)")
+
+
+def _nest_config(model, nesting: str, levels: tuple[int, ...]):
+    """(model, config) of a full-width imported encoder nested at `levels`: by heads and FFN
+    neurons (DynaBERT) at once; by the hidden width, the config only (the model is nested
+    after the rewiring)."""
+    if nesting == "heads":
+        from matryoshka.model.bert import nest_by_heads
+
+        model = nest_by_heads(model, levels)
+        return model, model.config
+    from matryoshka.model.bert import width_config
+
+    return model, width_config(model.config, levels)
 
 
 def _rewire(model, dataset, batch_size: int, precision: str, no_progress: bool,
@@ -303,7 +322,7 @@ def _teacher_logits(folder, data, text_column, label_column, split_seed, dataset
     return teacher_logits(model, x, bf16=precision == "bf16", progress=not no_progress)
 
 
-def _check_pretrained_options(text, init_from, levels, preset_name) -> None:
+def _check_pretrained_options(text, init_from, preset_name) -> None:
     from matryoshka.errors import ConfigError
 
     if not text:
@@ -314,19 +333,15 @@ def _check_pretrained_options(text, init_from, levels, preset_name) -> None:
     if preset_name is not None:
         raise ConfigError("--preset has no meaning with --pretrained: the architecture is "
                           "the pretrained model's")
-    if levels is not None:
-        raise ConfigError("--levels with --pretrained: fine-tune the full width first (it is "
-                          "the teacher), then nest it: train --init-from THAT_CHECKPOINT "
-                          "--levels 96,192,288,384 (hidden widths of MiniLM's 384; "
-                          "--nesting heads --levels 3,6,9,12 for numbers of heads)")
 
 
-def _check_nesting(nesting, init_from, levels) -> None:
+def _check_nesting(nesting, init_from, pretrained, levels) -> None:
     from matryoshka.errors import ConfigError
 
-    if nesting == "heads" and (init_from is None or levels is None):
-        raise ConfigError("--nesting heads nests an encoder fine-tuned by --pretrained: give "
-                          "it with --init-from THAT_CHECKPOINT and --levels (numbers of heads)")
+    if nesting == "heads" and ((init_from is None and pretrained is None) or levels is None):
+        raise ConfigError("--nesting heads nests an imported encoder: give it with "
+                          "--init-from A_CHECKPOINT_OF_--pretrained or --pretrained FOLDER, "
+                          "and --levels (numbers of heads)")
 
 
 def _pretrained_data(data, text_column, label_column, split_seed, folder, max_len, name,

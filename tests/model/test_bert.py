@@ -120,7 +120,7 @@ def _one_error(result, fragment):
     ("shapes", "config.json says"),
     ("no-folder", "pretrained model folder not found"),
     ("not-hf", "has no config.json"),
-    ("levels", "--levels with --pretrained: fine-tune the full width first"),
+    ("levels", "--levels 16,64: "),  # wider than the encoder: nests nothing
     ("max-len", "exceeds the model's max_position_embeddings 64"),
 ])
 def test_bad_pretrained_folders_are_one_error_and_write_nothing(tmp_path, case, fragment):
@@ -145,7 +145,7 @@ def test_bad_pretrained_folders_are_one_error_and_write_nothing(tmp_path, case, 
     elif case == "not-hf":
         (folder / "config.json").unlink()
     elif case == "levels":
-        extra = ["--levels", "16,32"]
+        extra = ["--max-len", "32", "--levels", "16,64"]
     else:
         extra = ["--max-len", "65"]
     out = tmp_path / "ck"

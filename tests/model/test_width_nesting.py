@@ -95,6 +95,23 @@ def test_training_rewires_the_channels_then_nests_by_width(width_export):
     assert recipe["teacher"] == str(d / "teacher")
 
 
+def test_the_pretrained_folder_is_nested_in_one_stage_taught_by_its_largest_level(tmp_path):
+    folder = make_tiny_bert(tmp_path / "bert")
+    labelled_csv(tmp_path / "data.csv")
+    r = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "data.csv"), "--pretrained",
+                                 str(folder), "--max-len", "32", "--levels", "8,16,32",
+                                 "--epochs", "1", "--out", str(tmp_path / "ck"),
+                                 "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "rewired the residual channels" in r.output and "teacher:" not in r.output
+    model, metrics = load_checkpoint(tmp_path / "ck")
+    assert model.config.levels == (8, 16, 32) and model.config.nesting == "width"
+    recipe = metrics["train_config"]  # the width recipe, no frozen teacher: the largest teaches
+    assert recipe["lr"] == 1e-4 and recipe["teacher"] is None
+    assert recipe["distill_direction"] == "teacher" and recipe["epochs"] == 1
+    assert metrics["test_accuracy"].keys() == {"8", "16", "32"}
+
+
 def test_a_width_level_graph_is_the_bert_cut_from_the_prefixes(width_export):
     d = width_export
     model, _ = load_checkpoint(d / "ck")
@@ -150,6 +167,8 @@ def test_bad_width_levels_through_the_cli_write_nothing(tmp_path, width_export):
         (["--init-from", str(d / "ck"), "--levels", "8,32"],
          "only a model trained at its full width"),
         (["--nesting", "heads", "--levels", "1,4"], "--nesting heads"),
+        (["--pretrained", str(d / "bert"), "--max-len", "32", "--levels", "8,12,32"],
+         "multiples of 8 up to 32"),
     ]:
         r = run(cli, base + extra)
         assert r.exit_code == 2, (extra, r.output)
