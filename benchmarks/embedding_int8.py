@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "p50_ms": t[f"{n}/{v}"]["p50_ms"]})
     print(f"# {device_name()}, {args.threads} threads, {args.export}, --method {args.method}")
     print(f"{'level':>6} {'variant':>16} {'MB':>7} {'test acc':>9} {'pts':>6}  " + "  ".join(
-        f"{'s%d b%d ms' % (s, b):>12}" for s in seqs for b in batches))
+        f"{f's{s} b{b} ms':>12}" for s in seqs for b in batches))
     for row in table:
         ms = {(r["seq"], r["batch"]): r["p50_ms"] for r in results
               if r["level"] == row["level"] and r["variant"] == row["variant"]}

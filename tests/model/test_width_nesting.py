@@ -7,10 +7,12 @@ Mix'n'Match and predict work on width levels; bad levels are one `error:` line, 
 nothing written."""
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
+from onnx import numpy_helper
 
 from matryoshka.calibration import calibrate
 from matryoshka.cli import cli, mexport
@@ -19,6 +21,7 @@ from matryoshka.model.bert import import_bert, nest_by_width
 from matryoshka.model.checkpoint import load_checkpoint
 from matryoshka.model.transformer import extract_level
 from matryoshka.runtime import Runtime
+from matryoshka.runtime.manifest import read_manifest
 from matryoshka.runtime.text import encode, pad
 from tests.model.bert_reference import as_bert, bert_cfg, bert_pooled
 from tests.model.tiny_bert import labelled_csv, make_tiny_bert, teacher_and_student, texts
@@ -203,3 +206,33 @@ def test_the_frontier_benchmark_times_every_level_and_the_certified_cascade(tmp_
     assert cascade["relative_cost"] == pytest.approx(report["relative_cost"], rel=1e-9)
     assert (tmp_path / "f.png").stat().st_size > 10_000
     assert main(["--export", "no-equals-sign"]) == 2
+
+
+def test_int8_levels_store_the_token_table_once_in_int8(width_export):
+    """The token table is most of a text graph: every INT8 level holds it as uint8 rows (no
+    float [vocab, dim] table left), a smaller width's is the column prefix of the largest's,
+    with the largest's scale, and cascade.int8.onnx stores the one table."""
+    d = width_export
+    m = read_manifest(d / "exp")
+    vocab = m["input"]["vocab_size"]
+    tables = {}
+    for lv in m["levels"]:
+        if lv["name"] == "mid":
+            continue
+        weights = {i.name: numpy_helper.to_array(i)
+                   for i in onnx.load(str(d / "exp" / lv["int8"]["file"])).graph.initializer}
+        tables[lv["dim"]] = {k: v for k, v in weights.items() if v.ndim == 2
+                             and v.shape[0] == vocab}
+        (name, table), = tables[lv["dim"]].items()
+        assert name.endswith("_quantized") and table.dtype == np.uint8
+        assert table.shape == (vocab, lv["dim"])
+        base = name.removesuffix("_quantized")
+        assert weights[base + "_scale"].size == 1 and base + "_zero_point" in weights
+    (big,), = [list(t.values()) for dim, t in tables.items() if dim == 32]
+    for dim, t in tables.items():
+        (small,) = t.values()
+        np.testing.assert_array_equal(small, big[:, :dim])
+    cascade = onnx.load(str(d / "exp" / m["cascade"]["int8"]["file"]))
+    stored = [i for i in cascade.graph.initializer if len(i.dims) == 2 and i.dims[0] == vocab]
+    assert [(i.data_type, list(i.dims)) for i in stored] == [(onnx.TensorProto.UINT8,
+                                                             [vocab, 32])]
