@@ -161,6 +161,18 @@ class _Store:
                 self.stored.append(numpy_helper.from_array(value, name))
         return starts, ends
 
+    def shape(self, stored: str) -> tuple[int, ...]:
+        return self._arrays[stored.removeprefix("stored/")].shape
+
+    def column_bounds(self, cols: int) -> tuple[str, str, str]:
+        """Slice starts, ends and axes of the first `cols` entries of the last axis."""
+        names = ("slice/starts_1", f"slice/ends_{cols}", "slice/axes_last")
+        for name, value in zip(names, ([0], [cols], [-1])):
+            if name not in self._bounds:
+                self._bounds.add(name)
+                self.stored.append(numpy_helper.from_array(np.asarray(value, np.int64), name))
+        return names
+
     def source(self, level: str, key: str, arr: np.ndarray) -> str | None:
         """The stored tensor whose leading corner equals level's weight `key` (stored now
         when none does), or None for a weight too small to share."""
@@ -274,6 +286,8 @@ def _inline(scope: _Scope, lv: LevelGraph, x: str, store: _Store, rename_batch: 
     names = {g.input[0].name: x}
     inits = {i.name for i in g.initializer}
     sliced, count = set(), itertools.count()
+    tables = _tables(g)
+    gathered: dict[str, tuple[str, int]] = {}  # a table's key: (stored name, its columns)
     for key, arr in weights(g):
         local = prefix + key
         names[key] = local
@@ -283,10 +297,19 @@ def _inline(scope: _Scope, lv: LevelGraph, x: str, store: _Store, rename_batch: 
                 scope.inits.append(numpy_helper.from_array(arr, local))
             continue
         sliced.add(key)
+        if key in tables and store.shape(found)[:1] == arr.shape[:1]:
+            gathered[key] = (found, arr.shape[1])
+            continue
         scope.node("Slice", [found, *store.bounds(arr.shape)], [local])
     for node in g.node:
         if node.op_type == "Constant" and node.output[0] in sliced:
             continue  # its value is a Slice of the store, made above
+        if node.op_type == "Gather" and node.input[0] in gathered:
+            found, cols = gathered[node.input[0]]
+            _gather_prefix(scope, found, names.get(node.input[1], node.input[1]), cols,
+                           names.setdefault(node.output[0], f"{prefix}v{next(count)}"),
+                           prefix + (node.name or f"Gather_{len(scope.nodes)}"), store)
+            continue
         for out in node.output:  # short: ten levels of long value names cost ~5% of a file
             names[out] = f"{prefix}v{next(count)}" if out else ""
         copy = onnx.NodeProto()
@@ -302,6 +325,33 @@ def _inline(scope: _Scope, lv: LevelGraph, x: str, store: _Store, rename_batch: 
         if info.name in names:
             scope.infos.append(_copy_info(info, names[info.name], dims, prefix))
     return names[g.output[0].name]
+
+
+def _tables(graph: onnx.GraphProto) -> set[str]:
+    """The weights that only ever feed a row lookup (input 0 of a Gather on axis 0): token
+    and position tables, in fp32 or as uint8 rows."""
+    used: dict[str, bool] = {}
+    for node in graph.node:
+        for pos, name in enumerate(node.input):
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            lookup = node.op_type == "Gather" and pos == 0 and axis == 0
+            used[name] = used.get(name, True) and lookup
+    return {name for name, only in used.items() if only}
+
+
+def _gather_prefix(scope: _Scope, table: str, indices: str, cols: int, out: str, name: str,
+                   store: _Store) -> None:
+    """`out` = table[:, :cols][indices], computed as table[indices][..., :cols]: the rows read
+    are sliced, never the whole table, so neither onnxruntime's load-time folding nor a graph
+    kept unfolded (the ORT format) copies a table per level. Bit-identical: a lookup."""
+    if cols == store.shape(table)[1]:
+        scope.nodes.append(helper.make_node("Gather", [table, indices], [out], name=name,
+                                            axis=0))
+        return
+    rows = f"{out}:rows"
+    scope.nodes.append(helper.make_node("Gather", [table, indices], [rows], name=name, axis=0))
+    starts, ends, axes = store.column_bounds(cols)
+    scope.node("Slice", [rows, starts, ends, axes], [out])
 
 
 def _copy_info(info: onnx.ValueInfoProto, name: str, dims: dict | None = None,
