@@ -3,7 +3,15 @@
 DESIGN.md, "Errors". Importing this package registers every command on the group.
 """
 
-from matryoshka.cli import bench, calibrate, predict, search, train, tune  # noqa: F401  (registers commands)
+from matryoshka.cli import (  # noqa: F401  (registers commands)
+    bench,
+    bundle,
+    calibrate,
+    predict,
+    search,
+    train,
+    tune,
+)
 from matryoshka.cli.core import cli
 from matryoshka.cli.export import mexport
 

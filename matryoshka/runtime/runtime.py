@@ -212,7 +212,10 @@ class Runtime:
         return int(self._entries[self.level(level)]["dim"])
 
     def precision(self, level: str | int) -> str:
-        """fp32 or int8: the precision this runtime runs a level at."""
+        """fp32 or int8: the precision this runtime runs a level at. A bundle's levels
+        (`matryoshka bundle`) say it: its one graph set is the default one, in either."""
+        if self.variant == "fp32":
+            return self._entries[self.level(level)].get("precision", "fp32")
         if self.variant != "auto":
             return self.variant
         plan = self.manifest.get("plan")
@@ -225,7 +228,7 @@ class Runtime:
         """The manifest entry (file, sha256) of a level in this runtime's variant."""
         name = self.level(level)
         entry = self._entries[name]
-        if self.precision(name) == "fp32":
+        if self.variant == "fp32" or self.precision(name) == "fp32":
             return entry
         if "int8" not in entry:
             raise ArtifactError(f"{self.folder} has no int8 graph for level {name}; make one with "
