@@ -1,7 +1,7 @@
 """`matryoshka bundle`: what one device ships. A self-contained export folder cut from an
 export: the levels the device can afford (named, or the largest prefix that fits a budget) in
 one precision per level, the tokenizer, a `cascade.onnx` over those levels, and a manifest of
-its own whose thresholds are certified for that very level set. DESIGN.md, "Bundles".
+its own whose thresholds are certified for that very level set. docs/bundle.md.
 
 A bundle holds one graph set: each level entry names the graph the device runs (`file`,
 with its `precision`, fp32 or int8), and the manifest lists it, and its cascade and
