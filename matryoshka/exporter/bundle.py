@@ -26,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from matryoshka.errors import ConfigError, MatryoshkaError, ValidationError
 from matryoshka.exporter.cascade import LevelGraph, build_cascade
-from matryoshka.exporter.cascades import refresh_cascades, settle_names
+from matryoshka.exporter.cascades import refresh_cascades, settle_names, write_ort
 from matryoshka.io import atomic_dir, check_out_dir, sha256_file, writer_lock
 from matryoshka.runtime.inputs import check_input
 from matryoshka.runtime.manifest import (
@@ -244,12 +243,7 @@ def _ort_bytes(data: bytes) -> int:
     with tempfile.TemporaryDirectory(prefix="matryoshka-ort-") as tmp:
         src, made = Path(tmp) / "cascade.onnx", Path(tmp) / "cascade.ort"
         src.write_bytes(data)
-        so = ort.SessionOptions()
-        so.optimized_model_filepath = str(made)
-        so.add_session_config_entry("session.save_model_format", "ORT")
-        so.log_severity_level = 3
-        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"],
-                             disabled_optimizers=["ConstantFolding", "NchwcTransformer"])
+        write_ort(src, made)
         return made.stat().st_size
 
 

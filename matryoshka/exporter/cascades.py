@@ -153,14 +153,7 @@ def _to_ort(folder: Path, variant: str, entry: dict, named: dict[str, str]) -> d
     with tempfile.TemporaryDirectory(prefix="matryoshka-ort-") as tmp, quiet_root_logger():
         src, made = Path(tmp) / f"{stem}.onnx", Path(tmp) / f"{stem}.ort"
         src.write_bytes(read_named(folder, entry))
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = str(made)
-        so.add_session_config_entry("session.save_model_format", "ORT")
-        so.log_severity_level = 3
-        # NchwcTransformer: x86-only layouts, as the converter leaves them out
-        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"],
-                             disabled_optimizers=["ConstantFolding", "NchwcTransformer"])
+        write_ort(src, made)
         tool_log = logging.getLogger("ort_format_model.utils")
         level = tool_log.level
         tool_log.setLevel(logging.WARNING)  # it logs a line per model at INFO
@@ -184,6 +177,69 @@ def _to_ort(folder: Path, variant: str, entry: dict, named: dict[str, str]) -> d
                 tmp_file.write_bytes(data)
             out[key] = install(folder, tmp_file, name, named)
     return out
+
+
+def write_ort(src: Path, dst: Path, fold: bool = False) -> None:
+    """`src` (an ONNX file) saved in the ORT format at `dst`, optimized as onnxruntime's
+    converter does it ("Fixed" style, every optimization, NchwcTransformer's x86-only layouts
+    left out), and, unless `fold`, without ConstantFolding, so that weights shared through
+    Slices stay stored once; a branch that reads a whole stored tensor (the largest level's
+    weights) then reads it directly, not through a Slice that would copy it on every run."""
+    if not fold:
+        model = onnx.load(str(src))
+        read_whole_tensors(model)
+        src = dst.with_name(dst.name + ".onnx")
+        onnx.save(model, str(src))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(dst)
+    so.add_session_config_entry("session.save_model_format", "ORT")
+    so.log_severity_level = 3
+    disabled = ["NchwcTransformer"] + ([] if fold else ["ConstantFolding"])
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=disabled)
+
+
+def read_whole_tensors(model: onnx.ModelProto) -> int:
+    """In place: every Slice of a whole stored tensor (starts 0, ends its shape) removed, its
+    readers reading the tensor itself. Returns how many. cascade.onnx keeps those Slices:
+    onnxruntime folds them at load into an initializer the branch owns, which it prepacks as
+    the level's own graph (bit-identical answers); an unfolded graph would copy the tensor."""
+    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
+    values = {i.name: onnx.numpy_helper.to_array(i).tolist()
+              for i in model.graph.initializer if i.name.startswith("slice/")}
+    rename: dict[str, str] = {}
+
+    def whole(node: onnx.NodeProto) -> bool:
+        return (node.op_type == "Slice" and len(node.input) == 3 and node.input[0] in shapes
+                and values.get(node.input[1]) == [0] * len(shapes[node.input[0]])
+                and values.get(node.input[2]) == shapes[node.input[0]])
+
+    def walk(graph: onnx.GraphProto) -> None:
+        keep = []
+        for node in graph.node:
+            if whole(node):
+                rename[node.output[0]] = node.input[0]
+                continue
+            keep.append(node)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+        del graph.node[:]
+        graph.node.extend(keep)
+
+    def relink(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name in rename:
+                    node.input[i] = rename[name]
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    relink(attr.g)
+
+    walk(model.graph)
+    relink(model.graph)
+    return len(rename)
 
 
 def settle_names(folder: Path, manifest: dict) -> None:
