@@ -65,6 +65,9 @@ $M bench $A/export --device cpu --batch 1,32 --baselines torch,padded \
 $M bench $A/export --device cpu --batch 1,32 --variant int8 --json $A/bench-cpu-int8.json
 $M bench $A/export --device cpu --batch 1,32 --variant auto --json $A/bench-cpu-auto.json
 took
+step "bundle: what a device with 2 MB ships (the largest prefix of levels that fits, certified again)"
+$M bundle $A/export --out $A/phone --max-mb 2 --force --no-progress
+took
 echo "== digits done: table in $A/export/bench.md, plot in $A/bench-cpu.png"
 
 T=artifacts/text
