@@ -55,6 +55,10 @@ def bundle_cmd(export_dir, out, levels, max_mb, variant, data, ort_format, force
             what = f"the cascade over {', '.join(m['cascade']['fp32']['levels'])}"
         click.echo(f"  {name:<34} {size / MB:8.2f} MB  {what}".rstrip())
     rec = b.calibration
+    if rec is None and len(b.levels) == 1:
+        click.echo(f"cascade: one level, every row answers at {b.levels[0]} (no thresholds "
+                   "to certify)")
+        return
     if rec is None:
         click.echo("cascade: not calibrated, every row answers at the largest level; certify "
                    f"it with: matryoshka calibrate {b.folder}")

@@ -93,6 +93,14 @@ def test_a_bundle_is_an_export_that_holds_only_its_levels(export, tmp_path):
     assert [rt.precision(n) for n in rt.levels] == ["int8", "int8"]
 
 
+def test_a_one_level_bundle_says_it_has_no_thresholds_to_certify(export, tmp_path):
+    r = run(export, "--out", tmp_path / "one", "--levels", "16")
+    assert r.exit_code == 0, r.output
+    assert "cascade: one level, every row answers at 16 (no thresholds to certify)" in r.stdout
+    assert "matryoshka calibrate" not in r.stdout
+    assert read_manifest(tmp_path / "one")["cascade"]["fp32"]["levels"] == ["16"]
+
+
 def test_the_bundles_guarantee_is_certified_again_and_holds_on_its_test_split(export,
                                                                               tmp_path,
                                                                               demo_data):
