@@ -7,6 +7,11 @@ nothing is hand-written. The table is most of a text graph's bytes (30522 x 384 
 of MiniLM's 90 MB): onnxruntime stores it as uint8 with one scale and zero point (dynamic and
 static alike; a Gather of the uint8 rows, then a DequantizeLinear of only the rows read), and
 weight4 as 4-bit blocks of 32 along the hidden axis (GatherBlockQuantized).
+weight8 stores the MatMul/Gemm weights as int8 with one scale per output channel behind a
+DequantizeLinear and computes in fp32: its answers do not depend on the batch (dynamic INT8's
+do, through the activation scale of the whole batch), so the web and Python runtimes agree. A
+session folds those DequantizeLinear nodes of constants at load only with
+`session.disable_quant_qdq` set (runtime/providers.py), and then runs at fp32 speed.
 Symbolic shape inference is skipped: it gives up on the masked attention of text graphs
 ("Cannot determine if ... < 0"), and ONNX's own shape inference, which is kept, gives the
 quantizer every shape it needs.
@@ -26,9 +31,16 @@ METHODS = {
     "dynamic": "dynamic INT8, one weight scale per tensor",
     "dynamic-pc": "dynamic INT8, one weight scale per output channel",
     "static": "static INT8 (QDQ), per-channel weights, activations calibrated on data",
+    "weight8": "INT8 weights (per output channel, DequantizeLinear) and token table, fp32 "
+               "compute: answers independent of the batch, for the web",
     "weight4": "4-bit weights (MatMulNBits and GatherBlockQuantized, blocks of 32), int8 "
                "compute (accuracy_level 4)",
 }
+# The methods mexport writes without calibration data (static QDQ is `matryoshka calibrate
+# --int8 static`). "-shared": every smaller level's quantized weights are the corner of the
+# largest level's (exporter/shared_int8.py), so cascade.int8.onnx stores them once.
+EXPORT_QUANTIZE = ("none", "dynamic", "dynamic-pc", "dynamic-shared", "dynamic-pc-shared",
+                   "weight8", "weight8-shared", "weight4")
 STATIC_CALIBRATION = ("minmax", "entropy", "percentile")
 OP_TYPES = ("MatMul", "Gemm", "Gather")  # a Gather of no initializer (a shape's) is left alone
 
@@ -76,6 +88,8 @@ def quantize_level(src: str | Path, dst: str | Path, method: str = "dynamic",
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         if method == "weight4":
             _weight_only(pre, dst)
+        elif method == "weight8":
+            _weight8(pre, dst, Path(tmp) / "table.onnx")
         elif method == "static":
             _static(pre, dst, calibration, calibrate_method, list(op_types))
         else:
@@ -114,3 +128,56 @@ def _weight_only(pre: Path, dst) -> None:
     q.process()
     q.model.save_model_to_file(str(dst), False)
 
+
+
+def _weight8(pre: Path, dst, table: Path) -> None:
+    """The token table by quantize_dynamic (a uint8 Gather), then every MatMul/Gemm whose
+    weight is a 2-D fp32 initializer reads it through DequantizeLinear of int8 per output
+    channel (symmetric, zero point 0), named as onnxruntime names its quantized weights."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(pre), str(table), op_types_to_quantize=["Gather"],
+                     weight_type=QuantType.QInt8)
+    model = onnx.load(str(table))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    nodes, made, uses = [], {}, {}
+    for node in graph.node:
+        name = node.input[1] if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 \
+            else None
+        weight = numpy_helper.to_array(inits[name]) if name in inits else None
+        if weight is not None and weight.ndim == 2 and weight.dtype == np.float32:
+            transposed = node.op_type == "Gemm" and any(
+                a.name == "transB" and a.i for a in node.attribute)
+            axis = 0 if transposed else 1  # the output channels: Gemm [out, in], MatMul [in, out]
+            if name not in made:
+                amax = np.abs(weight).max(axis=1 - axis)
+                scale = np.where(amax > 0, amax / 127, 1).astype(np.float32)
+                q = np.clip(np.rint(weight / np.expand_dims(scale, 1 - axis)), -127, 127)
+                graph.initializer.extend([
+                    numpy_helper.from_array(q.astype(np.int8), f"{name}_quantized"),
+                    numpy_helper.from_array(scale, f"{name}_scale"),
+                    numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}_zero_point")])
+                made[name] = f"{name}_dequantized"
+                nodes.append(helper.make_node(
+                    "DequantizeLinear", [f"{name}_quantized", f"{name}_scale",
+                                         f"{name}_zero_point"], [made[name]],
+                    name=f"{name}_DequantizeLinear", axis=axis))
+            node.input[1] = made[name]
+            uses[name] = uses.get(name, 0) + 1
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    drop = {name for name, n in uses.items() if n == consumers.get(name, 0)}
+    keep = [i for i in graph.initializer if i.name not in drop]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))

@@ -111,6 +111,30 @@ def test_text_is_tokenized_in_js_and_answers_equal_python_on_every_test_row(
     assert res["ids_differ"] == 0 and len(res["levels"]) >= 2, res
 
 
+@pytest.fixture(scope="module")
+def weight8_export(text_export):
+    """text_export's checkpoint exported with weight8-shared INT8 (int8 weights, fp32
+    compute) and its INT8 cascade calibrated."""
+    out = text_export.parent / "weight8"
+    r = CliRunner().invoke(mexport, ["--checkpoint", str(text_export.parent / "ck"), "--out",
+                                     str(out), "--quantize", "weight8-shared", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    calibrate(out, epsilon=0.05, delta=0.2, variant="int8", progress=False)
+    return out
+
+
+@pytest.mark.parametrize("runtime", ["node", "chromium"])
+def test_a_weight8_int8_cascade_answers_as_python_to_the_last_digit(weight8_export, runtime,
+                                                                    tmp_path):
+    """The JS example folds a weight8 graph's DequantizeLinear at load as the Python runtime
+    does (graphOptions in examples/js/cascade.mjs), so both compute the same fp32 products:
+    labels, levels and confidences agree as fp32's do (dynamic INT8 differs by ~1e-2)."""
+    cases, res = _parity(weight8_export, runtime, "int8", tmp_path)
+    assert res["rows"] == 590 and res["equal"], res
+    assert res["ids_differ"] == 0 and len(res["levels"]) >= 2, res
+    assert res["max_confidence_diff"] < 1e-5, res
+
+
 @pytest.mark.parametrize("export,specials", [
     ("text_export", None),  # BPE, no special tokens
     ("bert_export", (2, 3)),  # a pretrained WordPiece tokenizer: [CLS] text [SEP]

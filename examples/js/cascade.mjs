@@ -46,13 +46,35 @@ export async function openCascade({ ort, Tokenizer, read, sha256, variant = "fp3
     return bytes;
   };
   const session = await ort.InferenceSession.create(await load(entry.file, entry.sha256),
-                                                    sessionOptions);
+                                                    graphOptions(manifest, variant,
+                                                                 sessionOptions));
   const spec = manifest.input;
   const tokenizer = manifest.tokenizer
     ? await textTokenizer(Tokenizer, await load(manifest.tokenizer.file,
                                                 manifest.tokenizer.sha256))
     : null;
   return new Cascade(ort, session, manifest, entry, spec, tokenizer);
+}
+
+/**
+ * The session options for the variant's cascade graph: where its INT8 levels are weight8
+ * (int8 weights, fp32 compute), onnxruntime's `session.disable_quant_qdq`, which folds their
+ * DequantizeLinear nodes at load, as the Python runtime does: the graph then computes in fp32,
+ * as fast as fp32, with the answers of the Python runtime.
+ */
+export function graphOptions(manifest, variant, sessionOptions = {}) {
+  const method = (lv, i) => {  // "" where the level runs in fp32
+    const precision = variant === "fp32" ? lv.precision  // a bundle's levels say it
+      : variant === "auto" ? manifest.plan?.precisions?.[i] : variant;
+    if (precision !== "int8") return "";
+    return (variant === "fp32" ? lv.int8_method : lv.int8?.method) || "";
+  };
+  const weight8 = manifest.levels.some(
+    (lv, i) => method(lv, i).replace(/-shared$/, "") === "weight8");
+  if (!weight8) return sessionOptions;
+  const extra = sessionOptions.extra || {};
+  return { ...sessionOptions,
+           extra: { ...extra, session: { ...(extra.session || {}), disable_quant_qdq: "1" } } };
 }
 
 class Cascade {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from matryoshka.cli.core import DEMO_CHECKPOINT, DEMO_EXPORT, Command, cli, debug_option
+from matryoshka.quantize import EXPORT_QUANTIZE
 
 
 def _export_options(f):
@@ -21,14 +22,14 @@ def _export_options(f):
                      help="Absolute tolerance of the parity check against torch."),
         click.option("--rtol", type=float, default=1e-3, show_default=True,
                      help="Relative tolerance of the parity check against torch."),
-        click.option("--quantize", type=click.Choice(["none", "dynamic", "dynamic-pc",
-                                                     "dynamic-shared", "dynamic-pc-shared",
-                                                     "weight4"]),
+        click.option("--quantize", type=click.Choice(EXPORT_QUANTIZE),
                      default="none", show_default=True,
                      help="Also write an INT8 graph per level (level-0064.int8.onnx, ...): "
-                     "dynamic (per-tensor weight scales), dynamic-pc (per-channel) or weight4 "
-                     "(4-bit weights, int8 compute); -shared: every smaller level slices the "
-                     "largest level's quantized weights, stored once in cascade.int8.onnx. "
+                     "dynamic (per-tensor weight scales), dynamic-pc (per-channel), weight8 "
+                     "(INT8 weights, fp32 compute: the same answers at any batch, for the web) "
+                     "or weight4 (4-bit weights, int8 compute); -shared: every smaller level "
+                     "slices the largest level's quantized weights, stored once in "
+                     "cascade.int8.onnx. "
                      "Static INT8: matryoshka calibrate --int8 static."),
         click.option("--mix", "mixes", multiple=True, metavar="NAME=SPEC",
                      help="Also export a Mix'n'Match sub-model as a level named NAME; SPEC is "

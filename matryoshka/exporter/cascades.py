@@ -36,6 +36,7 @@ from matryoshka.runtime.manifest import (
     level_name,
     named_files,
 )
+from matryoshka.runtime.providers import FOLD_DEQUANTIZE
 from matryoshka.runtime.runtime import CHUNK_ROWS, Runtime, read_named
 
 log = logging.getLogger(__name__)
@@ -276,9 +277,10 @@ def check_cascade(data: bytes, rt: Runtime, want: dict, x: np.ndarray, name: str
     its defaults, all 0, all 1, `random` random vectors, and the tie vectors (`tie_vectors`).
     Labels and levels must be equal row for row, and probs and confidences bit for bit, or
     ValidationError. Returns the number of vectors run."""
-    session = ort.InferenceSession(data, _quiet(), providers=["CPUExecutionProvider"])
-    x = x[:rows]
     levels, temps = want["levels"], np.asarray(want["temperatures"], np.float32)
+    session = ort.InferenceSession(data, _quiet(rt.fold_dequantize(levels[-1])),
+                                   providers=["CPUExecutionProvider"])  # as the runtime loads it
+    x = x[:rows]
     k = len(levels)
     vectors = [None, [0.0] * (k - 1), [1.0] * (k - 1)]
     rng = np.random.default_rng(seed)
@@ -338,7 +340,9 @@ def tie_vectors(rt: Runtime, x: np.ndarray, levels: list[str], temps: np.ndarray
     return out + [ties, [least] + [1.0] * (len(ties) - 1)]
 
 
-def _quiet() -> ort.SessionOptions:
+def _quiet(fold_dequantize: bool = False) -> ort.SessionOptions:
     opts = ort.SessionOptions()
+    if fold_dequantize:  # a weight8 graph (runtime/providers.py, folds_dequantize)
+        opts.add_session_config_entry(FOLD_DEQUANTIZE, "1")
     opts.log_severity_level = 3  # thresholds/temperatures are initializers and inputs: a warning
     return opts

@@ -43,7 +43,7 @@ from matryoshka.model import (
     validate_levels,
 )
 from matryoshka.model.checkpoint import checkpoint_sha256, checkpoint_tokenizer, load_checkpoint
-from matryoshka.quantize import quantize_level
+from matryoshka.quantize import EXPORT_QUANTIZE, quantize_level
 from matryoshka.runtime.manifest import (
     SCHEMA_VERSION,
     TOKENIZER_FILE,
@@ -59,11 +59,6 @@ from matryoshka.runtime.text import load_tokenizer
 
 log = logging.getLogger(__name__)
 EXPORTER = "torchscript"
-# INT8 methods that need no calibration data (static QDQ is `matryoshka calibrate --int8 static`)
-# "-shared": every smaller level's quantized weights are the corner of the largest level's
-# (exporter/shared_int8.py), so cascade.int8.onnx stores them once.
-EXPORT_QUANTIZE = ("none", "dynamic", "dynamic-pc", "dynamic-shared", "dynamic-pc-shared",
-                   "weight4")
 # LayerNormalization needs opset 17; torch's TorchScript exporter writes at most opset 20.
 MIN_OPSET, MAX_OPSET = 17, 20
 

@@ -95,7 +95,7 @@ def _measure(rt, x: np.ndarray, y: np.ndarray | None, batches: list[int], warmup
         record["results"] += bench_level(rt.graph_bytes(level), providers, threads,
                                          rt.input_spec["name"], inputs, warmup, iters,
                                          entries[level], peaks[precisions[level]], level, pad,
-                                         precisions[level])
+                                         precisions[level], rt.fold_dequantize(level))
         bar.update(1)
     for name, fn in baselines.items():
         for level in trained:

@@ -38,13 +38,13 @@ def rss():
     except OSError:
         return None
 
-graph, x_path, sha, providers, threads = sys.argv[1:6]
+graph, x_path, sha, providers, threads, fold = sys.argv[1:7]
 x = np.load(x_path)
 before = rss()
 data = open(graph, "rb").read()
 if hashlib.sha256(data).hexdigest() != sha:
     sys.exit("the graph file changed while it was measured")
-opts = session_options(None if threads == "none" else int(threads))  # as the bench's own
+opts = session_options(None if threads == "none" else int(threads), fold == "1")  # as the bench's
 opts.log_severity_level = 3
 session = ort.InferenceSession(data, opts, providers=providers.split(","))
 del data
@@ -58,16 +58,18 @@ print(json.dumps(out))
 
 
 def level_memory(graph: bytes, x: np.ndarray, providers: list[str],
-                 threads: int | None = None, timeout: float = 600) -> dict:
+                 threads: int | None = None, timeout: float = 600,
+                 fold_dequantize: bool = False) -> dict:
     """{"session_mb", "run_mb"}: RSS growth of a fresh process that builds a session from
-    `graph` and runs it once on `x` (None where RSS cannot be read)."""
+    `graph` (with providers.session_options(threads, fold_dequantize)) and runs it once on
+    `x` (None where RSS cannot be read)."""
     with tempfile.TemporaryDirectory(prefix="matryoshka-mem-") as tmp:
         path = Path(tmp) / "graph.onnx"
         path.write_bytes(graph)
         np.save(Path(tmp) / "x.npy", x)
         args = [sys.executable, "-c", CHILD, str(path), str(Path(tmp) / "x.npy"),
                 hashlib.sha256(graph).hexdigest(), ",".join(providers),
-                "none" if threads is None else str(threads)]
+                "none" if threads is None else str(threads), "1" if fold_dequantize else "0"]
         try:
             r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -57,9 +57,25 @@ def check_threads(threads: int | None) -> None:
                           f"default); got {threads!r}")
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
+FOLD_DEQUANTIZE = "session.disable_quant_qdq"  # the session config entry weight8 graphs need
+
+
+def folds_dequantize(method: str | None) -> bool:
+    """Whether a graph of this quantization method (a manifest's int8 "method") runs best
+    with its DequantizeLinear nodes of constants folded at load: weight8 stores int8 weights
+    for fp32 compute, and onnxruntime otherwise keeps those nodes (waiting for a QDQ fusion
+    that never comes) and loses its fp32 fusions behind them, 1.2-1.9x slower."""
+    return bool(method) and method.removesuffix("-shared") == "weight8"
+
+
+def session_options(threads: int | None, fold_dequantize: bool = False) -> ort.SessionOptions:
+    """onnxruntime's options for one session: `threads` intra-op threads (None: its default),
+    all graph optimizations, and with fold_dequantize the DequantizeLinear of every constant
+    folded at load (see folds_dequantize)."""
     check_threads(threads)
     opts = ort.SessionOptions()
+    if fold_dequantize:
+        opts.add_session_config_entry(FOLD_DEQUANTIZE, "1")
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -24,6 +24,7 @@ from matryoshka.runtime.providers import (
     CUDA,
     check_active,
     check_threads,
+    folds_dequantize,
     requested_providers,
     session_options,
 )
@@ -182,7 +183,8 @@ class Runtime:
         """Load cascade.onnx from bytes checked against the manifest's sha256."""
         device = "cuda" if self.device == "cuda" else "cpu"
         graph = CascadeGraph(read_named(self.folder, entry), entry, self.input_spec["name"],
-                             session_options(self._threads), self._providers, device,
+                             session_options(self._threads, self._folds(entry)),
+                             self._providers, device,
                              self.variant)
         cal = (self.manifest.get("calibration") or {}).get(self.variant) or {}
         names = list(self._entries)
@@ -236,6 +238,18 @@ class Runtime:
                                 "static")
         return entry["int8"]
 
+    def fold_dequantize(self, level: str | int) -> bool:
+        """Whether this level's graph in this runtime's variant is loaded with its
+        DequantizeLinear of constants folded (a weight8 graph: providers.folds_dequantize)."""
+        return self._folds(self.entry(level))
+
+    def _folds(self, entry: dict) -> bool:
+        """Whether the graph of this manifest entry (a level's, or a cascade graph's: its
+        levels' method) wants its DequantizeLinear of constants folded at load."""
+        if "method" not in entry and "levels" in entry:  # a cascade graph of this variant
+            return any(self.fold_dequantize(level) for level in entry["levels"])
+        return folds_dequantize(entry.get("method") or entry.get("int8_method"))  # a bundle's
+
     def file(self, level: str | int) -> Path:
         return self.folder / self.entry(level)["file"]
 
@@ -269,7 +283,7 @@ class Runtime:
             if session is None:
                 name = self.entry(level)["file"]
                 data = self.graph_bytes(level)  # the bytes hashed are the bytes loaded
-                options = session_options(self._threads)
+                options = session_options(self._threads, self._folds(self.entry(level)))
                 try:
                     session = ort.InferenceSession(data, options, providers=self._providers)
                 except Exception as e:  # onnxruntime raises its own untyped errors

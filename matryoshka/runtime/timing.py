@@ -121,17 +121,20 @@ def matmul_peak(precision: str, providers: list[str], threads: int | None,
 def bench_level(graph: bytes, providers: list[str], threads: int | None, input_name: str,
                 inputs: dict[int, np.ndarray], warmup: int, iters: int, entry: dict,
                 peak: float, level: str, pad_id: int | None = None,
-                precision: str = "fp32") -> list[dict]:
+                precision: str = "fp32", fold_dequantize: bool = False) -> list[dict]:
     """Load one graph (timing the load; its memory, session and one run at the largest
     batch, is measured in a fresh process: runtime/memory.py), then time it on each batch of
     `inputs` (batch size -> rows). `graph` holds the bytes already checked against the
     manifest's sha256; `entry` is the level's manifest entry, for its FLOPs. Text (a pad_id):
     FLOPs are counted at the length each batch really runs (its padded length), and real
-    tokens per second too. `peak` is the measured MatMul peak of `precision`."""
+    tokens per second too. `peak` is the measured MatMul peak of `precision`.
+    fold_dequantize: the session option a weight8 graph needs (providers.folds_dequantize)."""
+    fold = fold_dequantize
     t0 = time.perf_counter()
-    session = ort.InferenceSession(graph, session_options(threads), providers=providers)
+    session = ort.InferenceSession(graph, session_options(threads, fold), providers=providers)
     load_ms = (time.perf_counter() - t0) * 1e3
-    memory = level_memory(graph, inputs[max(inputs)], providers, threads)  # a fresh process
+    memory = level_memory(graph, inputs[max(inputs)], providers, threads,
+                          fold_dequantize=fold)  # a fresh process
     rows = []
     for b, xb in inputs.items():
         t = time_call(lambda xb=xb: session.run(None, {input_name: xb}), warmup, iters)

@@ -1,5 +1,6 @@
 """INT8 levels that slice the largest level's quantized weights (mexport --quantize
-dynamic-pc-shared): exact corners, stored once in cascade.int8.onnx, bit-identical cascade."""
+dynamic-pc-shared and weight8-shared): exact corners, stored once in cascade.int8.onnx,
+bit-identical cascade; the runtime folds a weight8 graph's DequantizeLinear at load."""
 
 import shutil
 
@@ -17,10 +18,10 @@ from matryoshka.runtime import Runtime
 from matryoshka.runtime.manifest import read_manifest
 
 
-@pytest.fixture(scope="module")
-def shared(tiny_checkpoint, tmp_path_factory):
+@pytest.fixture(scope="module", params=["dynamic-pc-shared", "weight8-shared"])
+def shared(tiny_checkpoint, tmp_path_factory, request):
     out = tmp_path_factory.mktemp("shared") / "export"
-    export(tiny_checkpoint, out, quantize="dynamic-pc-shared", progress=False)
+    export(tiny_checkpoint, out, quantize=request.param, progress=False)
     return out
 
 
@@ -46,7 +47,9 @@ def _assert_corners(folder, method):
 
 
 def test_smaller_levels_hold_corners_of_the_largest_levels_quantized_weights(shared):
-    _assert_corners(shared, "dynamic-pc-shared")
+    _assert_corners(shared, read_manifest(shared)["levels"][-1]["int8"]["method"])
+    assert read_manifest(shared)["levels"][-1]["int8"]["method"] in ("dynamic-pc-shared",
+                                                                    "weight8-shared")
 
 
 def test_static_shared_calibration_slices_the_largest_levels_qdq_weights(
@@ -100,3 +103,23 @@ def test_share_weights_leaves_a_graph_alone_when_nothing_matches(shared):
             init.CopyFrom(numpy_helper.from_array(arr + 1, init.name))
     out, n = share_weights(small[0], small[1], unrelated, small[1])
     assert n == 0 and out == small[1]
+
+
+def test_the_runtime_folds_weight8_graphs_whose_answers_then_ignore_the_batch(shared,
+                                                                            demo_data):
+    from matryoshka.runtime.providers import FOLD_DEQUANTIZE
+
+    rt = Runtime.open(shared, device="cpu", variant="int8")
+    weight8 = rt.entry(rt.levels[-1])["method"] == "weight8-shared"
+    x = demo_data["test"][0][:16].astype(np.float32)
+    for level in rt.levels:
+        options = rt._session(level).get_session_options()
+        if weight8:
+            assert rt.fold_dequantize(level)
+            assert options.get_session_config_entry(FOLD_DEQUANTIZE) == "1"
+        else:
+            assert not rt.fold_dequantize(level)
+        batch = rt.run_level(level, x)
+        alone = np.concatenate([rt.run_level(level, x[i:i + 1]) for i in range(len(x))])
+        if weight8:  # fp32 compute: a row's answer is its own (dynamic INT8: the batch's scale)
+            np.testing.assert_allclose(batch, alone, rtol=0, atol=1e-6)
