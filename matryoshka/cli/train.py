@@ -153,6 +153,10 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
     if pretrained is not None:
         _check_pretrained_options(text, init_from, preset_name)
         preset_name = "pretrained"
+        if nests:  # bad levels: refused from config.json, before the texts are tokenized
+            from matryoshka.model.bert import check_nesting
+
+            check_nesting(pretrained, nesting, parse_levels(levels), max_len or 128)
     preset_name = preset_name or ("text" if text else "demo")
     init = None
     if pretrained is not None:

@@ -272,29 +272,46 @@ def nest_by_width(model, levels: tuple[int, ...]):
     return nested.train(model.training)
 
 
-def nest_by_heads(model, levels: tuple[int, ...]):
-    """The same weights as a model nested by heads (config nesting 'heads'): level h runs the
-    first h heads and the first d_mid * h / n_heads FFN neurons of every layer, at the full
-    residual width. The largest level is the model itself."""
+def heads_config(c, levels: tuple[int, ...]):
+    """The config of a full-width model nested by heads: levels are numbers of heads, level h
+    with d_mid * h / n_heads FFN neurons, at the full residual width."""
     import dataclasses
 
     from matryoshka.model.config import MatryoshkaConfig
-    from matryoshka.model.transformer import MatryoshkaTransformer
 
-    c = model.config
     _check_full_width(c)
     try:
-        cfg = MatryoshkaConfig(**{**dataclasses.asdict(c), "nesting": "heads",
-                                  "levels": tuple(levels), "ffn_nesting": "proportional"})
+        return MatryoshkaConfig(**{**dataclasses.asdict(c), "nesting": "heads",
+                                   "levels": tuple(levels), "ffn_nesting": "proportional"})
     except ConfigError as e:
         raise ConfigError(f"--levels {','.join(map(str, levels))}: {e} (levels of an imported "
                           f"encoder are numbers of heads, of {c.d_model // c.head_dim})"
                           ) from None
-    nested = MatryoshkaTransformer(cfg)
+
+
+def check_nesting(folder: str | Path, nesting: str, levels: tuple[int, ...],
+                  max_len: int) -> None:
+    """Refuse levels the pretrained folder cannot be nested at (ConfigError), from its
+    config.json alone: before its weights are read and the texts tokenized."""
+    from matryoshka.model.config import MatryoshkaConfig
+
+    c = MatryoshkaConfig(**bert_config_fields(read_bert_config(folder), "mean", max_len),
+                         n_classes=2)
+    (heads_config if nesting == "heads" else width_config)(c, levels)
+
+
+def nest_by_heads(model, levels: tuple[int, ...]):
+    """The same weights as a model nested by heads (config nesting 'heads'): level h runs the
+    first h heads and the first d_mid * h / n_heads FFN neurons of every layer, at the full
+    residual width. The largest level is the model itself."""
+    from matryoshka.model.transformer import MatryoshkaTransformer
+
+    nested = MatryoshkaTransformer(heads_config(model.config, levels))
     nested.load_state_dict(model.state_dict())
     return nested.train(model.training)
 
 
-__all__ = ["import_bert", "nest_by_heads", "nest_by_width", "width_config", "read_bert_config",
+__all__ = ["check_nesting", "heads_config", "import_bert", "nest_by_heads", "nest_by_width",
+           "width_config", "read_bert_config",
            "read_bert_weights", "read_pooling",
            "bert_config_fields", "bert_state", "read_tokenizer"]

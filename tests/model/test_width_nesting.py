@@ -179,6 +179,32 @@ def test_bad_width_levels_through_the_cli_write_nothing(tmp_path, width_export):
         assert "Traceback" not in r.output and not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("extra,fragment", [
+    (["--levels", "8,12,32"], "multiples of 8 up to 32"),
+    (["--levels", "8,16,64"], "larger than d_model 32"),
+    (["--levels", "16,8,32"], "strictly increasing"),
+    (["--nesting", "heads", "--levels", "1,5"], "numbers of heads, of 4"),
+])
+def test_bad_levels_of_a_pretrained_folder_are_refused_before_its_texts_are_read(
+        tmp_path, monkeypatch, extra, fragment):
+    """From config.json alone: the texts are neither read nor tokenized, the weights not
+    loaded (a MiniLM run would otherwise spend its tokenization first)."""
+    import matryoshka.cli.train as train_cli
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the data was read before the levels were checked")
+
+    monkeypatch.setattr(train_cli, "_pretrained_data", no_reading)
+    folder = make_tiny_bert(tmp_path / "bert")
+    labelled_csv(tmp_path / "data.csv")
+    r = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "data.csv"), "--pretrained",
+                                 str(folder), "--max-len", "32", "--out", str(tmp_path / "x"),
+                                 "--no-progress", *extra])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("error: ") and fragment in r.output, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "x").exists()
+
+
 def test_the_frontier_benchmark_times_every_level_and_the_certified_cascade(tmp_path,
                                                                            width_export):
     """benchmarks/frontier.py on a width export: a row per level, variant and batch, and the
