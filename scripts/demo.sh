@@ -92,10 +92,14 @@ bash scripts/fetch_pretrained.sh
 $M train --data artifacts/data/spam.csv --pretrained $MINILM --max-len 128 \
   --levels 96,192,384 --epochs 1 --out $P/checkpoint --force
 took
-step "pretrained: export (fp32 and shared INT8), calibrate, check cascade.onnx, bench"
-.venv/bin/mexport --checkpoint $P/checkpoint --out $P/export --quantize dynamic-pc-shared --force
+# weight8: INT8 weights and table with fp32 compute, so the INT8 cascade answers in the browser
+# exactly as in Python (dynamic INT8 moves with the batch: docs/cascade.md)
+step "pretrained: export (fp32 and shared weight8 INT8), calibrate both, check both cascades in JavaScript, bench"
+.venv/bin/mexport --checkpoint $P/checkpoint --out $P/export --quantize weight8-shared --force
 $M calibrate $P/export --epsilon 0.01 --delta 0.1
+$M calibrate $P/export --epsilon 0.01 --delta 0.1 --variant int8
 js_check $P/export --cases-out $P/test-cases.json  # the strings tokenized in JavaScript
+js_check $P/export --variant int8
 $M bench $P/export --device cpu --batch 1,32 --iters 5 --json $P/bench-cpu.json
 $M predict $P/export --text "Congratulations! You have been selected for a FREE cruise, reply now" \
   --text "Re: razor and spamassassin - I upgraded to 2.40 yesterday and the false positives are gone. Thanks for the patch, Justin." \
