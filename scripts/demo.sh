@@ -100,7 +100,8 @@ $M calibrate $P/export --epsilon 0.01 --delta 0.1
 $M calibrate $P/export --epsilon 0.01 --delta 0.1 --variant int8
 js_check $P/export --cases-out $P/test-cases.json  # the strings tokenized in JavaScript
 js_check $P/export --variant int8
-$M bench $P/export --device cpu --batch 1,32 --iters 5 --json $P/bench-cpu.json
+# the cascade through cascade.onnx only, as the runtime runs it (the levels engine doubles the time)
+$M bench $P/export --device cpu --batch 1,32 --iters 5 --engine graph --json $P/bench-cpu.json
 $M predict $P/export --text "Congratulations! You have been selected for a FREE cruise, reply now" \
   --text "Re: razor and spamassassin - I upgraded to 2.40 yesterday and the false positives are gone. Thanks for the patch, Justin." \
   --text "Are we still meeting for lunch on Thursday? I booked the usual place."

@@ -41,7 +41,12 @@ from matryoshka.runtime.runtime import CHUNK_ROWS, Runtime, read_named
 
 log = logging.getLogger(__name__)
 VARIANTS = ("fp32", "int8", "auto")
-CHECK_ROWS = 512  # rows of real data each new graph is checked on
+CHECK_ROWS = 512  # rows of real data each new graph is checked on, at most
+# ...and at most this many FLOPs of its largest level over them (the check runs each of its
+# threshold vectors through the graph and the levels engine: 512 MiniLM rows took 2 min a
+# variant on a 2-core CPU, for every export and calibrate), but never fewer than MIN_CHECK_ROWS
+CHECK_FLOPS = 4e11
+MIN_CHECK_ROWS = 64
 RANDOM_VECTORS = 5
 # mexport --ort: each cascade's manifest entry key and file suffix (cascade.ort, ...)
 ORT_FILES = (("ort", ".ort"), ("ort_config", ".required_operators.config"))
@@ -132,8 +137,10 @@ def _build(folder: Path, manifest: dict, variant: str, want: dict, named: dict[s
     log.info("%s: %d bytes, %.3fx the largest level's graph", plain, len(data),
              len(data) / max(1, graphs[-1].model.ByteSize()))
     del model, graphs  # every level's weights, twice over: not held while the check runs
+    largest = entries[want["levels"][-1]].get("flops_per_sample") or 0
     check_cascade(data, Runtime.from_manifest(folder, manifest, device="cpu", preload=False,
-                                              variant=variant), want, x, plain)
+                                              variant=variant), want, x, plain,
+                  rows=check_rows(largest))
     tmp = temp_path(folder, plain)
     with writing(tmp):
         tmp.write_bytes(data)
@@ -269,6 +276,13 @@ def settle_names(folder: Path, manifest: dict) -> None:
             changed = True
     if changed:
         commit_manifest(folder, manifest)
+
+
+def check_rows(flops_per_sample: float) -> int:
+    """Rows a new cascade graph is checked on: CHECK_ROWS, fewer where its largest level costs
+    more than CHECK_FLOPS over them, never under MIN_CHECK_ROWS."""
+    fit = int(CHECK_FLOPS // max(float(flops_per_sample), 1.0))
+    return max(MIN_CHECK_ROWS, min(CHECK_ROWS, fit))
 
 
 def check_cascade(data: bytes, rt: Runtime, want: dict, x: np.ndarray, name: str,

@@ -14,7 +14,13 @@ from click.testing import CliRunner
 from matryoshka.calibration import calibrate
 from matryoshka.cli import cli
 from matryoshka.errors import ArtifactError, ConfigError
-from matryoshka.exporter.cascades import check_cascade, wanted
+from matryoshka.exporter.cascades import (
+    CHECK_ROWS,
+    MIN_CHECK_ROWS,
+    check_cascade,
+    check_rows,
+    wanted,
+)
 from matryoshka.runtime import InputError, Runtime
 from matryoshka.runtime.manifest import read_manifest
 
@@ -85,6 +91,13 @@ def test_parity_is_bit_for_bit_at_27_threshold_vectors(calibrated, demo_data, va
     x = demo_data["test"][0].astype(np.float32)
     assert check_cascade(data, rt, wanted(m, variant), x, "cascade", rows=len(x),
                          random=20) == 27
+
+
+def test_the_check_takes_fewer_rows_only_for_a_costly_largest_level():
+    assert check_rows(33.7e6) == CHECK_ROWS  # the digits demo's largest level
+    assert check_rows(0) == CHECK_ROWS  # a manifest without FLOPs
+    assert check_rows(2.869e9) == 139  # MiniLM at 128 tokens: 4e11 FLOPs of it
+    assert check_rows(1e13) == MIN_CHECK_ROWS
 
 
 def test_static_int8_cascade_is_rebuilt_and_bit_identical(export, demo_data):
@@ -327,3 +340,19 @@ def test_bare_onnxruntime_opens_the_graph_with_only_the_documented_warnings(cali
         assert all("appears in graph inputs" in ln for ln in lines), r.stderr
         assert {ln.split("Initializer ")[1].split()[0] for ln in lines} == {"thresholds",
                                                                             "temperatures"}
+
+
+def test_bench_times_fewer_cascade_passes_only_when_they_are_slow(calibrated, demo_data,
+                                                                    monkeypatch):
+    from matryoshka.runtime import bench
+
+    rt = Runtime.open(calibrated, device="cpu")
+    x, y = demo_data["test"][0][:40].astype(np.float32), demo_data["test"][1][:40]
+    flops = {d: float(i + 1) for i, d in enumerate(rt.levels)}
+    fast = bench.cascade_row(rt, x, y, 8, flops, repeats=5)
+    assert fast["timed_passes"] == 5  # a pass of 40 tiny rows is far under the budget
+    monkeypatch.setattr(bench, "CASCADE_PASSES_S", 0.0)
+    slow = bench.cascade_row(rt, x, y, 8, flops, repeats=5)
+    assert slow["timed_passes"] == 2  # never fewer than two
+    assert slow["accuracy"] == fast["accuracy"] and slow["exit_fractions"] == fast[
+        "exit_fractions"]
