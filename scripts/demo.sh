@@ -92,16 +92,18 @@ bash scripts/fetch_pretrained.sh
 $M train --data artifacts/data/spam.csv --pretrained $MINILM --max-len 128 \
   --levels 96,192,384 --epochs 1 --out $P/checkpoint --force
 took
-# weight8: INT8 weights and table with fp32 compute, so the INT8 cascade answers in the browser
-# exactly as in Python (dynamic INT8 moves with the batch: docs/cascade.md)
-step "pretrained: export (fp32 and shared weight8 INT8), calibrate both, check both cascades in JavaScript, bench"
+# weight8: INT8 weights and table with fp32 compute, so an INT8 cascade answers in the browser
+# exactly as in Python (dynamic INT8 moves with the batch: docs/cascade.md). To fit 20 minutes
+# on the slower 2-core machines, the job calibrates and checks the fp32 cascade only; the INT8
+# one: `matryoshka calibrate EXPORT --epsilon 0.01 --delta 0.1 --variant int8`, then
+# `python scripts/js_parity.py EXPORT --variant int8` (docs/cascade.md).
+step "pretrained: export (fp32 and shared weight8 INT8), calibrate, check cascade.onnx in JavaScript, bench"
 .venv/bin/mexport --checkpoint $P/checkpoint --out $P/export --quantize weight8-shared --force
 $M calibrate $P/export --epsilon 0.01 --delta 0.1
-$M calibrate $P/export --epsilon 0.01 --delta 0.1 --variant int8
 js_check $P/export --cases-out $P/test-cases.json  # the strings tokenized in JavaScript
-js_check $P/export --variant int8
 # the cascade through cascade.onnx only, as the runtime runs it (the levels engine doubles the time)
-$M bench $P/export --device cpu --batch 1,32 --iters 5 --engine graph --json $P/bench-cpu.json
+$M bench $P/export --device cpu --batch 1,32 --iters 5 --warmup 3 --engine graph \
+  --json $P/bench-cpu.json
 $M predict $P/export --text "Congratulations! You have been selected for a FREE cruise, reply now" \
   --text "Re: razor and spamassassin - I upgraded to 2.40 yesterday and the false positives are gone. Thanks for the patch, Justin." \
   --text "Are we still meeting for lunch on Thursday? I booked the usual place."

@@ -45,7 +45,7 @@ CHECK_ROWS = 512  # rows of real data each new graph is checked on, at most
 # ...and at most this many FLOPs of its largest level over them (the check runs each of its
 # threshold vectors through the graph and the levels engine: 512 MiniLM rows took 2 min a
 # variant on a 2-core CPU, for every export and calibrate), but never fewer than MIN_CHECK_ROWS
-CHECK_FLOPS = 4e11
+CHECK_FLOPS = 2e11
 MIN_CHECK_ROWS = 64
 RANDOM_VECTORS = 5
 # mexport --ort: each cascade's manifest entry key and file suffix (cascade.ort, ...)
