@@ -24,10 +24,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from matryoshka.data.source import for_export
-from matryoshka.exporter.cascades import write_ort
+from matryoshka.exporter.cascades import dequantizes_weights_only, write_ort
 from matryoshka.runtime.inputs import check_input
 from matryoshka.runtime.manifest import read_manifest
 from matryoshka.runtime.providers import session_options
@@ -66,7 +67,8 @@ def main() -> None:
                  "folded": Path(tmp) / "folded.ort"}
         write_ort(src, files["shared"])
         write_ort(src, files["folded"], fold=True)
-        sessions = {k: ort.InferenceSession(str(p), session_options(a.threads),
+        fold = dequantizes_weights_only(onnx.load(str(src)))  # weight8: as the runtime loads it
+        sessions = {k: ort.InferenceSession(str(p), session_options(a.threads, fold),
                                             providers=["CPUExecutionProvider"])
                     for k, p in files.items()}
         out["bytes"] = {k: p.stat().st_size for k, p in files.items()}

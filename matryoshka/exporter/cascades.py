@@ -193,19 +193,40 @@ def write_ort(src: Path, dst: Path, fold: bool = False) -> None:
     left out), and, unless `fold`, without ConstantFolding, so that weights shared through
     Slices stay stored once; a branch that reads a whole stored tensor (the largest level's
     weights) then reads it directly, not through a Slice that would copy it on every run."""
+    model = onnx.load(str(src))
+    weight_only = dequantizes_weights_only(model)
     if not fold:
-        model = onnx.load(str(src))
         read_whole_tensors(model)
         src = dst.with_name(dst.name + ".onnx")
         onnx.save(model, str(src))
+    del model
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.optimized_model_filepath = str(dst)
     so.add_session_config_entry("session.save_model_format", "ORT")
+    if weight_only:  # weight8: onnxruntime's QDQ rewrite of a DequantizeLinear->MatMul into
+        # MatMulNBits looks for the weight in the branch itself and fails on a stored/ one
+        so.add_session_config_entry(FOLD_DEQUANTIZE, "1")
     so.log_severity_level = 3
     disabled = ["NchwcTransformer"] + ([] if fold else ["ConstantFolding"])
     ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"],
                          disabled_optimizers=disabled)
+
+
+def dequantizes_weights_only(model: onnx.ModelProto) -> bool:
+    """Whether the graph (its branches included) dequantizes stored weights and quantizes no
+    activation: weight8's int8 weights with fp32 compute, as providers.folds_dequantize."""
+    ops: set[str] = set()
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            ops.add(node.op_type)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+
+    walk(model.graph)
+    return "DequantizeLinear" in ops and not ops & {"QuantizeLinear", "DynamicQuantizeLinear"}
 
 
 def read_whole_tensors(model: onnx.ModelProto) -> int:

@@ -123,3 +123,24 @@ def test_the_runtime_folds_weight8_graphs_whose_answers_then_ignore_the_batch(sh
         alone = np.concatenate([rt.run_level(level, x[i:i + 1]) for i in range(len(x))])
         if weight8:  # fp32 compute: a row's answer is its own (dynamic INT8: the batch's scale)
             np.testing.assert_allclose(batch, alone, rtol=0, atol=1e-6)
+
+
+def test_the_shared_int8_cascade_converts_to_the_mobile_format_with_the_same_answers(
+        shared, tmp_path, demo_data):
+    import onnxruntime as ort
+
+    from matryoshka.exporter.cascades import dequantizes_weights_only, write_ort
+    from matryoshka.runtime.providers import session_options
+
+    m = read_manifest(shared)
+    src = shared / m["cascade"]["int8"]["file"]
+    weight8 = m["levels"][-1]["int8"]["method"] == "weight8-shared"
+    assert dequantizes_weights_only(onnx.load(str(src))) == weight8
+    made = tmp_path / "cascade.int8.ort"
+    write_ort(src, made)  # weight8: onnxruntime's MatMulNBits rewrite failed on stored weights
+    x = demo_data["test"][0][:64].astype(np.float32)
+    runs = [ort.InferenceSession(str(p), session_options(None, weight8),
+                                 providers=["CPUExecutionProvider"]).run(None, {"x": x})
+            for p in (src, made)]
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b) if a.dtype.kind in "iu" else np.allclose(a, b, atol=1e-6)
