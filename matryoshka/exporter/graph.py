@@ -5,11 +5,14 @@ DESIGN.md, "Conventions". Pure of file-system policy: the caller decides where f
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
 from matryoshka.errors import MatryoshkaError
 from matryoshka.io import writing
@@ -80,6 +83,7 @@ def to_onnx(module: MatryoshkaTransformer, path: Path, opset: int, simplify: boo
         if not ok:
             raise MatryoshkaError(f"onnxsim could not verify the simplified graph {path.name}; "
                                   "rerun with --no-simplify")
+    name_weights(graph, module)
     del graph.metadata_props[:]
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=str(value))
@@ -87,3 +91,38 @@ def to_onnx(module: MatryoshkaTransformer, path: Path, opset: int, simplify: boo
     with writing(path):
         onnx.save(graph, str(path))
     return graph
+
+
+def name_weights(graph: onnx.ModelProto, module: torch.nn.Module) -> int:
+    """Rename, in place, every initializer that holds a parameter of `module` under a name the
+    exporter made up (`onnx::MatMul_644`: a Linear's weight transposed by constant folding)
+    to the parameter's name, `blocks.0.attn.q.weight`, with `.T` where it holds the transpose,
+    so that a graph can be read. Matched by value; a value two parameters share keeps its
+    name. Returns how many were renamed."""
+    params = {n: p.detach().cpu().numpy() for n, p in module.named_parameters()}
+    by_bytes: dict[tuple, list[str]] = {}
+    for name, arr in params.items():
+        by_bytes.setdefault(_key(arr), []).append(name)
+        if arr.ndim == 2:
+            by_bytes.setdefault(_key(arr.T), []).append(f"{name}.T")
+    taken = {i.name for i in graph.graph.initializer}
+    renames = {}
+    for init in graph.graph.initializer:
+        if init.name in params:
+            continue
+        found = by_bytes.get(_key(numpy_helper.to_array(init)), [])
+        if len(found) == 1 and found[0] not in taken:
+            renames[init.name] = found[0]
+            taken.add(found[0])
+    for init in graph.graph.initializer:
+        init.name = renames.get(init.name, init.name)
+    for node in graph.graph.node:
+        for k, name in enumerate(node.input):
+            if name in renames:
+                node.input[k] = renames[name]
+    return len(renames)
+
+
+def _key(arr: np.ndarray) -> tuple:
+    arr = np.ascontiguousarray(arr)
+    return arr.dtype.str, arr.shape, hashlib.blake2b(arr.tobytes(), digest_size=16).digest()
