@@ -24,15 +24,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from matryoshka.data.source import for_export
-from matryoshka.exporter.cascades import dequantizes_weights_only, write_ort
+from matryoshka.exporter.cascades import write_ort
 from matryoshka.runtime.inputs import check_input
 from matryoshka.runtime.manifest import read_manifest
 from matryoshka.runtime.providers import session_options
-from matryoshka.runtime.runtime import read_named
+from matryoshka.runtime.runtime import Runtime, read_named
 from matryoshka.runtime.timing import device_name, time_many
 
 
@@ -67,7 +66,9 @@ def main() -> None:
                  "folded": Path(tmp) / "folded.ort"}
         write_ort(src, files["shared"])
         write_ort(src, files["folded"], fold=True)
-        fold = dequantizes_weights_only(onnx.load(str(src)))  # weight8: as the runtime loads it
+        # weight8: its DequantizeLinear folded at load, as the runtime decides from the manifest
+        rt = Runtime.from_manifest(folder, m, device="cpu", preload=False, variant=a.variant)
+        fold = any(rt.fold_dequantize(level) for level in entry["levels"])
         sessions = {k: ort.InferenceSession(str(p), session_options(a.threads, fold),
                                             providers=["CPUExecutionProvider"])
                     for k, p in files.items()}
