@@ -36,7 +36,7 @@ from matryoshka.runtime.manifest import (
     level_name,
     named_files,
 )
-from matryoshka.runtime.providers import FOLD_DEQUANTIZE
+from matryoshka.runtime.providers import session_options
 from matryoshka.runtime.runtime import CHUNK_ROWS, Runtime, read_named
 
 log = logging.getLogger(__name__)
@@ -200,13 +200,12 @@ def write_ort(src: Path, dst: Path, fold: bool = False) -> None:
         src = dst.with_name(dst.name + ".onnx")
         onnx.save(model, str(src))
     del model
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # weight8 is saved with its DequantizeLinear folded: onnxruntime's QDQ rewrite of a
+    # DequantizeLinear->MatMul into MatMulNBits looks for the weight in the branch itself and
+    # fails on a stored/ one
+    so = session_options(None, fold_dequantize=weight_only)
     so.optimized_model_filepath = str(dst)
     so.add_session_config_entry("session.save_model_format", "ORT")
-    if weight_only:  # weight8: onnxruntime's QDQ rewrite of a DequantizeLinear->MatMul into
-        # MatMulNBits looks for the weight in the branch itself and fails on a stored/ one
-        so.add_session_config_entry(FOLD_DEQUANTIZE, "1")
     so.log_severity_level = 3
     disabled = ["NchwcTransformer"] + ([] if fold else ["ConstantFolding"])
     ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"],
@@ -376,8 +375,6 @@ def tie_vectors(rt: Runtime, x: np.ndarray, levels: list[str], temps: np.ndarray
 
 
 def _quiet(fold_dequantize: bool = False) -> ort.SessionOptions:
-    opts = ort.SessionOptions()
-    if fold_dequantize:  # a weight8 graph (runtime/providers.py, folds_dequantize)
-        opts.add_session_config_entry(FOLD_DEQUANTIZE, "1")
+    opts = session_options(None, fold_dequantize)  # weight8: providers.folds_dequantize
     opts.log_severity_level = 3  # thresholds/temperatures are initializers and inputs: a warning
     return opts
