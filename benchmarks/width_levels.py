@@ -2,7 +2,7 @@
 
     python benchmarks/width_levels.py [--pretrained artifacts/pretrained/all-MiniLM-L6-v2]
         [--widths 96,192,288,384] [--heads 3] [--seqs 64,128] [--batches 1,32]
-        [--iters 40] [--warmup 3] [--rounds 4] [--threads 2] [--export artifacts/minilm/export]
+        [--iters 40] [--warmup 3] [--rounds 4] [--threads 1,2] [--export artifacts/minilm/export]
         [--data artifacts/data/spam.csv] [--json OUT]
 
 levels: the encoder is imported (model/bert.py) and nested both ways, by its hidden width
@@ -68,6 +68,8 @@ def build(folder: Path, widths: tuple[int, ...], heads: tuple[int, ...], seq: in
 
 def part_levels(levels: dict[str, dict], seq: int, batches: list[int], vocab: int,
                 threads: int | None, warmup: int, iters: int, rounds: int) -> list[dict]:
+    """Every level at one sequence length and intra-op thread count, each batch and
+    precision timed in one round-robin."""
     rows = []
     names = list(levels)
     largest = names[len([n for n in names if levels[n]["kind"] == "width"]) - 1]
@@ -83,12 +85,13 @@ def part_levels(levels: dict[str, dict], seq: int, batches: list[int], vocab: in
                           warmup, iters, rounds)
             for n in names:
                 p50 = t[n]["p50_ms"]
-                row = {"seq": seq, "batch": b, "precision": precision, "level": n,
+                row = {"seq": seq, "batch": b, "threads": threads, "precision": precision,
+                       "level": n,
                        "p50_ms": p50, "x_vs_largest": t[largest]["p50_ms"] / p50}
                 if smallest_heads:
                     row["x_vs_" + smallest_heads] = t[smallest_heads]["p50_ms"] / p50
                 rows.append(row)
-                print(f"{seq:>4} {b:>5} {precision:>5} {n:>6} {p50:>10.3f} "
+                print(f"{seq:>4} {b:>5} {threads or '-':>4} {precision:>5} {n:>6} {p50:>10.3f} "
                       f"{row['x_vs_largest']:>9.2f}"
                       + (f" {row['x_vs_' + smallest_heads]:>9.2f}" if smallest_heads else ""),
                       flush=True)
@@ -131,20 +134,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=4,
                     help="round-robin blocks: iters/rounds calls of a graph in a row, so that "
                     "its weights are in the cache as they are in a deployed level's session")
-    ap.add_argument("--threads", type=int, default=None, help="ORT intra-op threads")
+    ap.add_argument("--threads", default="",
+                    help="ORT intra-op threads, one count or several (1,2: each timed; a small "
+                    "level gains less from a second core than a large one) [ORT's default]")
     ap.add_argument("--export", type=Path, help="a calibrated export: time its cascade too")
     ap.add_argument("--data", type=Path, default=Path("artifacts/data/spam.csv"))
     ap.add_argument("--passes", type=int, default=5, help="timed passes of each, cascade")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     ints = {k: tuple(int(v) for v in getattr(args, k).split(",") if v.strip())
-            for k in ("widths", "heads", "seqs", "batches")}
+            for k in ("widths", "heads", "seqs", "batches", "threads")}
+    threads = ints["threads"] or (None,)
     if not (args.pretrained / "config.json").is_file():
         print(f"error: no encoder at {args.pretrained}: run `bash scripts/fetch_pretrained.sh`",
               file=sys.stderr)
         return 2
     report: dict = {"machine": device_name(), "onnxruntime": ort.__version__,
-                    "threads": args.threads, "iters": args.iters, "levels": [], "sizes": {}}
+                    "threads": list(threads), "iters": args.iters, "levels": [], "sizes": {}}
     print(f"{report['machine']} | onnxruntime {ort.__version__} | threads "
           f"{args.threads or 'default'}")
     with tempfile.TemporaryDirectory() as tmp:  # one graph per level: the length is dynamic
@@ -159,14 +165,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n:>6} {lv['flops_per_sample'] / 1e6:>12.1f} "
                   f"{lv['fp32_bytes'] / 1e6:>8.1f} {lv['int8_bytes'] / 1e6:>8.1f}")
         heads_col = f"x h{ints['heads'][0]}" if ints["heads"] else ""
-        print(f"\n{'seq':>4} {'batch':>5} {'prec':>5} {'level':>6} {'p50 ms':>10} "
+        print(f"\n{'seq':>4} {'batch':>5} {'thr':>4} {'prec':>5} {'level':>6} {'p50 ms':>10} "
               f"{'x largest':>9} {heads_col:>9}")
         for seq in ints["seqs"]:
-            report["levels"] += part_levels(levels, seq, list(ints["batches"]), vocab,
-                                            args.threads, args.warmup, args.iters,
-                                            args.rounds)
+            for n_threads in threads:
+                report["levels"] += part_levels(levels, seq, list(ints["batches"]), vocab,
+                                                n_threads, args.warmup, args.iters,
+                                                args.rounds)
     if args.export:
-        r = report["cascade"] = part_cascade(args.export, args.data, args.threads, args.passes)
+        r = report["cascade"] = part_cascade(args.export, args.data, threads[-1], args.passes)
         print(f"\ncascade of {args.export} on {r['texts']} test texts, batch 32: "
               f"{r['cascade']['texts_per_s']:.1f} texts/s against {r['largest']['texts_per_s']:.1f}"
               f" for level {r['largest_level']} alone (x{r['x_throughput']:.2f}); answered by "
