@@ -86,8 +86,7 @@ def part_levels(levels: dict[str, dict], seq: int, batches: list[int], vocab: in
             for n in names:
                 p50 = t[n]["p50_ms"]
                 row = {"seq": seq, "batch": b, "threads": threads, "precision": precision,
-                       "level": n,
-                       "p50_ms": p50, "x_vs_largest": t[largest]["p50_ms"] / p50}
+                       "level": n, "p50_ms": p50, "x_vs_largest": t[largest]["p50_ms"] / p50}
                 if smallest_heads:
                     row["x_vs_" + smallest_heads] = t[smallest_heads]["p50_ms"] / p50
                 rows.append(row)
@@ -137,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", default="",
                     help="ORT intra-op threads, one count or several (1,2: each timed; a small "
                     "level gains less from a second core than a large one) [ORT's default]")
-    ap.add_argument("--export", type=Path, help="a calibrated export: time its cascade too")
+    ap.add_argument("--export", type=Path,
+                    help="a calibrated export: time its cascade too (on the last --threads count)")
     ap.add_argument("--data", type=Path, default=Path("artifacts/data/spam.csv"))
     ap.add_argument("--passes", type=int, default=5, help="timed passes of each, cascade")
     ap.add_argument("--json", type=Path, help="also write the results here")
