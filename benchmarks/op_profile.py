@@ -14,12 +14,13 @@ are left out) and divided by their number. A MatMul counts as one of weights (a 
 or of activations (attention's products).
 
 Two tables per precision: milliseconds per run by operator type, and by part (PARTS: linear
-layers, attention's products and softmax, GELU, LayerNorms and residual adds, the heads' split
-and merge, the rest), one column per level, and how many times faster the first width level
-is than the first head level. Where that is near 1 the two levels do the same work (both run
-3 heads of 32 and 384 FFN neurons at --heads 3), and that shared time bounds the whole
-level's ratio (Amdahl). The profiler adds its own cost to every node: these times are for
-comparing parts; benchmarks/width_levels.py times latency.
+layers; attention's products and softmax; GELU; LayerNorms and residual adds; reshapes and
+transposes with their shape arithmetic, mostly the heads' split and merge; the rest), one
+column per level, and how many times faster the first width level is than the first head
+level. Where that is near 1 the two levels do the same work (both run 3 heads of 32 and 384
+FFN neurons at --heads 3), and that shared time bounds the whole level's ratio (Amdahl). The
+profiler adds its own cost to every node: these times are for comparing parts;
+benchmarks/width_levels.py times latency.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ PARTS = {
                                     "Softmax"),
     "GELU": ("Gelu", "BiasGelu", "FastGelu", "Erf"),
     "LayerNorms, residual adds": ("SkipLayerNormalization", "LayerNormalization", "Add"),
-    "head split and merge": ("Transpose", "Reshape", "Concat", "Slice", "Shape", "Unsqueeze",
+    "reshapes, transposes": ("Transpose", "Reshape", "Concat", "Slice", "Shape", "Unsqueeze",
                              "Squeeze"),
 }
 
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         except MatryoshkaError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        vocab = 30522
+        vocab = json.loads(Path(args.pretrained, "config.json").read_text())["vocab_size"]
         x = np.random.default_rng(0).integers(1, vocab, (args.batch, args.seq), dtype=np.int64)
         for precision in precisions:
             per_level = {n: profile(lv[precision], x, args.threads, args.warmup, args.iters,
