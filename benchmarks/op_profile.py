@@ -118,15 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if not Path(args.pretrained, "config.json").is_file():
-        print(f"error: no encoder at {args.pretrained} (run scripts/fetch_pretrained.sh)",
+        print(f"error: no encoder at {args.pretrained}: run `bash scripts/fetch_pretrained.sh`",
               file=sys.stderr)
-        return 1
+        return 2
     widths = tuple(int(w) for w in args.widths.split(","))
     heads = tuple(int(h) for h in args.heads.split(",") if h)
     precisions = args.precisions.split(",")
     print(f"device: {device_name()}; onnxruntime {ort.__version__}; seq {args.seq}, "
           f"batch {args.batch}, {args.threads} thread(s), {args.iters} profiled runs")
-    results = {}
+    results, parts = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         try:
             levels = build(Path(args.pretrained), widths, heads, args.seq, Path(tmp))
@@ -140,11 +140,10 @@ def main(argv: list[str] | None = None) -> int:
                                     Path(tmp) / f"{n}-{precision}")
                          for n, lv in levels.items()}
             results[precision] = per_level
+            parts[precision] = {n: by_part(p) for n, p in per_level.items()}
             _print_table(f"{precision}: ms per run by operator type", per_level)
-            _print_table(f"{precision}: ms per run by part",
-                         {n: by_part(p) for n, p in per_level.items()}, order=False)
+            _print_table(f"{precision}: ms per run by part", parts[precision], order=False)
     if args.json:
-        parts = {p: {n: by_part(o) for n, o in r.items()} for p, r in results.items()}
         Path(args.json).write_text(json.dumps(
             {"seq": args.seq, "batch": args.batch, "threads": args.threads,
              "ms_per_run": results, "ms_per_part": parts}, indent=1))
