@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 import click
 
@@ -64,11 +65,17 @@ def _os_message(e: OSError) -> str:
     return f"{what}: {e.filename}" if e.filename else what
 
 
+RANK_GRACE_S = 2.0  # how long another rank waits for rank 0 to speak before it exits
+
+
 def _say_error(message: str) -> None:
     """Print the error once, on one line: under torchrun every rank fails alike, so rank 0
-    alone speaks."""
+    alone speaks. torchrun stops every rank as soon as one exits, so the others first leave
+    rank 0 the time to print (without it, rank 1 failing first left no line at all)."""
     if os.environ.get("RANK", "0") == "0":
         click.echo("error: " + " ".join(str(message).split()), err=True)
+    else:
+        time.sleep(RANK_GRACE_S)
 
 
 def debug_option(f):
