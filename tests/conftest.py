@@ -37,6 +37,25 @@ def tiny_export_dir(tiny_checkpoint, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def width_checkpoint(tmp_path_factory):
+    """A tiny random BERT folder (hidden 32, heads of 8) fine-tuned and nested by its hidden
+    width (levels 8, 16, 32) in one stage, one epoch on a labelled CSV of its own words."""
+    from click.testing import CliRunner
+
+    from matryoshka.cli import cli
+    from tests.model.tiny_bert import labelled_csv, make_tiny_bert
+
+    d = tmp_path_factory.mktemp("width")
+    make_tiny_bert(d / "bert")
+    labelled_csv(d / "data.csv")
+    r = CliRunner().invoke(cli, ["train", "--data", str(d / "data.csv"), "--pretrained",
+                                 str(d / "bert"), "--max-len", "32", "--levels", "8,16,32",
+                                 "--epochs", "1", "--out", str(d / "ck"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    return d / "ck"
+
+
 def tree_bytes(root) -> dict:
     """Every file under root with its bytes, to prove that nothing changed. The writer lock
     (`.lock`, empty or a pid) is left out: taking it is not a change of the folder's data."""

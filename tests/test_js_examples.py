@@ -173,6 +173,47 @@ def test_a_difference_is_reported_with_its_row(digits_export, tmp_path):
     assert not js_parity.compare(cases, {"answers": answers[:-1]})["equal"]
 
 
+def test_a_last_bit_tie_at_a_threshold_passes_and_a_real_difference_fails(digits_export,
+                                                                          tmp_path):
+    """A row whose confidence equals its threshold to the last bit escalates in Python (a
+    strictly greater confidence answers); a runtime whose last bits fall the other way
+    answers there. That is a tie, reported with the confidences and passed; a row answered
+    with another class far from any tie fails, with the confidences that show it."""
+    from matryoshka.runtime.manifest import commit_manifest, manifest_writer
+    from matryoshka.runtime.softmax import softmax
+
+    out = tmp_path / "export"
+    shutil.copytree(digits_export, out)
+    rt = Runtime.open(out, device="cpu", engine="levels")
+    first = rt.cascade_levels()[0]
+    x = js_parity.python_cases(out)["rows"]
+    x = np.asarray(x[:256], np.float32).reshape(-1, 8, 8)  # predict's first batch
+    conf = softmax(rt.run_level(first, x), rt.temperatures()[0]).max(axis=1)
+    row = int(np.argsort(conf)[len(conf) // 2])
+    with manifest_writer(out) as m:
+        m["calibration"]["fp32"]["thresholds"][0] = float(conf[row])
+        commit_manifest(out, m)
+    cases = js_parity.python_cases(out)
+    assert cases["expected"]["levels"][row] != first  # the tie escalated in Python
+    answers = [{"label": lab, "level": lev, "confidence": c} for lab, lev, c in zip(
+        cases["expected"]["labels"], cases["expected"]["levels"],
+        cases["expected"]["confidence"])]
+    label = int(rt.run_level(first, x[row:row + 1]).argmax())
+    answers[row] = {"label": label, "level": first, "confidence": float(conf[row])}
+    res = js_parity.compare(cases, {"answers": answers}, out)
+    assert res["equal"] and len(res["ties"]) == 1, res
+    tie = res["ties"][0]
+    assert tie["row"] == row and tie["level"] == first and tie["threshold"] == float(conf[row])
+    assert abs(tie["confidence_exact"] - tie["threshold"]) <= js_parity.TIE
+    assert "a last-bit tie" in tie["detail"]
+    sure = next(i for i, lev in enumerate(cases["expected"]["levels"]) if lev == first
+                and cases["expected"]["confidence"][i] > 0.9)
+    answers[sure] = {**answers[sure], "label": (answers[sure]["label"] + 1) % 10}
+    res = js_parity.compare(cases, {"answers": answers}, out)
+    assert not res["equal"] and res["why"].startswith(f"row {sure}:")
+    assert "exact margin to the runner-up class" in res["why"] and "tie" not in res["why"]
+
+
 def _node(*args):
     _runner("node")
     return subprocess.run(["node", str(js_parity.NODE_EXAMPLE / "classify.mjs"), *map(str, args)],

@@ -1,5 +1,6 @@
 """`matryoshka calibrate`: temperatures and certified thresholds written into manifest.json,
-and optional INT8 static quantization. DESIGN.md, "Escalation and calibration".
+and optional INT8 static quantization, each new INT8 graph checked against exact integer
+arithmetic (matryoshka/int8_check.py). docs/design.md, "Escalation and calibration".
 
 Everything is computed through the runtime (onnxruntime), on the graphs that will be deployed.
 The export folder is written in place under its writer lock ("How the folder is written"):
@@ -14,6 +15,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import onnx
 from tqdm import tqdm
 
 from matryoshka.calibration.thresholds import (
@@ -26,6 +28,7 @@ from matryoshka.calibration.thresholds import (
 from matryoshka.data.source import for_export
 from matryoshka.errors import ConfigError, DataError
 from matryoshka.exporter.cascades import refresh_cascades, settle_names
+from matryoshka.int8_check import check_int8_levels, check_pair_sums
 from matryoshka.io import temp_path, writing
 from matryoshka.quantize import STATIC_CALIBRATION as INT8_METHODS
 from matryoshka.quantize import quantize_level
@@ -105,6 +108,7 @@ def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val
             _quantize_static(export_dir, manifest, x_cal, x_test, y_test, method, progress)
             if int8 == "static-shared":
                 _share_static(export_dir, manifest, committed, x_test, y_test)
+            check_int8_levels(export_dir, manifest["levels"], x_cal)
             # the int8 and auto calibrations, and the plan, measured the graphs just replaced
             for stale in ("int8", "auto"):
                 (manifest.get("calibration") or {}).pop(stale, None)
@@ -112,6 +116,10 @@ def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val
                 log.warning("the precision plan measured the INT8 graphs just replaced and "
                             "was dropped; run matryoshka tune %s again", export_dir)
         rt = Runtime.from_manifest(export_dir, manifest, device="cpu", variant=variant)
+        for d in rt.levels:  # graphs made before 7-bit weights answer by the CPU: refused
+            if rt.precision(d) == "int8":
+                check_pair_sums(onnx.load_from_string(rt.graph_bytes(d)),
+                                f"the INT8 graph of level {d}")
         record = _calibrate_thresholds(rt, level_sets(manifest["levels"], cascade), x_cal,
                                        y_cal, x_test, y_test, target, epsilon, delta, progress)
         graphs = [rt.entry(d)["sha256"] for d in rt.levels]

@@ -1,10 +1,12 @@
 """`matryoshka tune`: time fp32 and INT8 of every level side by side on this device, score both
 on held-out data, and write the precision plan into manifest.json.
 
-DESIGN.md, "Precision per level". The choice itself is `runtime.plan.choose_precisions`; this
-module measures. The plan is chosen for one deployment batch size (the best choice at every
-other measured batch is recorded beside it), because calibration must be done on exactly the
-graphs that run: `matryoshka calibrate --variant auto` then certifies the planned cascade.
+docs/design.md, "Precision per level". Every INT8 graph is first checked against exact
+integer arithmetic on this device (matryoshka/int8_check.py). The choice itself is
+`runtime.plan.choose_precisions`; this module measures. The plan is chosen for one
+deployment batch size (the best choice at every other measured batch is recorded beside it),
+because calibration must be done on exactly the graphs that run: `matryoshka calibrate
+--variant auto` then certifies the planned cascade.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from matryoshka.calibration.calibrate import accuracy_of, check_labels, level_lo
 from matryoshka.data.source import for_export
 from matryoshka.errors import ConfigError
 from matryoshka.exporter.cascades import refresh_cascades, settle_names
+from matryoshka.int8_check import check_entry
 from matryoshka.runtime import Runtime
+from matryoshka.runtime.cpu import describe, int8_features
 from matryoshka.runtime.inputs import check_input
 from matryoshka.runtime.manifest import (
     commit_manifest,
+    level_name,
     manifest_writer,
     named_files,
     read_manifest,
@@ -59,6 +64,10 @@ def tune(export_dir: str | Path, data: str | None = None, split: str = "val",
         check_labels(dataset, manifest["output"]["shape"][-1], data or "the export's data")
         x = check_input(dataset[split][0], manifest["input"])
         y = dataset[split][1]
+        # on the device the plan is for: INT8 kernels that are not exact here fail the plan
+        checks = {level_name(lv): check_entry(export_dir, level_name(lv), lv["int8"],
+                                              lv.get("flops_per_sample") or 0, x)
+                  for lv in manifest["levels"]}
         runtimes = {p: Runtime.from_manifest(export_dir, manifest, device, threads, variant=p)
                     for p in PRECISIONS}
         timings = _time_levels(runtimes, x, batches, warmup, iters, progress)
@@ -69,7 +78,8 @@ def tune(export_dir: str | Path, data: str | None = None, split: str = "val",
         fp32 = runtimes["fp32"]
         plan = {
             "precisions": by_batch[str(for_batch)], "batch": for_batch, "max_loss": max_loss,
-            "by_batch": by_batch, "device": device_name(),
+            "by_batch": by_batch, "device": device_name(), "cpu": int8_features(),
+            "int8_check": checks,
             "provider": fp32.providers[fp32.levels[-1]][0], "threads": threads,
             "split": split, "n": int(len(y)),
             "int8_methods": [lv["int8"].get("method") for lv in manifest["levels"]],
@@ -152,6 +162,10 @@ def plan_table(plan: dict, levels: list[str]) -> str:
     lines = [f"plan for batch {plan['batch']} on {plan['device']}, {plan['provider']}, "
              f"threads {plan['threads']} (accuracy bound: {plan['max_loss'] * 100:g} points "
              f"on {plan['split']}, n {plan['n']})",
+             f"INT8 on this CPU ({describe(plan['cpu']) if plan.get('cpu') else 'not recorded'}"
+             "): every graph within tolerance of exact integer arithmetic, max |logit diff| "
+             + ", ".join(f"{d}: {c['max_abs']:.2g}" for d, c in
+                         (plan.get("int8_check") or {}).items()),
              f"{'level':>6} {'batch':>5} {'fp32 ms':>9} {'int8 ms':>9} {'speed-up':>8} "
              f"{'lowest':>7} {'fp32 acc':>9} {'int8 acc':>9}  choice"]
     p50 = {(t["level"], t["batch"], t["precision"]): t["p50_ms"] for t in plan["timings"]}

@@ -30,6 +30,7 @@ import onnx
 from matryoshka.errors import ConfigError, MatryoshkaError, ValidationError
 from matryoshka.exporter.cascade import LevelGraph, build_cascade
 from matryoshka.exporter.cascades import refresh_cascades, settle_names, write_ort
+from matryoshka.int8_check import check_entry
 from matryoshka.io import atomic_dir, check_out_dir, sha256_file, writer_lock
 from matryoshka.runtime.inputs import check_input
 from matryoshka.runtime.manifest import (
@@ -91,6 +92,7 @@ def bundle(export_dir: str | Path, out: str | Path, levels: str | list[str] | No
     check_out_dir(out, force)
     variant = default_variant(source) if variant is None else variant
     precisions = _precisions(source, variant, export_dir)
+    key = graph_set(source, variant)
     names = [level_name(lv) for lv in source["levels"]]
     if max_mb is not None:
         picked = _fit(export_dir, source, precisions, max_mb, ort_format)
@@ -98,7 +100,7 @@ def bundle(export_dir: str | Path, out: str | Path, levels: str | list[str] | No
         picked = _named(levels, names)
     else:
         picked = names
-    cal = (source.get("calibration") or {}).get(variant)
+    cal = (source.get("calibration") or {}).get(key)
     certified = cal is not None and cal.get("thresholds") is not None
     recertify = certified and picked != names
     if recertify:  # before anything is written: the data must be at hand
@@ -110,8 +112,13 @@ def bundle(export_dir: str | Path, out: str | Path, levels: str | list[str] | No
                 if entry:  # read_named checks the bytes against the source's sha256
                     src = {**entry, "file": entry.pop("source_file", entry["file"])}
                     (tmp / entry["file"]).write_bytes(read_named(export_dir, src))
+            rows = _check_rows(export_dir, source, data)
+            for lv in manifest["levels"]:  # on this machine: a miss leaves no bundle
+                if lv["precision"] == "int8":
+                    lv["int8_check"] = check_entry(tmp, level_name(lv), lv,
+                                                   lv.get("flops_per_sample") or 0, rows)
             if not recertify:
-                refresh_cascades(tmp, manifest, {}, _check_rows(export_dir, source, data))
+                refresh_cascades(tmp, manifest, {}, rows)
             commit_manifest(tmp, manifest)
             settle_names(tmp, manifest)
         if recertify:
@@ -127,9 +134,23 @@ def bundle(export_dir: str | Path, out: str | Path, levels: str | list[str] | No
                   recertify, record if record and record.get("thresholds") else None)
 
 
+def is_bundle(manifest: dict) -> bool:
+    """Whether the manifest is a bundle's: one graph set, each level naming its precision."""
+    return "bundle" in manifest or any("precision" in lv for lv in manifest["levels"])
+
+
+def graph_set(manifest: dict, variant: str) -> str:
+    """The key of the manifest's calibration and cascade for `variant`: a bundle keeps its
+    one graph set, whatever its precisions, under "fp32" (the runtime's default)."""
+    return "fp32" if is_bundle(manifest) else variant
+
+
 def default_variant(manifest: dict) -> str:
     """auto where `matryoshka tune` left a precision plan, else int8 where every level has
-    an INT8 graph, else fp32."""
+    an INT8 graph (a bundle: where every level's graph is INT8), else fp32."""
+    if is_bundle(manifest):
+        own = {lv.get("precision", "fp32") for lv in manifest["levels"]}
+        return own.pop() if len(own) == 1 else "auto"
     if manifest.get("plan"):
         return "auto"
     if all("int8" in lv for lv in manifest["levels"]):
@@ -144,12 +165,13 @@ def bundle_manifest(export_dir: Path, source: dict, picked: list[str], precision
     for exactly these levels; no plan (it timed graphs a bundle may not hold)."""
     m = copy.deepcopy(source)
     levels = []
+    bundled = is_bundle(source)  # its levels already name their one graph and precision
     for lv, precision in zip(source["levels"], precisions):
         if level_name(lv) not in picked:
             continue
         new = {k: v for k, v in lv.items() if k != "int8"}
-        new["source_file"] = lv["file"] if precision == "fp32" else lv["int8"]["file"]
-        if precision == "int8":
+        new["source_file"] = lv["file"] if precision == "fp32" or bundled else lv["int8"]["file"]
+        if precision == "int8" and not bundled:
             q = lv["int8"]
             new.update(file=q["file"], sha256=q["sha256"], bytes=q["bytes"],
                        int8_method=q.get("method"))
@@ -162,7 +184,7 @@ def bundle_manifest(export_dir: Path, source: dict, picked: list[str], precision
     m["levels"] = levels
     for key in ("plan", "cascade", "calibration"):
         m.pop(key, None)
-    cal = (source.get("calibration") or {}).get(variant)
+    cal = (source.get("calibration") or {}).get(graph_set(source, variant))
     if cal is not None and picked == [level_name(lv) for lv in source["levels"]]:
         m["calibration"] = {"fp32": copy.deepcopy(cal)}
     m["exporter"] = {**(m.get("exporter") or {}), "ort": bool(ort_format)}
@@ -179,6 +201,14 @@ def bundle_manifest(export_dir: Path, source: dict, picked: list[str], precision
 def _precisions(source: dict, variant: str, export_dir: Path) -> list[str]:
     if variant not in VARIANTS:
         raise ConfigError(f"--variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
+    if is_bundle(source):  # one graph per level, of its own precision: kept as it is
+        own = [lv.get("precision", "fp32") for lv in source["levels"]]
+        other = [level_name(lv) for lv, p in zip(source["levels"], own) if p != variant]
+        if variant != "auto" and other:
+            raise ConfigError(f"--variant {variant}: the bundle {export_dir} holds level(s) "
+                              f"{', '.join(other)} in {'int8' if variant == 'fp32' else 'fp32'}"
+                              f" only; leave --variant out to keep each level's precision")
+        return own
     if variant == "auto":
         if not source.get("plan"):
             raise ConfigError(f"--variant auto needs a precision plan; make one with: "

@@ -32,6 +32,9 @@ INPUTS = ("x", "thresholds", "temperatures")
 # Python runtime checks finiteness on [batch] values instead of a pass over the batch.
 OUTPUTS = ("labels", "probs", "confidence", "level", "level_index", "row_check")
 SHARE_MIN = 64  # elements: smaller corners are copied, a Slice would cost more than it saves
+# element types Slice does not take: such a weight (weight4's int4 token table) stays in the
+# branch of its level, a copy of its own
+UNSLICEABLE = {"int4", "uint4", "float4_e2m1fn"}
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ def build_cascade(levels: Sequence[LevelGraph], thresholds: Sequence[float],
     """
     if len(thresholds) != len(levels) - 1 or len(temperatures) != len(levels):
         raise ValueError("need one threshold per level but the last and one temperature each")
+    levels = _one_opset(levels)
     first = levels[0].model.graph
     x_info = _copy_info(first.input[0], "x")
     n_classes = first.output[0].type.tensor_type.shape.dim[-1].dim_value
@@ -102,7 +106,24 @@ def build_cascade(levels: Sequence[LevelGraph], thresholds: Sequence[float],
               _info("temperatures", TensorProto.FLOAT, [k])]
     graph = helper.make_graph(main.nodes, "cascade", inputs, outputs, main.inits,
                               value_info=main.infos)
-    return _model(graph, metadata, "cascade", opsets)
+    ir = max([IR_VERSION, *(lv.model.ir_version for lv in levels)])
+    return _model(graph, metadata, "cascade", opsets, ir)
+
+
+def _one_opset(levels: Sequence[LevelGraph]) -> list[LevelGraph]:
+    """The levels with every graph at the newest default-domain opset among them: one graph
+    has one opset, and an operator's form changes between opsets (weight4's graphs are at 21
+    for their int4 table, beside fp32 levels at 17 in a planned cascade)."""
+    from onnx import version_converter
+
+    versions = [_default_opset(lv.model) for lv in levels]
+    top = max(versions)
+    return [lv if v == top else LevelGraph(lv.name, lv.dim, version_converter.convert_version(
+        lv.model, top)) for lv, v in zip(levels, versions)]
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 class _Scope:
@@ -212,7 +233,8 @@ def weights(graph: onnx.GraphProto):
 
 
 def _shareable(arr: np.ndarray) -> bool:
-    return arr.ndim > 0 and arr.size >= SHARE_MIN  # a scalar cannot be sliced; small: copied
+    # a scalar cannot be sliced; a small weight is copied
+    return arr.ndim > 0 and arr.size >= SHARE_MIN and arr.dtype.name not in UNSLICEABLE
 
 
 def _stage(scope: _Scope, levels: Sequence[LevelGraph], i: int, x: str, store: _Store,
@@ -389,10 +411,10 @@ def _opsets(levels: Sequence[LevelGraph]) -> list[onnx.OperatorSetIdProto]:
 
 
 def _model(graph: onnx.GraphProto, metadata: dict[str, str], name: str,
-           opsets: list | None = None) -> onnx.ModelProto:
+           opsets: list | None = None, ir_version: int = IR_VERSION) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=opsets or [helper.make_opsetid("", OPSET)],
                               producer_name="matryoshka", doc_string=f"matryoshka {name}")
-    model.ir_version = IR_VERSION
+    model.ir_version = ir_version
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=str(value))
     return model

@@ -312,7 +312,7 @@ def check_cascade(data: bytes, rt: Runtime, want: dict, x: np.ndarray, name: str
     Labels and levels must be equal row for row, and probs and confidences bit for bit, or
     ValidationError. Returns the number of vectors run."""
     levels, temps = want["levels"], np.asarray(want["temperatures"], np.float32)
-    session = ort.InferenceSession(data, _quiet(rt.fold_dequantize(levels[-1])),
+    session = ort.InferenceSession(data, _quiet(rt.cascade_folds_dequantize(levels)),
                                    providers=["CPUExecutionProvider"])  # as the runtime loads it
     x = x[:rows]
     k = len(levels)

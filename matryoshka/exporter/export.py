@@ -26,6 +26,7 @@ from matryoshka.exporter.cascades import refresh_cascades, settle_names
 from matryoshka.exporter.graph import input_spec, to_onnx
 from matryoshka.exporter.shared_int8 import share_from_largest
 from matryoshka.exporter.validate import cpu_session, run_graph, validate_level
+from matryoshka.int8_check import check_int8_levels
 from matryoshka.io import (
     LOCK,
     check_out_dir,
@@ -165,6 +166,8 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
                 share_from_largest(out, manifest["levels"], named,
                                    lambda path: _acc(run_graph(cpu_session(path), x_test),
                                                      y_test))
+            if quantize != "none":
+                check_int8_levels(out, manifest["levels"], _check_split(dataset, cfg, x_test))
             refresh_cascades(out, manifest, named, x_test)
             commit_manifest(out, manifest)
             settle_names(out, manifest)
@@ -175,6 +178,12 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
             _remove_if_empty(out)
         raise
     return manifest
+
+
+def _check_split(dataset, cfg, x_test: np.ndarray) -> np.ndarray:
+    """The rows INT8 graphs are checked on: the validation split, else the test split."""
+    x_val = dataset["val"][0] if "val" in dataset else []
+    return as_input(x_val, cfg.input_kind) if len(x_val) else x_test
 
 
 def _install_tokenizer(out: Path, data: bytes, tokenizer, named: dict[str, str]) -> dict:
@@ -248,7 +257,8 @@ def _acc(logits: np.ndarray, y: np.ndarray) -> float:
 
 def _quantize(out: Path, src: str, name: str, named: dict[str, str], x: np.ndarray,
               y: np.ndarray, method: str) -> dict:
-    """The level's INT8 graph by `method` (matryoshka.quantize), with its test accuracy."""
+    """The level's INT8 graph by `method` (matryoshka.quantize), with its test accuracy (and,
+    once every INT8 graph is final, its check against exact arithmetic: check_int8_levels)."""
     tmp = temp_path(out, level_file(name, "int8"))
     with writing(out / level_file(name, "int8")):
         quantize_level(out / src, tmp, method)

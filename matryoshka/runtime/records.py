@@ -12,6 +12,7 @@ import onnxruntime as ort
 
 from matryoshka.errors import ArtifactError, ConfigError, MatryoshkaError
 from matryoshka.io import read_json_object, write_bytes_atomic, write_json_atomic
+from matryoshka.runtime.cpu import describe, int8_features
 from matryoshka.runtime.timing import device_name
 
 BENCH_JSON, BENCH_MD = "bench.json", "bench.md"
@@ -49,6 +50,7 @@ def new_record(provider: str, threads: int | None, peak: float,
     """An empty bench record; peak (GFLOP/s, fp32) and peak_int8 (GOP/s) were measured in the
     same run as the levels."""
     return {"device": device_name(), "provider": provider, "threads": threads,
+            "cpu": int8_features(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "onnxruntime": ort.__version__, "peak_gflops": peak, "peak_int8_gops": peak_int8,
             "results": [], "baselines": [], "cascade": [], "accuracy": {}}
@@ -89,8 +91,9 @@ def bench_markdown(data: dict) -> str:
     for rec in data["records"]:
         lines += [f"## {rec['device']}, {rec['provider']}, threads {rec['threads']}, "
                   f"{rec.get('variant', 'fp32')}", "",
-                  f"Measured {rec['created']} with onnxruntime {rec['onnxruntime']}; "
-                  f"MatMul peak {_peaks(rec)}; roofline is against the peak of the row's "
+                  f"Measured {rec['created']} with onnxruntime {rec['onnxruntime']}"
+                  + (f" on {describe(rec['cpu'])}" if rec.get("cpu") else "")
+                  + f"; MatMul peak {_peaks(rec)}; roofline is against the peak of the row's "
                   "precision.", "",
                   "| level | precision | batch | p50 ms | p90 ms | p99 ms | samples/s | tokens/s "
                   "| GFLOP/s | roofline | load ms | session MB | run MB | size KB | accuracy |",
@@ -135,7 +138,8 @@ def bench_table(record: dict) -> str:
     """The terminal table of one bench record."""
     w = max([6, *(len(str(r["level"])) for r in record["results"])])  # mixes have names
     rows = [f"{record['device']} | {record['provider']} | threads {record['threads']} | "
-            f"{record.get('variant', 'fp32')} | MatMul peak {_peaks(record)}",
+            f"{record.get('variant', 'fp32')} | MatMul peak {_peaks(record)}"
+            + (f" | {describe(record['cpu'])}" if record.get("cpu") else ""),
             f"{'level':>{w}} {'prec':>4} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
             f"{'samples/s':>10} {'GFLOP/s':>8} {'roofline':>8} {'load ms':>8} {'sess MB':>7} "
             f"{'run MB':>7} {'acc':>7}"]

@@ -243,11 +243,16 @@ class Runtime:
         DequantizeLinear of constants folded (a weight8 graph: providers.folds_dequantize)."""
         return self._folds(self.entry(level))
 
+    def cascade_folds_dequantize(self, levels: list[str]) -> bool:
+        """Whether a cascade graph over these levels is loaded with its DequantizeLinear of
+        constants folded: where any of its levels' graphs is (one session holds them all)."""
+        return any(self.fold_dequantize(level) for level in levels)
+
     def _folds(self, entry: dict) -> bool:
         """Whether the graph of this manifest entry (a level's, or a cascade graph's: its
         levels' method) wants its DequantizeLinear of constants folded at load."""
         if "method" not in entry and "levels" in entry:  # a cascade graph of this variant
-            return any(self.fold_dequantize(level) for level in entry["levels"])
+            return self.cascade_folds_dequantize(entry["levels"])
         return folds_dequantize(entry.get("method") or entry.get("int8_method"))  # a bundle's
 
     def file(self, level: str | int) -> Path:

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from matryoshka.calibration import tune as tune_module
 from matryoshka.calibration.calibrate import level_logits
 from matryoshka.calibration.thresholds import nll
-from matryoshka.cli import cli
+from matryoshka.cli import cli, mexport
 from matryoshka.errors import ArtifactError
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.manifest import commit_manifest, manifest_writer
@@ -160,3 +161,32 @@ def test_the_margin_is_a_lower_bound_of_the_median_that_one_slow_round_does_not_
     assert median_lower_bound([0.9, 0.95, 1.0, 1.02, 1.05, 1.06, 1.08, 1.1, 1.1, 1.2]) == 0.95
     assert median_lower_bound([1.5, 2.0]) == 1.5  # too few rounds: the minimum
     assert median_lower_bound(list(range(1, 21))) == 6  # P(Bin(20, 1/2) <= 5) = 2.1%
+
+
+@pytest.mark.parametrize("quantize", ["weight8-shared", "dynamic-pc-shared", "weight4"])
+def test_tune_certifies_a_plan_that_mixes_precisions_on_every_export_kind(
+        width_checkpoint, tmp_path, monkeypatch, quantize):
+    """INT8 for the smaller levels, fp32 for the largest: cascade.auto.onnx holds both, and
+    must answer as the levels engine, each level loaded as the runtime loads it (a weight8
+    level with its DequantizeLinear folded; a weight4 level at opset 21 beside fp32 ones at
+    17). Each run times the levels anew; none may fail."""
+    out = tmp_path / "export"
+    r = CliRunner().invoke(mexport, ["--checkpoint", str(width_checkpoint), "--out", str(out),
+                                     "--quantize", quantize, "--no-progress"])
+    assert r.exit_code == 0, r.output
+    mixed = ["int8", "int8", "fp32"]
+    monkeypatch.setattr(tune_module, "plan_by_batch",
+                        lambda timings, accuracy, levels, max_loss: {"1": mixed})
+    for _ in range(4):
+        r = _run("tune", out, "--batch", "1", "--for-batch", "1", "--warmup", "0", "--iters",
+                 "1", "--no-progress")
+        assert r.exit_code == 0, r.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["plan"]["precisions"] == mixed and m["cascade"]["auto"]["levels"] == ["8", "16",
+                                                                                   "32"]
+    assert set(m["plan"]["int8_check"]) == {"8", "16", "32"}
+    assert m["plan"]["cpu"]["arch"]
+    r = _run("calibrate", out, "--variant", "auto", "--epsilon", "0.3", "--no-progress")
+    assert r.exit_code == 0, r.output
+    rt = Runtime.open(out, device="cpu", variant="auto", engine="graph")
+    assert [rt.precision(n) for n in rt.levels] == mixed

@@ -93,6 +93,33 @@ def test_a_bundle_is_an_export_that_holds_only_its_levels(export, tmp_path):
     assert [rt.precision(n) for n in rt.levels] == ["int8", "int8"]
 
 
+def test_a_bundle_of_an_int8_bundle_keeps_each_graphs_true_precision(export, tmp_path):
+    """Re-bundling keeps every level's graph and its precision, however many times, and an
+    INT8 bundle can be asked for as INT8 again (each bundle checks its INT8 graphs against
+    exact integer arithmetic on this machine)."""
+    first = bundle(export, tmp_path / "b1", variant="int8", progress=False)
+    src = {lv["name"]: lv["int8"]["sha256"] for lv in read_manifest(export)["levels"]}
+    r = run(tmp_path / "b1", "--out", tmp_path / "b2", "--levels", "16,32")
+    assert r.exit_code == 0, r.output
+    assert "levels 16, 32 from the int8 graphs" in r.stdout
+    second = read_manifest(tmp_path / "b2")
+    assert [(lv["name"], lv["precision"], lv["file"]) for lv in second["levels"]] == [
+        ("16", "int8", "level-0016.int8.onnx"), ("32", "int8", "level-0032.int8.onnx")]
+    r = run(tmp_path / "b2", "--out", tmp_path / "b3", "--levels", "16", "--variant", "int8")
+    assert r.exit_code == 0, r.output
+    for folder in (tmp_path / "b1", tmp_path / "b2", tmp_path / "b3"):
+        m = read_manifest(folder)
+        for lv in m["levels"]:  # the export's very INT8 graph, named and loaded as INT8
+            assert lv["sha256"] == src[lv["name"]] and lv["precision"] == "int8"
+            assert lv["int8_method"] == "dynamic" and lv["int8_check"]["rows_over"] == 0
+        rt = Runtime.open(folder, device="cpu")
+        assert all(rt.precision(n) == "int8" for n in rt.levels)
+    assert first.precisions == ["int8"] * 3
+    one_error(run(tmp_path / "b2", "--out", tmp_path / "b4", "--variant", "fp32"),
+              "holds level(s) 16, 32 in int8 only")
+    assert not (tmp_path / "b4").exists()
+
+
 def test_a_one_level_bundle_says_it_has_no_thresholds_to_certify(export, tmp_path):
     r = run(export, "--out", tmp_path / "one", "--levels", "16")
     assert r.exit_code == 0, r.output

@@ -144,3 +144,36 @@ def test_the_shared_int8_cascade_converts_to_the_mobile_format_with_the_same_ans
             for p in (src, made)]
     for a, b in zip(*runs):
         assert np.array_equal(a, b) if a.dtype.kind in "iu" else np.allclose(a, b, atol=1e-6)
+
+
+def test_weight4_exports_a_width_nested_model_whose_int4_tables_stay_per_level(
+        width_checkpoint, tmp_path):
+    """ONNX's Slice takes no int4: each level's 4-bit token table stays in its own branch of
+    cascade.int8.onnx (every other weight still slices the largest level's), the graph at
+    opset 21 with the IR version int4 needs, and the INT8 cascade answers as the levels."""
+    out = tmp_path / "export"
+    export(width_checkpoint, out, quantize="weight4", progress=False)
+    m = read_manifest(out)
+    assert [lv["int8"]["method"] for lv in m["levels"]] == ["weight4"] * 3
+    assert all(lv["int8"]["check"]["rows_over"] == 0 for lv in m["levels"])
+    cascade = onnx.load(str(out / m["cascade"]["int8"]["file"]))
+    assert cascade.ir_version >= 10
+    assert next(o.version for o in cascade.opset_import if o.domain == "") == 21
+    int4 = sorted(i.name for g in _graphs(cascade.graph) for i in g.initializer
+                  if i.data_type == onnx.TensorProto.INT4)
+    assert int4 == ["16/embed.weight_Q4", "32/embed.weight_Q4", "8/embed.weight_Q4"]
+    rt = Runtime.open(out, device="cpu", variant="int8", engine="graph")
+    ids = np.random.default_rng(0).integers(5, 60, (16, 12))
+    graph = rt.predict(ids, thresholds=[0.0, 0.0])
+    levels = Runtime.open(out, device="cpu", variant="int8", engine="levels").predict(
+        ids, thresholds=[0.0, 0.0])
+    np.testing.assert_array_equal(graph.probs, levels.probs)
+
+
+def _graphs(graph):
+    """The graph and every branch nested in it."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
