@@ -56,7 +56,7 @@ def main() -> int:
     split = "val" if len(dataset["val"][0]) else "test"
     x = check_input(dataset[split][0], manifest["input"])
     print(f"{args.export_dir}: {len(entries)} INT8 graph(s) on {split} rows, on {describe()}")
-    print(f"{'level':>8} {'method':>22} {'rows':>5} {'max |d|':>9} {'mean |d|':>9} "
+    print(f"{'level':>10} {'method':>22} {'rows':>5} {'max |d|':>9} {'mean |d|':>9} "
           f"{'labels':>6} {'pair sum':>8}  verdict")
     misses = 0
     for lv, entry in entries:
@@ -66,9 +66,9 @@ def main() -> int:
             r = check_entry(args.export_dir, name, entry, lv.get("flops_per_sample") or 0, x)
         except ValidationError as e:
             misses += 1
-            print(f"{name:>8} {method:>22}  MISS: {e}")
+            print(f"{name:>10} {method:>22}  MISS: {e}")
             continue
-        print(f"{name:>8} {method:>22} {r['rows']:>5} {r['max_abs']:>9.2g} "
+        print(f"{name:>10} {method:>22} {r['rows']:>5} {r['max_abs']:>9.2g} "
               f"{r['mean_abs']:>9.2g} {r['labels_differ']:>6} {r['pair_sum_max']:>8}  "
               "within tolerance of exact arithmetic")
     if misses:

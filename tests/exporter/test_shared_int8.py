@@ -37,8 +37,8 @@ def _assert_corners(folder, method):
     for lv in m["levels"][:-1]:
         q = lv["int8"]
         assert q["method"] == method and 0 <= q["accuracy_own"] <= 1
-        small = {k: v for k, v in _weights(folder / q["file"]).items()
-                 if k.endswith("_quantized")}
+        small = {k: v for k, v in _weights(folder / q["file"]).items()  # int32: QDQ biases,
+                 if k.endswith("_quantized") and v.dtype != np.int32}  # at the level's scale
         assert q["shared_weights"] == len(small) > 0
         for name, w in small.items():  # every quantized weight is a corner of one of the big
             assert any(b.ndim == w.ndim and all(x <= y for x, y in zip(w.shape, b.shape))
@@ -73,6 +73,26 @@ def test_static_shared_calibration_slices_the_largest_levels_qdq_weights(
     x = demo_data["test"][0].astype(np.float32)
     assert check_cascade((out / entry["file"]).read_bytes(), rt, entry, x, "cascade.int8.onnx",
                          rows=len(x)) > 0
+    for lv in m["levels"]:  # each Gemm's bias at the scale its fused kernel reads it
+        _assert_biases_at_their_gemms_scale(onnx.load(str(out / lv["int8"]["file"])))
+        assert lv["int8"]["check"]["rows_over"] == 0
+
+
+def _assert_biases_at_their_gemms_scale(model):
+    """Every int32 bias of a QDQ Gemm is quantized at (input scale x weight scale): a level
+    that took the largest level's weight scales must not keep a bias at its own, which the
+    fused integer Gemm would misread."""
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    gemms = 0
+    for node in model.graph.node:
+        dq = [producer.get(name) for name in node.input[:3]]
+        if node.op_type != "Gemm" or len(dq) < 3 or any(d is None for d in dq):
+            continue
+        act, weight, bias = (inits[d.input[1]] for d in dq)
+        np.testing.assert_array_equal(bias, np.broadcast_to(act * weight, bias.shape))
+        gemms += 1
+    assert gemms > 0
 
 
 def test_the_shared_cascade_stores_the_weights_once(shared, demo_data):
