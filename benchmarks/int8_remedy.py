@@ -1,18 +1,21 @@
-"""What 7-bit INT8 weights cost: every level of an export in fp32, in onnxruntime's default
-8-bit INT8 (whose u8 x s8 pair sums saturate on x86 without VNNI) and in matryoshka's 7-bit
-INT8 (`reduce_range`), per method, timed side by side, scored on the test split and checked
-against exact integer arithmetic on this CPU.
+"""What INT8 weights that never saturate cost: every level of an export in fp32 and, per
+method, in onnxruntime's default 8-bit INT8 (whose u8 x s8 pair sums saturate on x86 without
+VNNI), its 7-bit `reduce_range`, matryoshka's pair-fitted weights and uint8 weights (U8U8),
+timed side by side, scored on the test split and checked against exact integer arithmetic on
+this CPU.
 
     python benchmarks/int8_remedy.py artifacts/demo/export [--methods dynamic,dynamic-pc,static]
-        [--batches 1,32] [--iters 200] [--rounds 10] [--threads 1] [--json OUT] [--no-time]
+        [--weights 8bit,7bit,pairs,u8u8] [--levels 64,512] [--batches 1,32] [--iters 200]
+        [--rounds 10] [--threads 1] [--json OUT] [--no-time]
     bash scripts/avx2.sh .venv/bin/python benchmarks/int8_remedy.py EXPORT --no-time
 
 Per level and batch, fp32 and each method's 8-bit and 7-bit graphs run in one loop of
 --rounds round-robin blocks (runtime.timing.time_many, the first contender rotating every
 round) on the first rows of the test split; the table gives p50 ms and fp32/contender (a
 speed-up when above 1). Accuracy is on the whole test split; "max |d|" and "mean |d|" are the
-logits' distance from the same graph in exact integer arithmetic (int8_check.run_both) on it,
-and "check" whether int8_check's tolerance passes. Under an emulator (scripts/avx2.sh) timings
+logits' distance from the graph's exact twin (int8_check.run_three) on it, "kernels" their
+distance from the same graph on onnxruntime's exact U8U8 kernels, and "check" whether
+int8_check's checks pass. Under an emulator (scripts/avx2.sh) timings
 mean nothing: pass --no-time there, for the accuracy and the check on an AVX2-only CPU.
 """
 
@@ -34,7 +37,12 @@ sys.path.insert(0, str(ROOT))
 from matryoshka import quantize  # noqa: E402
 from matryoshka.data.source import for_export  # noqa: E402
 from matryoshka.errors import ValidationError  # noqa: E402
-from matryoshka.int8_check import compare_logits, pair_sums, run_both  # noqa: E402
+from matryoshka.int8_check import (  # noqa: E402
+    compare_kernels,
+    compare_logits,
+    pair_sums,
+    run_three,
+)
 from matryoshka.runtime.cpu import describe  # noqa: E402
 from matryoshka.runtime.inputs import check_input  # noqa: E402
 from matryoshka.runtime.manifest import level_name, read_manifest  # noqa: E402
@@ -44,26 +52,38 @@ from matryoshka.runtime.timing import device_name, time_many  # noqa: E402
 METHODS = ("dynamic", "dynamic-pc", "static")
 
 
-def make(src: Path, dst: Path, method: str, seven: bool, x_cal: np.ndarray, name: str) -> Path:
-    """quantize_level with 7-bit weights (matryoshka's) or 8-bit (onnxruntime's default)."""
-    old = quantize.REDUCE_RANGE
-    quantize.REDUCE_RANGE = seven
+# onnxruntime's default 8-bit; its 7-bit reduce_range; matryoshka's (each scale from the
+# largest pair sum, pair_scale.py); uint8 weights with a zero point (onnxruntime's U8U8)
+WEIGHTS = ("8bit", "7bit", "pairs", "u8u8")
+
+
+def make(src: Path, dst: Path, method: str, weights: str, x_cal: np.ndarray,
+         name: str) -> Path:
+    """quantize_level with the weights of kind `weights` (WEIGHTS)."""
+    from onnxruntime.quantization import QuantType
+
+    old = quantize.FIT_PAIRS, quantize.REDUCE_RANGE, quantize.WEIGHT_TYPE
+    quantize.FIT_PAIRS = weights == "pairs"
+    quantize.REDUCE_RANGE = weights == "7bit"
+    quantize.WEIGHT_TYPE = QuantType.QUInt8 if weights == "u8u8" else QuantType.QInt8
     try:
         quantize.quantize_level(src, dst, method, (name, x_cal) if method == "static" else None)
     finally:
-        quantize.REDUCE_RANGE = old
+        quantize.FIT_PAIRS, quantize.REDUCE_RANGE, quantize.WEIGHT_TYPE = old
     return dst
 
 
 def score(path: Path, x: np.ndarray, y: np.ndarray, name: str) -> dict:
     model = onnx.load(str(path))
-    got, ref = run_both(model, x)
-    out = {"accuracy": float((got.argmax(1) == y).mean()),
-           "max_abs": float(np.abs(got - ref).max()),
-           "mean_abs": float(np.abs(got - ref).mean()),
+    fast, exact, twin = run_three(model, x)
+    out = {"accuracy": float((fast.argmax(1) == y).mean()),
+           "kernel_max_abs": float(np.abs(fast - exact).max()),
+           "max_abs": float(np.abs(fast - twin).max()),
+           "mean_abs": float(np.abs(fast - twin).mean()),
            "pair_sum_max": pair_sums(model)["max"], "bytes": path.stat().st_size}
     try:
-        compare_logits(got, ref, name)
+        compare_kernels(fast, exact, name)
+        compare_logits(fast, twin, name)
         out["check"] = "pass"
     except ValidationError:
         out["check"] = "MISS"
@@ -74,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("export_dir", type=Path)
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--levels", help="level names to measure [every level]")
+    ap.add_argument("--weights", default=",".join(WEIGHTS),
+                    help=f"weight kinds, among {', '.join(WEIGHTS)} [all]")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=10)
@@ -86,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(m not in METHODS for m in methods):
         print(f"error: --methods must be among {', '.join(METHODS)}", file=sys.stderr)
         return 2
+    if any(w not in WEIGHTS for w in args.weights.split(",")):
+        print(f"error: --weights must be among {', '.join(WEIGHTS)}", file=sys.stderr)
+        return 2
     batches = [int(b) for b in args.batches.split(",")]
     m = read_manifest(args.export_dir)
     data = for_export(args.export_dir, m, None)[0]
@@ -95,16 +121,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{device_name()}: {describe()}; onnxruntime {ort.__version__}, threads "
           f"{args.threads}", flush=True)
     rows, quality = [], {}
+    wanted = args.levels.split(",") if args.levels else [level_name(lv) for lv in m["levels"]]
+    unknown = set(wanted) - {level_name(lv) for lv in m["levels"]}
+    if unknown:
+        print(f"error: no level {', '.join(sorted(unknown))} in {args.export_dir}",
+              file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="int8-remedy-") as tmp:
         for lv in m["levels"]:
             level = level_name(lv)
+            if level not in wanted:
+                continue
             src = args.export_dir / lv["file"]
             graphs = {"fp32": src}
             for method in methods:
-                for bits, seven in (("8bit", False), ("7bit", True)):
-                    graphs[f"{method} {bits}"] = make(src, Path(tmp) / f"{level}-{method}-"
-                                                      f"{bits}.onnx", method, seven, x_cal,
-                                                      name)
+                for weights in args.weights.split(","):
+                    graphs[f"{method} {weights}"] = make(src, Path(tmp) / f"{level}-{method}-"
+                                                         f"{weights}.onnx", method, weights,
+                                                         x_cal, name)
             fp32_acc = float((ort.InferenceSession(str(src), providers=[
                 "CPUExecutionProvider"]).run(None, {name: x})[0].argmax(1) == y).mean())
             quality[level] = {"fp32": {"accuracy": fp32_acc}}
@@ -113,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                     quality[level][key] = score(path, x, y, f"level {level} {key}")
                     q = quality[level][key]
                     print(f"  level {level} {key:>16}: accuracy {q['accuracy']:.4f} (fp32 "
-                          f"{fp32_acc:.4f}), max |d| {q['max_abs']:.3g}, mean |d| "
-                          f"{q['mean_abs']:.3g}, pair sum {q['pair_sum_max']}, "
-                          f"check {q['check']}", flush=True)
+                          f"{fp32_acc:.4f}), kernels {q['kernel_max_abs']:.3g}, max |d| "
+                          f"{q['max_abs']:.3g}, mean |d| {q['mean_abs']:.3g}, pair sum "
+                          f"{q['pair_sum_max']}, check {q['check']}", flush=True)
             if args.no_time:
                 continue
             sessions = {k: ort.InferenceSession(str(p), session_options(args.threads),

@@ -12,12 +12,13 @@ DequantizeLinear and computes in fp32: its answers do not depend on the batch (d
 do, through the activation scale of the whole batch), so the web and Python runtimes agree. A
 session folds those DequantizeLinear nodes of constants at load only with
 `session.disable_quant_qdq` set (runtime/providers.py), and then runs at fp32 speed.
-The INT8 methods that compute in integers (dynamic, dynamic-pc, static) quantize weights to 7
-bits (onnxruntime's `reduce_range`, |w| <= 64): x86 CPUs without VNNI multiply u8 activations
-by s8 weights with `vpmaddubsw`, whose int16 pair sums saturate beyond 32,767, and full 8-bit
-weights reach 255 * 254 = 64,770 there; at 7 bits the worst pair is 32,640, so every CPU and
-runtime computes the same integers (matryoshka/int8_check.py checks both; docs/performance.md
-measures the cost). weight4 is converted to opset 21 first, which its int4 token table needs.
+The INT8 methods that compute in integers (dynamic, dynamic-pc, static) then set each weight's
+scale by its largest pair of neighbours (matryoshka/pair_scale.py): x86 CPUs without VNNI
+multiply u8 activations by s8 weights with `vpmaddubsw`, whose int16 pair sums saturate beyond
+32,767, and onnxruntime's full 8-bit weights reach 255 * 254 = 64,770 there; fitted, no pair
+exceeds 32,640, so every CPU and runtime computes the same integers (matryoshka/int8_check.py
+checks it; docs/performance.md measures the cost against onnxruntime's 7-bit `reduce_range`).
+weight4 is converted to opset 21 first, which its int4 token table needs.
 Symbolic shape inference is skipped: it gives up on the masked attention of text graphs
 ("Cannot determine if ... < 0"), and ONNX's own shape inference, which is kept, gives the
 quantizer every shape it needs.
@@ -29,14 +30,14 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from matryoshka.errors import ConfigError
+from matryoshka.errors import ConfigError, ValidationError
 from matryoshka.logs import quiet_root_logger
 
 # method -> what it is; the manifest records the method of every INT8 graph.
 METHODS = {
-    "dynamic": "dynamic INT8, 7-bit weights with one scale per tensor",
-    "dynamic-pc": "dynamic INT8, 7-bit weights with one scale per output channel",
-    "static": "static INT8 (QDQ), 7-bit per-channel weights, activations calibrated on data",
+    "dynamic": "dynamic INT8, one weight scale per tensor",
+    "dynamic-pc": "dynamic INT8, one weight scale per output channel",
+    "static": "static INT8 (QDQ), per-channel weights, activations calibrated on data",
     "weight8": "INT8 weights (per output channel, DequantizeLinear) and token table, fp32 "
                "compute: answers independent of the batch, for the web",
     "weight4": "4-bit weights (MatMulNBits and GatherBlockQuantized, blocks of 32), int8 "
@@ -49,8 +50,14 @@ EXPORT_QUANTIZE = ("none", "dynamic", "dynamic-pc", "dynamic-shared", "dynamic-p
                    "weight8", "weight8-shared", "weight4")
 STATIC_CALIBRATION = ("minmax", "entropy", "percentile")
 OP_TYPES = ("MatMul", "Gemm", "Gather")  # a Gather of no initializer (a shape's) is left alone
-# 7-bit weights for integer compute: no u8 x s8 pair sum saturates an int16 on any CPU
-REDUCE_RANGE = True
+# Integer compute's weights: onnxruntime's 8-bit int8, then each scale set by the largest pair
+# sum (pair_scale.py), so that no u8 x s8 pair sum saturates an int16 on any CPU.
+# benchmarks/int8_remedy.py compares the alternatives: 8-bit as it comes (FIT_PAIRS False),
+# onnxruntime's 7-bit weights (REDUCE_RANGE True) and uint8 weights (WEIGHT_TYPE QUInt8).
+FIT_PAIRS = True
+REDUCE_RANGE = False
+WEIGHT_TYPE = None  # None: QuantType.QInt8
+INTEGER_METHODS = ("dynamic", "dynamic-pc", "static")
 INT4_OPSET, INT4_IR_VERSION = 21, 10  # what int4 tensors (weight4's token table) need
 
 
@@ -105,8 +112,29 @@ def quantize_level(src: str | Path, dst: str | Path, method: str = "dynamic",
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             quantize_dynamic(str(pre), str(dst), op_types_to_quantize=list(op_types),
-                             per_channel=method == "dynamic-pc", weight_type=QuantType.QInt8,
+                             per_channel=method == "dynamic-pc",
+                             weight_type=WEIGHT_TYPE or QuantType.QInt8,
                              reduce_range=REDUCE_RANGE)
+        if method in INTEGER_METHODS and FIT_PAIRS:
+            _fit_pairs(pre, dst)
+
+
+def _fit_pairs(pre: Path, dst) -> None:
+    """The graph at dst with its integer products' weights fitted to the pair-sum bound from
+    the fp32 weights of `pre` (pair_scale.fit_pair_scales)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from matryoshka.pair_scale import PAIR_SUM_MAX, fit_pair_scales, pair_sums
+
+    fp32 = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(pre)).graph.initializer}
+    model = onnx.load(str(dst))
+    fit_pair_scales(model, fp32)
+    worst = pair_sums(model)
+    if worst["max"] > PAIR_SUM_MAX:  # a weight onnxruntime named in a way not foreseen
+        raise ValidationError(f"weight {worst['weight']} of {dst} could not be fitted to the "
+                              f"pair-sum bound ({worst['max']:,} > {PAIR_SUM_MAX:,})")
+    onnx.save(model, str(dst))
 
 
 def _static(pre: Path, dst, calibration, calibrate_method: str, op_types: list[str]) -> None:
@@ -125,7 +153,8 @@ def _static(pre: Path, dst, calibration, calibrate_method: str, op_types: list[s
     # our graphs are exported unfused for that reason (onnxruntime fuses at load).
     quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=op_types, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=methods[calibrate_method],
+                    weight_type=WEIGHT_TYPE or QuantType.QInt8,
+                    calibrate_method=methods[calibrate_method],
                     per_channel=True, reduce_range=REDUCE_RANGE)
 
 

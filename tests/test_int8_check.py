@@ -23,10 +23,11 @@ from matryoshka.int8_check import (
     PAIR_SUM_MAX,
     check_graph,
     check_pair_sums,
+    compare_kernels,
     compare_logits,
     exact_model,
     pair_sums,
-    run_both,
+    run_three,
 )
 from matryoshka.quantize import quantize_level
 from matryoshka.runtime.cpu import describe, int8_features
@@ -62,14 +63,14 @@ def _rows(n: int = 32) -> np.ndarray:
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory):
     """The float graph; its 8-bit dynamic INT8 (onnxruntime's default, as matryoshka made it
-    before 7-bit weights), which saturates on x86 without VNNI; and matryoshka's own."""
+    before), which saturates on x86 without VNNI; and matryoshka's own, pair-fitted."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     d = tmp_path_factory.mktemp("int8-check")
     src = _float_matmul(d / "fp32.onnx")
     quantize_dynamic(str(src), str(d / "full.onnx"), weight_type=QuantType.QInt8,
                      per_channel=True)
-    quantize_level(src, d / "seven.onnx", "dynamic-pc")
+    quantize_level(src, d / "fitted.onnx", "dynamic-pc")
     return d
 
 
@@ -91,7 +92,7 @@ def test_every_method_keeps_each_pair_sum_within_an_int16(graphs, method, tmp_pa
     if method.startswith("weight"):  # no activation is quantized: no u8 x s8 product
         assert sums["weights"] == 0
     else:
-        assert sums["weights"] == 1 and sums["max"] == 255 * 128 <= PAIR_SUM_MAX, sums
+        assert sums["weights"] == 1 and 255 * 126 <= sums["max"] <= PAIR_SUM_MAX, sums
     record = check_graph(dst, _rows(), method)
     assert record["rows"] == 32 and record["rows_over"] == 0
 
@@ -119,13 +120,24 @@ def test_the_exact_twin_computes_integer_products_exactly():
     assert got.dtype == np.int32 and np.array_equal(got, want)
 
 
-def test_the_tolerance_passes_requantization_steps_and_fails_a_shift_of_every_row():
+def test_the_kernels_must_equal_exact_ones_to_the_last_bits():
+    exact = np.random.default_rng(2).normal(0, 5, (100, 4))
+    assert compare_kernels(exact.copy(), exact, "level 8")["kernel_max_abs"] == 0
+    assert compare_kernels(exact * (1 + 1e-7), exact, "level 8")["rows"] == 100  # last bits
+    saturated = exact.copy()
+    saturated[9, 1] -= 0.01  # one product pair clipped at 32,767, in one row
+    with pytest.raises(ValidationError, match=r"level 8: .* differ from its exact integer "
+                                              r"kernels: max \|logit diff\| 0\.01"):
+        compare_kernels(saturated, exact, "level 8")
+
+
+def test_the_twins_tolerance_passes_requantization_steps_and_fails_a_misread_graph():
     ref = np.random.default_rng(2).normal(0, 5, (100, 4))
     one_step = ref.copy()
-    one_step[3] += 0.15  # a few rows a quantum apart: fused static kernels do this
+    one_step[3] += 0.2  # a few rows a quantum apart, amplified: fused static kernels do this
     assert compare_logits(one_step, ref, "level 8")["rows_over"] == 0
-    with pytest.raises(ValidationError, match=r"level 8: .* mean 0\.04"):
-        compare_logits(ref + 0.04, ref, "level 8")  # small, but every row: saturation
+    with pytest.raises(ValidationError, match=r"level 8: .* mean 0\.1 "):
+        compare_logits(ref + 0.1, ref, "level 8")  # every row moved: a bias misread
     spike = ref.copy()
     spike[7, 2] += 3.0  # one row moved by whole units
     with pytest.raises(ValidationError, match=r"1 of 100 rows beyond"):
@@ -148,60 +160,63 @@ def _emulated(code: str, *args: str) -> subprocess.CompletedProcess:
 RUN_CHECK = """
 import sys, numpy as np, onnx
 from matryoshka.errors import ValidationError
-from matryoshka.int8_check import compare_logits, run_both
+from matryoshka.int8_check import compare_kernels, run_three
 from matryoshka.runtime.cpu import describe
 x = np.load(sys.argv[2])
-got, ref = run_both(onnx.load(sys.argv[1]), x)
+fast, exact, twin = run_three(onnx.load(sys.argv[1]), x)
 try:
-    r = compare_logits(got, ref, "level 16")
-    print("PASS", r["max_abs"], describe())
+    r = compare_kernels(fast, exact, "level 16")
+    print("PASS", r["kernel_max_abs"], np.abs(fast - twin).max(), describe())
 except ValidationError as e:
     print("MISS", e)
 """
 
 
-def test_without_vnni_the_saturating_graph_is_caught_and_seven_bits_are_exact(graphs,
-                                                                              tmp_path):
-    """The run check alone (the weights' bound left aside): on a CPU whose U8S8 kernels
-    saturate, the 8-bit graph's logits leave exact arithmetic by whole units and the check
-    fails; the 7-bit graph's equal it there. Here natively where the CPU lacks VNNI, else on
-    an emulated Haswell."""
+def test_without_vnni_the_saturating_graph_is_caught_and_fitted_weights_are_exact(graphs,
+                                                                                  tmp_path):
+    """The kernel check alone (the weights' bound left aside): on a CPU whose U8S8 kernels
+    saturate, the 8-bit graph's logits leave those of onnxruntime's exact kernels by whole
+    units and the check fails; the pair-fitted graph's equal them to the last bit. Here
+    natively where the CPU lacks VNNI, else on an emulated Haswell."""
     x = _rows()
     if not int8_features()["u8s8_exact"]:
-        with pytest.raises(ValidationError, match="differ from exact integer arithmetic"):
-            compare_logits(*run_both(onnx.load(str(graphs / "full.onnx")), x), "level 16")
-        got, ref = run_both(onnx.load(str(graphs / "seven.onnx")), x)
-        assert np.abs(got - ref).max() < 1e-4
+        fast, exact, _ = run_three(onnx.load(str(graphs / "full.onnx")), x)
+        with pytest.raises(ValidationError, match="differ from its exact integer kernels"):
+            compare_kernels(fast, exact, "level 16")
+        fast, exact, twin = run_three(onnx.load(str(graphs / "fitted.onnx")), x)
+        assert np.array_equal(fast, exact) and np.abs(fast - twin).max() < 1e-4
         return
     np.save(tmp_path / "x.npy", x)
-    for name, verdict in (("full.onnx", "MISS"), ("seven.onnx", "PASS")):
+    for name, verdict in (("full.onnx", "MISS"), ("fitted.onnx", "PASS")):
         r = _emulated(RUN_CHECK, str(graphs / name), str(tmp_path / "x.npy"))
         assert r.returncode == 0, r.stderr[-2000:]
         assert r.stdout.startswith(verdict), (name, r.stdout, r.stderr[-2000:])
+    assert r.stdout.split()[1] == "0.0"  # the fitted graph: exactly the exact kernels' logits
     assert "no VNNI (U8S8 pair sums saturate)" in r.stdout
 
 
 def test_on_a_vnni_cpu_the_8_bit_graph_runs_exactly_which_is_why_the_weights_are_read(graphs):
     if not int8_features()["u8s8_exact"]:
         pytest.skip(f"this CPU ({describe()}) saturates: the test above covers it")
-    got, ref = run_both(onnx.load(str(graphs / "full.onnx")), _rows())
-    assert np.abs(got - ref).max() < 1e-4  # nothing to see here; pair_sums sees it anyway
+    fast, exact, twin = run_three(onnx.load(str(graphs / "full.onnx")), _rows())
+    assert np.array_equal(fast, exact) and np.abs(fast - twin).max() < 1e-4  # pair_sums sees it
 
 
 def test_mexport_records_the_check_of_every_int8_graph(tiny_export_dir):
     for lv in read_manifest(tiny_export_dir)["levels"]:
         check = lv["int8"]["check"]
         assert check["rows"] >= 32 and check["rows_over"] == 0 and check["max_abs"] < 1e-3
+        assert check["kernel_max_abs"] == 0 and check["kernel_tol"] == 1e-5
         assert 0 < check["pair_sum_max"] <= PAIR_SUM_MAX and check["cpu"] == describe()
 
 
 def test_a_miss_fails_mexport_in_one_line_and_writes_nothing(tiny_checkpoint, tmp_path,
                                                              monkeypatch):
-    monkeypatch.setattr(int8_check, "MEAN_ATOL", -1.0)  # no graph can pass
+    monkeypatch.setattr(int8_check, "KERNEL_TOL", -1.0)  # no graph can pass
     out = tmp_path / "export"
     r = CliRunner().invoke(mexport, ["--checkpoint", str(tiny_checkpoint), "--out", str(out),
                                      "--quantize", "dynamic-pc", "--no-progress"])
     assert r.exit_code == 1, r.output
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "differ from exact integer arithmetic" in errors[0]
+    assert len(errors) == 1 and "differ from its exact integer kernels" in errors[0]
     assert "Traceback" not in r.output and not out.exists()

@@ -364,7 +364,9 @@ def calibration_table(record: dict, manifest: dict) -> str:
         q = lv["int8"]
         own = (f", own quantization {q['accuracy_own']:.4f} before sharing"
                if "accuracy_own" in q else "")
+        exact = (f"; max |logit diff| from exact kernels {q['check']['kernel_max_abs']:.2g}, "
+                 f"from its exact twin {q['check']['max_abs']:.2g}" if "check" in q else "")
         lines.append(f"  int8 level {level_name(lv)}: accuracy {q['accuracy']:.4f} "
                      f"(fp32 {q['accuracy_fp32']:.4f}, change {q['accuracy_change']:+.4f}"
-                     f"{own}), {q['bytes'] / 1024:.0f} KB vs {lv['bytes'] / 1024:.0f} KB")
+                     f"{own}), {q['bytes'] / 1024:.0f} KB vs {lv['bytes'] / 1024:.0f} KB{exact}")
     return "\n".join(lines)

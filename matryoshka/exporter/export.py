@@ -274,7 +274,7 @@ def export_table(manifest: dict) -> str:
     head = (f"{'level':>{width}} {'params':>10} {'MFLOPs':>8} {'size KB':>9} {'max|err|':>9} "
             f"{'acc onnx':>9} {'acc torch':>9}")
     if int8:
-        head += f" {'int8 acc':>9} {'int8 KB':>8}"
+        head += f" {'int8 acc':>9} {'int8 KB':>8} {'kernels':>8} {'twin':>8}"
     rows = [head]
     for lv in manifest["levels"]:
         row = (f"{level_name(lv):>{width}} {lv['params']:>10,} "
@@ -282,6 +282,14 @@ def export_table(manifest: dict) -> str:
                f"{lv['bytes'] / 1024:>9.1f} {lv['parity']['max_abs']:>9.1e} "
                f"{lv['accuracy']['onnx']:>9.4f} {lv['accuracy']['torch']:>9.4f}")
         if "int8" in lv:
-            row += f" {lv['int8']['accuracy']:>9.4f} {lv['int8']['bytes'] / 1024:>8.1f}"
+            check = lv["int8"].get("check") or {}
+            row += (f" {lv['int8']['accuracy']:>9.4f} {lv['int8']['bytes'] / 1024:>8.1f}"
+                    f" {check.get('kernel_max_abs', float('nan')):>8.1e}"
+                    f" {check.get('max_abs', float('nan')):>8.1e}")
         rows.append(row)
+    checked = [lv["int8"]["check"] for lv in manifest["levels"] if "check" in lv.get("int8", {})]
+    if checked:
+        rows.append(f"(the INT8 graph's largest logit difference on {checked[0]['rows']} "
+                    "rows of the validation split, on this CPU's kernels, from onnxruntime's "
+                    f"exact integer kernels and from the graph's exact twin; {checked[0]['cpu']})")
     return "\n".join(rows)

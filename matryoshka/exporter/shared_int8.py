@@ -21,6 +21,7 @@ from onnx import numpy_helper
 
 from matryoshka.exporter.cascade import is_corner, leading_corner
 from matryoshka.io import temp_path, writing
+from matryoshka.pair_scale import qdq_biases, requantize_biases
 from matryoshka.runtime.manifest import install, level_file, level_name
 
 SUFFIXES = ("_quantized", "_scale", "_zero_point")
@@ -40,7 +41,7 @@ def share_weights(small_fp32: onnx.ModelProto, small_int8: onnx.ModelProto,
     out.CopyFrom(small_int8)
     sources: dict[str, str | None] = {}
     replaced = set()
-    biases = _qdq_biases(out)  # requantized below, at the scales their Gemm reads them
+    biases = qdq_biases(out)  # requantized below, at the scales their Gemm reads them
     for init in out.graph.initializer:
         split = _split(init.name)
         if split is None or split[0] not in small or split[0] in biases:
@@ -59,52 +60,6 @@ def share_weights(small_fp32: onnx.ModelProto, small_int8: onnx.ModelProto,
         replaced.add(base)
     requantize_biases(out, small)
     return out, len(replaced)
-
-
-def _qdq_biases(model: onnx.ModelProto) -> set[str]:
-    """The fp32 names of the int32 biases a QDQ Gemm dequantizes ('embed.bias' for the
-    initializer 'embed.bias_quantized')."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    out = set()
-    for node in model.graph.node:
-        dq = producer.get(node.input[2]) if node.op_type == "Gemm" and len(node.input) > 2 \
-            else None
-        if dq is not None and dq.op_type == "DequantizeLinear":
-            out.add(dq.input[0].removesuffix("_quantized"))
-    return out
-
-
-def requantize_biases(model: onnx.ModelProto, fp32: dict[str, np.ndarray]) -> int:
-    """In place: each int32 bias of a QDQ Gemm quantized again at the scale its fused kernel
-    assumes, its input's scale times its weight's (onnxruntime's quantize_static does the
-    same). A level that took the largest level's weight scales (and bias corner) otherwise
-    keeps a bias quantized at another scale: exact in float, but the fused integer Gemm
-    reads its int32 values at its own scale and shifts every row (measured: mean |logit
-    diff| 0.056 at the digits' level 64). `fp32`: the level's fp32 initializers. Returns
-    how many biases were quantized again."""
-    inits = {i.name: i for i in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    done = 0
-    for node in model.graph.node:
-        dq = [producer.get(name) for name in node.input[:3]]
-        if node.op_type != "Gemm" or len(dq) < 3 or any(
-                d is None or d.op_type != "DequantizeLinear" for d in dq):
-            continue
-        q_bias, bias_scale = dq[2].input[0], dq[2].input[1]
-        bias = fp32.get(q_bias.removesuffix("_quantized"))
-        if (bias is None or q_bias not in inits or bias_scale not in inits
-                or inits[q_bias].data_type != onnx.TensorProto.INT32
-                or not all(d.input[1] in inits for d in dq[:2])):
-            continue
-        scale = (numpy_helper.to_array(inits[dq[0].input[1]]).astype(np.float32)
-                 * numpy_helper.to_array(inits[dq[1].input[1]]).astype(np.float32))
-        scale = np.broadcast_to(scale, bias.shape).astype(np.float32)
-        scale = np.where(scale == 0, np.float32(1), scale)
-        inits[q_bias].CopyFrom(numpy_helper.from_array(
-            np.round(bias / scale).astype(np.int32), q_bias))
-        inits[bias_scale].CopyFrom(numpy_helper.from_array(scale, bias_scale))
-        done += 1
-    return done
 
 
 def _split(name: str) -> tuple[str, bool, str] | None:
