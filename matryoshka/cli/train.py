@@ -198,7 +198,11 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
         dataset, record, labels, files, cfg = _text_data(
             data, text_column, label_column, split_seed, vocab_size, tokenizer_model,
             not no_lowercase, cfg, init, init_from) if text else _array_data(data, cfg, init)
-    precision = _precision(precision, cfg)
+    chosen = _precision(precision, cfg)
+    if precision == "auto" and cfg.block == "post_ln" and chosen == "fp32":
+        click.echo("precision: fp32 (this CPU has no native bf16, AVX512-BF16 or AMX; "
+                   "training takes about twice as long as where it has)", err=True)
+    precision = chosen
     rows = _train_rows(dataset, train_rows, seed)
     if teacher is None and nests:
         teacher = init_from  # nesting: the fine-tuned encoder teaches every level

@@ -98,7 +98,11 @@ def test_training_rewires_the_channels_then_nests_by_width(width_export):
     assert recipe["teacher"] == str(d / "teacher")
 
 
-def test_the_pretrained_folder_is_nested_in_one_stage_taught_by_its_largest_level(tmp_path):
+def test_the_pretrained_folder_is_nested_in_one_stage_taught_by_its_largest_level(
+        tmp_path, monkeypatch):
+    from matryoshka.training import teacher
+
+    monkeypatch.setattr(teacher, "native_bf16", lambda: False)  # an AVX2-only CPU: fp32, said
     folder = make_tiny_bert(tmp_path / "bert")
     labelled_csv(tmp_path / "data.csv")
     r = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "data.csv"), "--pretrained",
@@ -107,6 +111,7 @@ def test_the_pretrained_folder_is_nested_in_one_stage_taught_by_its_largest_leve
                                  "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "rewired the residual channels" in r.output and "teacher:" not in r.output
+    assert "precision: fp32 (this CPU has no native bf16" in r.output
     model, metrics = load_checkpoint(tmp_path / "ck")
     assert model.config.levels == (8, 16, 32) and model.config.nesting == "width"
     recipe = metrics["train_config"]  # the width recipe, no frozen teacher: the largest teaches
