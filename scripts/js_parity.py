@@ -303,7 +303,8 @@ def main() -> int:
               file=sys.stderr)
         return 2
     cases = python_cases(args.export_dir, args.variant)
-    print(f"Python and Node.js on {cases['cpu']}; Chromium: onnxruntime-web (wasm)")
+    print(f"Python on {cases['cpu']}; Node.js (native kernels) and Chromium (onnxruntime-web, "
+          "wasm) as this machine runs them")
     with tempfile.TemporaryDirectory() as tmp:
         cases_file = args.cases_out or Path(tmp) / "cases.json"
         cases_file.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from matryoshka.exporter.cascades import check_cascade
 from matryoshka.exporter.shared_int8 import share_weights
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.manifest import read_manifest
+from tests.exporter.test_cascade import _graphs
 
 
 @pytest.fixture(scope="module", params=["dynamic-pc-shared", "weight8-shared"])
@@ -188,12 +189,3 @@ def test_weight4_exports_a_width_nested_model_whose_int4_tables_stay_per_level(
     levels = Runtime.open(out, device="cpu", variant="int8", engine="levels").predict(
         ids, thresholds=[0.0, 0.0])
     np.testing.assert_array_equal(graph.probs, levels.probs)
-
-
-def _graphs(graph):
-    """The graph and every branch nested in it."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
