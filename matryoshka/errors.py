@@ -1,6 +1,6 @@
 """The one exception family every part of matryoshka raises for a user's mistake.
 
-DESIGN.md, "Errors": the CLI turns any of these into one `error: ...` line and exit 2 (or 1
+docs/design.md, "Errors": the CLI turns any of these into one `error: ...` line and exit 2 (or 1
 where the environment or the work itself failed, not the user). This module imports nothing,
 so the runtime may use it without pulling in torch.
 """

@@ -1,7 +1,7 @@
 """INT8 graphs against exact integer arithmetic: the weight bound that keeps x86's U8S8 kernels
 exact, and the same graph run with every integer product computed exactly.
 
-docs/design.md, "Precision per level". Three checks, because an INT8 graph must answer the
+docs/design.md, "Escalation and calibration". Three checks, because an INT8 graph must answer the
 same on every CPU and runtime:
 - `check_pair_sums` reads the weights (any machine): no u8 x s8 product pair may exceed the
   int16 that x86 kernels without VNNI saturate (`vpmaddubsw`), 255 * (|w_k| + |w_k+1|) <=

@@ -1,7 +1,7 @@
 """The folder protocol: a writer lock, atomic files, hidden temp files cleaned by the next
 writer, and atomic folders for checkpoints.
 
-DESIGN.md, "How the folder is written: manifest.json is the commit point". A writer holds an
+docs/design.md, "The export folder". A writer holds an
 exclusive flock on `<folder>/.lock` for its whole read-modify-write; readers never lock. Every
 file is written under a hidden temporary name (`.NAME.RANDOM.tmp`), fsynced and renamed, so a
 crash leaves either the old or the new file whole, plus a temp file that the next writer,

@@ -1,7 +1,7 @@
 """INT8 weights that no CPU saturates: the pair-sum bound of x86's U8S8 kernels, each weight's
 scale set by its largest pair of neighbours, and the biases quantized again to match.
 
-docs/design.md, "Precision per level". x86 CPUs without VNNI multiply u8 activations by s8
+docs/design.md, "Escalation and calibration". x86 CPUs without VNNI multiply u8 activations by s8
 weights with `vpmaddubsw`, which adds each two neighbouring products along the reduction axis
 into a saturating int16: exact only while 255 * (|q_k| + |q_k+1|) <= 32,767, that is while
 the two quantized weights add up to at most 128. onnxruntime's remedy, 7-bit weights

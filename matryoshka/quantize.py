@@ -1,6 +1,6 @@
 """INT8 (and 4-bit weight-only) quantization of one level's graph with onnxruntime's own tools.
 
-docs/design.md, "Precision per level". Every method pre-processes the graph first with
+docs/design.md, "Escalation and calibration". Every method pre-processes the graph first with
 `quant_pre_process`, as onnxruntime's quantization guide asks (graph optimisation and ONNX
 shape inference), and then quantizes the MatMul/Gemm weights and the token table's Gather;
 nothing is hand-written. The table is most of a text graph's bytes (30522 x 384 floats, 46.9 MB

@@ -1,7 +1,7 @@
 """`matryoshka search`: score Mix'n'Match sub-models of a checkpoint on the validation split and
 keep the accuracy-vs-FLOPs Pareto frontier, the mixes worth exporting between the levels.
 
-DESIGN.md, "Sub-models between the levels (Mix'n'Match)". The walks (`greedy_walk`,
+docs/design.md, "Sub-models between the levels (Mix'n'Match)". The walks (`greedy_walk`,
 `exhaustive_specs`), `pareto` and `pick_best` are pure; `search` loads, scores and writes
 search.json, which `mexport --from-search` reads back through `load_picks`. The test split is
 never read: it is kept for the report. The table and the plot are in matryoshka.search_report.

@@ -4,7 +4,7 @@ Run it from the repository root (it takes a few minutes per ten rounds on two co
 
     .venv/bin/python scripts/crash_check.py --rounds 30 [--seed 0] [--json crash.json] [--keep]
 
-What it proves (DESIGN.md, "How the folder is written: manifest.json is the commit point"):
+What it proves (docs/design.md, "The export folder"):
 for each writer, `mexport --force --quantize dynamic` and `matryoshka calibrate` (alternately
 with `--int8 static --variant int8` and plain), it starts the writer on a tiny export, kills it
 with SIGKILL at a random time in [0, 1.05 x its uninterrupted duration] after it takes the

@@ -1,6 +1,6 @@
 """No traceback, ever: every command, fed broken inputs, prints exactly one `error:` line and
 exits 2 (the user's mistake) or 1 (the environment: a full disk, a read-only folder, a
-diverged training). DESIGN.md, "Errors"."""
+diverged training). docs/design.md, "Errors"."""
 
 import json
 import shutil

@@ -1,4 +1,4 @@
-"""The export folder as a small database (DESIGN.md, "How the folder is written"): writers
+"""The export folder as a small database (docs/design.md, "The export folder"): writers
 work in place under a lock, manifest.json is the commit point, and the folder keeps its
 identity (inode, symlink, permissions, the user's own files) through every command."""
 

@@ -1,5 +1,5 @@
 """`matryoshka search`: the Pareto frontier, the greedy walk's rule, the val split alone,
-search.json and its picks, the budget, and the command line. DESIGN.md, "Sub-models between
+search.json and its picks, the budget, and the command line. docs/design.md, "Sub-models between
 the levels (Mix'n'Match)"."""
 
 import json

@@ -1,6 +1,6 @@
 """Every writer of an export folder, failing part-way: the committed state survives whole.
 
-DESIGN.md, "How the folder is written": a writer never touches a file the committed manifest
+docs/design.md, "The export folder": a writer never touches a file the committed manifest
 names before its own commit. Each writer (mexport --force, calibrate, calibrate --int8,
 tune, bench) is run on a calibrated folder with a failure injected right after its first
 file lands in the folder, and again at its commit (the rename of manifest.json); afterwards

@@ -1,6 +1,6 @@
 """Temperatures by NLL, and escalation thresholds certified by Learn-then-Test.
 
-DESIGN.md, "Escalation and calibration". The promise: with probability >= 1 - delta over the
+docs/design.md, "Escalation and calibration". The promise: with probability >= 1 - delta over the
 calibration draw, the cascade's risk (disagreement with the largest level, or accuracy lost
 against it) is at most epsilon. Thresholds are tested in a fixed sequence, from the safest
 (everything escalates) to the cheapest, each with an exact binomial-tail p-value; the sequence

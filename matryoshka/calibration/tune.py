@@ -1,7 +1,7 @@
 """`matryoshka tune`: time fp32 and INT8 of every level side by side on this device, score both
 on held-out data, and write the precision plan into manifest.json.
 
-docs/design.md, "Precision per level". Every INT8 graph is first checked against exact
+docs/design.md, "Escalation and calibration". Every INT8 graph is first checked against exact
 integer arithmetic on this device (matryoshka/int8_check.py). The choice itself is
 `runtime.plan.choose_precisions`; this module measures. The plan is chosen for one
 deployment batch size (the best choice at every other measured batch is recorded beside it),

@@ -1,6 +1,6 @@
 """The `matryoshka` command line (`matryoshka.cli:main`) and `mexport`.
 
-DESIGN.md, "Errors". Importing this package registers every command on the group.
+docs/design.md, "Errors". Importing this package registers every command on the group.
 """
 
 from matryoshka.cli import (  # noqa: F401  (registers commands)

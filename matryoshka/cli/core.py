@@ -1,6 +1,6 @@
 """The `matryoshka` command line: one click group, every heavy import done lazily.
 
-DESIGN.md, "Errors": every failure prints one `error: ...` line, exit 2 for the user's mistake
+docs/design.md, "Errors": every failure prints one `error: ...` line, exit 2 for the user's mistake
 and 1 for the environment, with no traceback (--debug shows it). `matryoshka predict` must run
 where torch is not installed, so nothing here imports torch at module level. One module per
 command; this one holds the group and the error handling they share.

@@ -1,6 +1,6 @@
 """`matryoshka train`: model size, data and recipe from the command line; writes a checkpoint.
 
-DESIGN.md, "Data flow" and "The model, made precise". Raw text (CSV, JSONL, a folder) gets a
+docs/design.md, "Data flow" and "The model". Raw text (CSV, JSONL, a folder) gets a
 tokenizer trained on its training split, saved in the checkpoint beside the weights.
 """
 

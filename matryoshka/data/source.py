@@ -1,5 +1,5 @@
 """Where a model's data came from, recorded so that export, calibrate and bench find the same
-data again (and say so when it was moved or changed). DESIGN.md, "Data flow".
+data again (and say so when it was moved or changed). docs/design.md, "Data flow".
 
 A record is a JSON object: {"kind": "demo"}, {"kind": "npz", "path", "sha256"}, or a text
 source from matryoshka.data.text ({"kind": "text", "path", "sha256", columns, split seed}).

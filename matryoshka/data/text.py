@@ -1,6 +1,6 @@
 """Users' labelled text: one CSV/JSONL file split by a seed, or a folder of train/val/test files.
 
-DESIGN.md, "The model, made precise" (Text) and "Errors". Needs numpy and the standard library
+docs/design.md, "The model" (Text) and "Errors". Needs numpy and the standard library
 only; the tokenizer that turns these strings into ids lives in matryoshka.data.tokenizer.
 """
 

@@ -1,6 +1,6 @@
 """Train the text tokenizer (Hugging Face `tokenizers`) and turn TextData into padded int64 ids.
 
-DESIGN.md, "The model, made precise" (Text). Strings become ids only through
+docs/design.md, "The model" (Text). Strings become ids only through
 matryoshka.runtime.text.encode/pad, the same functions every runtime uses.
 """
 

@@ -1,6 +1,6 @@
 """The exporter (torch, onnx, onnxsim): slice each level out, export it to ONNX, simplify,
 validate against torch, write the manifest; and the cascade graph built from the levels' graphs
-(onnx only). DESIGN.md, "The artifact folder" and "The cascade as one graph"."""
+(onnx only). docs/design.md, "The export folder" and "The cascade as one graph"."""
 
 __all__ = ["EXPORTER", "export", "export_table"]
 

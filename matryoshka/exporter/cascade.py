@@ -1,5 +1,5 @@
 """The whole calibrated cascade as one standard ONNX graph (`cascade.onnx`), built from the
-already-validated level graphs with the onnx helper API. DESIGN.md, "The cascade as one graph".
+already-validated level graphs with the onnx helper API. docs/design.md, "The cascade as one graph".
 
 Level 0 runs on every row in the main graph. Each escalation sits in an `If` whose then-branch
 gathers the undecided rows, runs the next level on them (its own escalation nested inside)

@@ -1,7 +1,7 @@
 """The cascade graphs of an export folder (cascade.onnx, cascade.int8.onnx, cascade.auto.onnx):
 what each must hold, building and checking it, and installing it before a writer's commit.
 
-DESIGN.md, "The cascade as one graph" and "How the folder is written". Every writer (mexport,
+docs/design.md, "The cascade as one graph" and "The export folder". Every writer (mexport,
 calibrate, tune) calls `refresh_cascades` on its new manifest just before the commit: a graph
 whose levels, weights, thresholds and temperatures are unchanged is kept as it is; any other
 is rebuilt from the level graphs the manifest names, checked against the levels engine bit for

@@ -1,6 +1,6 @@
 """mexport: one validated, standalone ONNX graph per nesting level, plus manifest.json.
 
-DESIGN.md, "The artifact folder", "How the folder is written" and "Conventions". The folder is
+docs/design.md, "The export folder" and "Conventions". The folder is
 written in place under its writer lock: each graph under a name the committed manifest does
 not use, then manifest.json (the commit), then the files no manifest names any more are
 deleted. A failure at any point leaves the previous export whole.

@@ -1,6 +1,6 @@
 """One level to one ONNX graph: torch.onnx.export, onnxsim, the full checker, metadata.
 
-DESIGN.md, "Conventions". Pure of file-system policy: the caller decides where files go.
+docs/design.md, "Conventions". Pure of file-system policy: the caller decides where files go.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """INT8 levels that share the largest level's quantized weights: each smaller level's weights,
 scales and zero points are the leading corner of the largest level's, so cascade.int8.onnx
-stores them once. DESIGN.md, "Precision per level" and "The cascade as one graph".
+stores them once. docs/design.md, "Escalation and calibration" and "The cascade as one graph".
 
 onnxruntime's quantizer names a weight's tensors after the fp32 initializer it came from
 (`W_quantized`, `W_scale`, `W_zero_point`, with `_Transposed` before the suffix when it

@@ -1,6 +1,6 @@
 """Parity of an exported graph with the torch nested forward; a miss fails the export.
 
-DESIGN.md, "Conventions": |ort - torch| <= atol + rtol * |torch| everywhere, on real inputs,
+docs/design.md, "Conventions": |ort - torch| <= atol + rtol * |torch| everywhere, on real inputs,
 at the full sample count, at batch 1 and at an odd batch size. Optimum's exporter only warns
 on a miss; ours raises.
 """

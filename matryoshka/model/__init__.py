@@ -1,4 +1,4 @@
-"""The nested Matryoshka Transformer (torch). DESIGN.md, "The model, made precise"."""
+"""The nested Matryoshka Transformer (torch). docs/design.md, "The model"."""
 
 from matryoshka.model.config import (
     PRESETS,

@@ -1,6 +1,6 @@
 """Checkpoint folders: config.json + model.safetensors + metrics.json, never pickles.
 
-DESIGN.md, "Data flow". `load_checkpoint` checks the folder and fails with one clear message
+docs/design.md, "Data flow". `load_checkpoint` checks the folder and fails with one clear message
 on a missing or corrupt file or a config that does not match the weights.
 """
 

@@ -1,6 +1,6 @@
 """The model's configuration: one dataclass, validated on construction, plus named presets.
 
-DESIGN.md, "The model, made precise". Pure Python, so the exporter and the CLI can read a
+docs/design.md, "The model". Pure Python, so the exporter and the CLI can read a
 config without building a model.
 """
 

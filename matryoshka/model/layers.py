@@ -1,6 +1,6 @@
 """Nested layers: every weight is read through the prefix that a level's widths own.
 
-DESIGN.md, "The model, made precise". Each layer has `forward(x, w)`, which runs the matrix
+docs/design.md, "The model". Each layer has `forward(x, w)`, which runs the matrix
 products on the sliced tensors at the widths `w`, and `view(w)`, which names exactly the
 slices it reads; the exporter copies those slices and the optimiser derives per-level shells
 from them.
@@ -71,7 +71,7 @@ class NestedLinear(nn.Module):
 
 
 class NestedLayerNorm(nn.Module):
-    """LayerNorm over the first `dim` features (DESIGN.md, seed layer-wise section 2).
+    """LayerNorm over the first `dim` features (docs/design.md, "The model").
 
     per_level: level i owns its own gamma_i, beta_i in R^{d_i}. A width that was not trained
     borrows the prefix of the next larger trained level's parameters.

@@ -1,7 +1,7 @@
 """Sub-model specs (Mix'n'Match): one residual width for the whole model, plus an FFN width and
 a number of attention heads for each layer, all taken from the trained nested prefixes.
 
-DESIGN.md, "Sub-models between the levels". Pure Python. A trained level is the spec whose
+docs/design.md, "Sub-models between the levels". Pure Python. A trained level is the spec whose
 every layer uses the level's own widths; `MatryoshkaConfig.spec` turns a level into its spec
 and checks any other against the trained granularities.
 """

@@ -1,5 +1,5 @@
 """The Matryoshka Transformer: one weight set, a forward pass at any nested width, and
-`extract_level`, which cuts a width out into a standalone model. DESIGN.md, "The model".
+`extract_level`, which cuts a width out into a standalone model. docs/design.md, "The model".
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The runtime (numpy + onnxruntime only, never torch or onnx): load the graphs of an export
 folder on the CUDA or CPU provider and predict, escalating undecided rows level by level.
-DESIGN.md, "Escalation and calibration"."""
+docs/design.md, "Escalation and calibration"."""
 
 from matryoshka.errors import MatryoshkaError
 from matryoshka.runtime.cascade import Prediction

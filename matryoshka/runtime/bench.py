@@ -1,6 +1,6 @@
 """On-device benchmarking of every level: the whole `matryoshka bench` run and its record.
 
-DESIGN.md, "Who uses it and how" (bench). Times with runtime.timing, stores with runtime.records.
+docs/design.md, "Data flow" (bench). Times with runtime.timing, stores with runtime.records.
 """
 
 from __future__ import annotations

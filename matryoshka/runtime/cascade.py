@@ -1,6 +1,6 @@
 """The escalation cascade: answer a row at level i when max softmax(z_i / T_i) > tau_i.
 
-DESIGN.md, "Escalation and calibration". Only the rows still undecided are gathered and sent
+docs/design.md, "Escalation and calibration". Only the rows still undecided are gathered and sent
 to the next level; the last level answers every row it receives. `run_level` is
 any callable that maps (level, rows) to logits, so the logic is testable without graphs. A level
 is whatever key the caller uses: the runtime uses level names ('64', or a mix's name). The

@@ -1,5 +1,5 @@
 """The INT8-relevant features of this CPU: which integer kernels onnxruntime runs here, and
-whether its U8S8 products can saturate. docs/design.md, "Precision per level".
+whether its U8S8 products can saturate. docs/design.md, "Escalation and calibration".
 
 onnxruntime's x86 U8S8 kernels without VNNI (SSE4.1, AVX2, AVX-512BW) multiply u8 activations
 by s8 weights with `vpmaddubsw`, which adds each two neighbouring products into a saturating

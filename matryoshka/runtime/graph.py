@@ -1,6 +1,6 @@
 """The graph engine: the whole cascade in one onnxruntime session over cascade.onnx.
 
-DESIGN.md, "The cascade as one graph". One `session.run` per call: level 0, the softmax with
+docs/design.md, "The cascade as one graph". One `session.run` per call: level 0, the softmax with
 temperatures, the strictly-greater test and every escalation of the undecided rows run inside
 the graph. Its answers are bit-identical to the levels engine (runtime/cascade.py). numpy and
 onnxruntime only.

@@ -1,6 +1,6 @@
 """Input checks against the manifest's `input` spec, before onnxruntime sees the data.
 
-DESIGN.md, "Errors": a wrong rank or shape, an unsafe dtype, NaN/inf and token ids out of
+docs/design.md, "Errors": a wrong rank or shape, an unsafe dtype, NaN/inf and token ids out of
 range each get their own message. numpy only.
 """
 

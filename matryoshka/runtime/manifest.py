@@ -1,7 +1,7 @@
 """The export folder's manifest.json: its schema, reading and checking it, and committing a new
 one (the folder's single commit point).
 
-DESIGN.md, "The artifact folder" and "How the folder is written". numpy-free, standard
+docs/design.md, "The export folder". numpy-free, standard
 library only. Readers call `read_manifest`; writers work inside `manifest_writer` and end
 with `commit_manifest`.
 """

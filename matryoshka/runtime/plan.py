@@ -1,9 +1,9 @@
 """Precision per level: from timings measured on a device and accuracies measured on held-out
 data, choose for each level the fastest precision whose accuracy loss stays within a bound.
 
-DESIGN.md, "Precision per level". Pure functions over plain records (standard library only),
-so the choice is testable on synthetic measurements; `matryoshka tune` measures and writes the
-result as the manifest's `plan`, and the runtime's variant "auto" follows it.
+docs/design.md, "Escalation and calibration". Pure functions over plain records (standard
+library only), so the choice is testable on synthetic measurements; `matryoshka tune` measures
+and writes the result as the manifest's `plan`, and the runtime's variant "auto" follows it.
 """
 
 from __future__ import annotations

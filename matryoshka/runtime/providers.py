@@ -1,6 +1,6 @@
 """Execution providers: ask for CUDA or the CPU and prove that is what runs.
 
-DESIGN.md, "Conventions": onnxruntime falls back to the CPU silently when the CUDA libraries
+docs/design.md, "Conventions": onnxruntime falls back to the CPU silently when the CUDA libraries
 are missing, so every session's get_providers() is checked after it is created.
 """
 

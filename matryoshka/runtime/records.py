@@ -1,6 +1,6 @@
 """bench.json and bench.md: storing bench records, choosing a level from them, reports.
 
-DESIGN.md, "Who uses it and how" (bench, select_level). Never imports the Runtime.
+docs/design.md, "Data flow" (bench, select_level). Never imports the Runtime.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Runtime: open an export folder, load each level's graph on the asked-for provider, predict.
 
-DESIGN.md, "Who uses it and how" and "Escalation and calibration". numpy and onnxruntime only:
+docs/design.md, "Data flow" and "Escalation and calibration". numpy and onnxruntime only:
 applications install it with `pip install matryoshka[cpu]` (or `[gpu]`), never torch.
 """
 

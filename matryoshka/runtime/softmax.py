@@ -1,6 +1,6 @@
 """softmax(z / T) through onnxruntime's own Div and Softmax kernels (package data softmax.onnx).
 
-DESIGN.md, "The cascade as one graph": numpy's exp differs from onnxruntime's in the last bit
+docs/design.md, "The cascade as one graph": numpy's exp differs from onnxruntime's in the last bit
 on about 40% of float32 inputs, so the levels engine and calibration's simulation run the very
 kernels that cascade.onnx runs, and both engines give bit-identical probabilities.
 """

@@ -1,6 +1,6 @@
 """Raw strings to padded int64 ids with the export's own tokenizer.json.
 
-DESIGN.md, "The model, made precise" (Text). This is the one place where strings become ids:
+docs/design.md, "The model" (Text). This is the one place where strings become ids:
 training (matryoshka.data.tokenizer) calls the same `encode`, so the ids a device computes are
 the ids the model was trained on. Needs the optional extra `tokenizers` (matryoshka[text]);
 never torch or onnx.

@@ -1,6 +1,6 @@
 """Timing on this device: latency percentiles, side-by-side timing, MatMul peaks, one level.
 
-DESIGN.md, "Who uses it and how" (bench). numpy and onnxruntime only; percentiles after a warmup.
+docs/design.md, "Data flow" (bench). numpy and onnxruntime only; percentiles after a warmup.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Training (torch): the nested objective, per-level learning rates, schedules and the loop.
-DESIGN.md, "The objective"."""
+docs/design.md, "The objective"."""
 
 from matryoshka.training.loop import (
     RECIPES,

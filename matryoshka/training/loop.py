@@ -1,6 +1,6 @@
 """The training loop: schedules, warmup + cosine, evaluation of every level, best checkpoint.
 
-DESIGN.md, "The objective" (schedules) and "Data flow" (checkpoint folder). Seeded, so two
+docs/design.md, "The objective" (schedules) and "Data flow" (checkpoint folder). Seeded, so two
 runs with the same arguments give the same weights.
 """
 

@@ -1,6 +1,6 @@
 """The nested objective: L_total = sum_i alpha_i CE(f_i(x), y) + L_reg + L_distill.
 
-DESIGN.md, "The objective". Pure functions of logits and hidden states, so each term can be
+docs/design.md, "The objective". Pure functions of logits and hidden states, so each term can be
 tested on hand-made tensors.
 """
 

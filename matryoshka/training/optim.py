@@ -1,6 +1,6 @@
 """Per-level learning rates, exact per element under AdamW.
 
-DESIGN.md, "Per-level learning rate": eta_i = eta0 * sqrt(d / d_i) * lambda_i on the shell of
+docs/design.md, "The objective": eta_i = eta0 * sqrt(d / d_i) * lambda_i on the shell of
 parameters that level i owns (in level i's prefix, not in level i-1's). Adam divides the
 gradient by its own running scale, so scaling the gradient would change nothing; this
 optimiser scales the update itself, element by element.

@@ -1,4 +1,4 @@
-"""cascade.onnx: the contract of DESIGN.md ("The cascade as one graph"), bit-identical parity
+"""cascade.onnx: the contract of docs/design.md, "The cascade as one graph": bit-identical parity
 with the levels engine at 26 threshold vectors (ties included) for fp32, dynamic and static
 INT8, its rebuild by calibrate and tune through the folder protocol, its size, and its errors."""
 

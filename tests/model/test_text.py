@@ -1,4 +1,4 @@
-"""Text input (DESIGN.md, the Text bullet): the mask comes from the ids alone, padded keys get
+"""Text input (docs/design.md, "The model"): the mask comes from the ids alone, padded keys get
 no attention weight and pooling is the masked mean, so a row's logits are the same alone and
 unpadded as inside a batch padded to a longer row, at every level."""
 

@@ -1,4 +1,5 @@
-"""An imported encoder nested by its hidden width (the seed's h[:d_i], DESIGN's width nesting):
+"""An imported encoder nested by its hidden width (h[:d_i]; docs/design.md, "Starting from a
+pretrained encoder"):
 nest_by_width keeps the encoder exactly as the largest level and gives every smaller level the
 prefixes of its weights and LayerNorms; a width level's exported graph is a standalone BERT cut
 by hand from those prefixes (tests/model/bert_reference.py); train --init-from --levels

@@ -1,4 +1,4 @@
-"""Each term of the objective does what DESIGN.md's formula says."""
+"""Each term of the objective does what docs/design.md, "The objective", says."""
 
 import math
 
