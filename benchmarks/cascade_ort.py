@@ -4,7 +4,7 @@
         [--iters 40] [--rounds 8] [--threads 2] [--json OUT]
 
 The export's cascade graph of --variant is converted twice, as `mexport --ort` does it
-(matryoshka.exporter.cascades.write_ort):
+(matryoshka.folder.cascades.write_ort):
   shared  every optimization but ConstantFolding: each branch slices the stored weights
           when it runs, so they are stored once (what mexport and bundle write)
   folded  every optimization, as onnxruntime's converter does by default: each branch's
@@ -27,7 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from matryoshka.data.source import for_export
-from matryoshka.exporter.cascades import write_ort
+from matryoshka.folder.cascades import write_ort
 from matryoshka.runtime.inputs import check_input
 from matryoshka.runtime.manifest import read_manifest
 from matryoshka.runtime.providers import session_options

@@ -8,7 +8,7 @@ Each method exports the checkpoint's levels into a temporary folder (mexport --q
 --static also calibrates a copy of the fp32 export with --int8 static and --int8 static-shared.
 A "-shared" method quantizes every level as its own method does, then replaces each smaller
 level's quantized weights by the leading corner of the largest level's
-(matryoshka/exporter/shared_int8.py), so cascade.int8.onnx stores them once. Reported per
+(matryoshka/folder/shared_int8.py), so cascade.int8.onnx stores them once. Reported per
 method: each level's test accuracy (and, shared, that of its own quantization), the size of
 cascade.int8.onnx against the largest INT8 level and against the sum of the INT8 levels.
 Accuracy only: nothing here is timed.

@@ -127,7 +127,7 @@ def requantize_biases(model: onnx.ModelProto, fp32: dict[str, np.ndarray]) -> in
     """In place: each int32 bias of a QDQ Gemm quantized again at the scale its fused kernel
     assumes, its input's scale times its weight's (onnxruntime's quantize_static does the
     same). A weight whose scale changed after quantization (fit_pair_scales; a level that
-    took the largest level's scales, exporter/shared_int8.py) otherwise keeps a bias at the
+    took the largest level's scales, folder/shared_int8.py) otherwise keeps a bias at the
     old scale: exact in float, but the fused integer Gemm reads its int32 values at its own
     scale and shifts every row (measured: mean |logit diff| 0.056 at the digits' level 64).
     `fp32`: the level's fp32 initializers. Returns how many biases were quantized again."""

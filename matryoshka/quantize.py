@@ -45,7 +45,7 @@ METHODS = {
 }
 # The methods mexport writes without calibration data (static QDQ is `matryoshka calibrate
 # --int8 static`). "-shared": every smaller level's quantized weights are the corner of the
-# largest level's (exporter/shared_int8.py), so cascade.int8.onnx stores them once.
+# largest level's (folder/shared_int8.py), so cascade.int8.onnx stores them once.
 EXPORT_QUANTIZE = ("none", "dynamic", "dynamic-pc", "dynamic-shared", "dynamic-pc-shared",
                    "weight8", "weight8-shared", "weight4")
 STATIC_CALIBRATION = ("minmax", "entropy", "percentile")

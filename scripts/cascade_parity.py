@@ -16,7 +16,7 @@ from pathlib import Path
 
 from matryoshka.data.source import for_export
 from matryoshka.errors import ValidationError
-from matryoshka.exporter.cascades import check_cascade
+from matryoshka.folder.cascades import check_cascade
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.inputs import check_input
 from matryoshka.runtime.manifest import read_manifest

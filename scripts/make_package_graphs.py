@@ -44,7 +44,7 @@ def peak_files() -> dict[str, bytes]:
 
 
 def package_files() -> dict[str, bytes]:
-    from matryoshka.exporter.cascade import softmax_graph
+    from matryoshka.folder.cascade import softmax_graph
 
     return {**peak_files(), "softmax.onnx": softmax_graph().SerializeToString()}
 

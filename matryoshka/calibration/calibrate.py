@@ -27,7 +27,7 @@ from matryoshka.calibration.thresholds import (
 )
 from matryoshka.data.source import for_export
 from matryoshka.errors import ConfigError, DataError
-from matryoshka.exporter.cascades import refresh_cascades, settle_names
+from matryoshka.folder.cascades import commit
 from matryoshka.int8_check import check_int8_levels, check_pair_sums
 from matryoshka.io import temp_path, writing
 from matryoshka.quantize import STATIC_CALIBRATION as INT8_METHODS
@@ -35,7 +35,7 @@ from matryoshka.quantize import quantize_level
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.inputs import check_input
 from matryoshka.runtime.manifest import (
-    commit_manifest,
+    VARIANTS,
     install,
     level_file,
     level_name,
@@ -43,11 +43,10 @@ from matryoshka.runtime.manifest import (
     named_files,
     read_manifest,
 )
-from matryoshka.runtime.runtime import VARIANTS
 
 log = logging.getLogger(__name__)
 # static: each level quantized on its own; static-shared: then every smaller level takes the
-# corners of the largest level's quantized weights (exporter/shared_int8.py), stored once in
+# corners of the largest level's quantized weights (folder/shared_int8.py), stored once in
 # cascade.int8.onnx
 INT8_STATIC = ("static", "static-shared")
 
@@ -130,9 +129,7 @@ def calibrate(export_dir: str | Path, data: str | None = None, split: str = "val
                       created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         del rt  # its sessions (every level's weights) are not held while the cascade is built
         manifest.setdefault("calibration", {})[variant] = record
-        refresh_cascades(export_dir, manifest, committed, x_cal)
-        commit_manifest(export_dir, manifest)
-        settle_names(export_dir, manifest)
+        commit(export_dir, manifest, committed, x_cal)
     return record
 
 
@@ -298,7 +295,7 @@ def _quantize_static(folder: Path, manifest: dict, x_cal, x_test, y_test, method
 
 def _share_static(folder: Path, manifest: dict, committed: dict[str, str], x_test,
                   y_test) -> None:
-    from matryoshka.exporter.shared_int8 import share_from_largest
+    from matryoshka.folder.shared_int8 import share_from_largest
 
     name = manifest["input"]["name"]
     share_from_largest(folder, manifest["levels"], committed,

@@ -22,13 +22,12 @@ from tqdm import tqdm
 from matryoshka.calibration.calibrate import accuracy_of, check_labels, level_logits
 from matryoshka.data.source import for_export
 from matryoshka.errors import ConfigError
-from matryoshka.exporter.cascades import refresh_cascades, settle_names
+from matryoshka.folder.cascades import commit
 from matryoshka.int8_check import check_entry
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.cpu import describe, int8_features
 from matryoshka.runtime.inputs import check_input
 from matryoshka.runtime.manifest import (
-    commit_manifest,
     level_name,
     manifest_writer,
     named_files,
@@ -90,9 +89,7 @@ def tune(export_dir: str | Path, data: str | None = None, split: str = "val",
         if (manifest.get("calibration") or {}).pop("auto", None) is not None:
             log.warning("the auto calibration was fitted on the previous plan's graphs and was "
                         "dropped; run: matryoshka calibrate %s --variant auto", export_dir)
-        refresh_cascades(export_dir, manifest, named_files(manifest), x)
-        commit_manifest(export_dir, manifest)
-        settle_names(export_dir, manifest)
+        commit(export_dir, manifest, named_files(manifest), x)
     return plan
 
 

@@ -34,7 +34,7 @@ def bundle_cmd(export_dir, out, levels, max_mb, variant, data, ort_format, force
 
     Example: matryoshka bundle artifacts/demo/export --out artifacts/demo/phone --max-mb 2
     """
-    from matryoshka.exporter.bundle import MB, bundle
+    from matryoshka.bundle import MB, bundle
     from matryoshka.runtime.manifest import read_manifest
 
     b = bundle(export_dir, out, levels=levels, max_mb=max_mb, variant=variant, data=data,

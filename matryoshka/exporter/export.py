@@ -22,10 +22,10 @@ from tqdm import tqdm
 from matryoshka import __version__
 from matryoshka.data.source import as_input, class_names, resolve
 from matryoshka.errors import ConfigError, DataError
-from matryoshka.exporter.cascades import refresh_cascades, settle_names
 from matryoshka.exporter.graph import input_spec, to_onnx
-from matryoshka.exporter.shared_int8 import share_from_largest
 from matryoshka.exporter.validate import cpu_session, run_graph, validate_level
+from matryoshka.folder.cascades import commit
+from matryoshka.folder.shared_int8 import share_from_largest
 from matryoshka.int8_check import check_int8_levels
 from matryoshka.io import (
     LOCK,
@@ -48,7 +48,6 @@ from matryoshka.quantize import EXPORT_QUANTIZE, quantize_level
 from matryoshka.runtime.manifest import (
     SCHEMA_VERSION,
     TOKENIZER_FILE,
-    commit_manifest,
     install,
     level_file,
     level_name,
@@ -168,9 +167,7 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
                                                      y_test))
             if quantize != "none":
                 check_int8_levels(out, manifest["levels"], _check_split(dataset, cfg, x_test))
-            refresh_cascades(out, manifest, named, x_test)
-            commit_manifest(out, manifest)
-            settle_names(out, manifest)
+            commit(out, manifest, named, x_test)
             for name in (BENCH_JSON, BENCH_MD):  # they measured the graphs just replaced
                 (out / name).unlink(missing_ok=True)
     except BaseException:

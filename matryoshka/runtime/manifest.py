@@ -25,6 +25,7 @@ from matryoshka.runtime.plan import check_plan
 SCHEMA_VERSION = 2
 READS = (1, 2)
 MANIFEST = "manifest.json"
+VARIANTS = ("fp32", "int8", "auto")  # the graph sets a folder may hold, and "auto": the plan
 DTYPES = ("float32", "int64")
 BARE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -19,7 +19,7 @@ from matryoshka.io import sha256_bytes
 from matryoshka.runtime.cascade import Prediction, concat, empty, run_cascade
 from matryoshka.runtime.graph import CascadeGraph
 from matryoshka.runtime.inputs import check_input, nonfinite_error
-from matryoshka.runtime.manifest import MANIFEST, level_name, read_manifest
+from matryoshka.runtime.manifest import MANIFEST, VARIANTS, level_name, read_manifest
 from matryoshka.runtime.providers import (
     CUDA,
     check_active,
@@ -32,7 +32,6 @@ from matryoshka.runtime.providers import (
 log = logging.getLogger(__name__)
 # fp32 or int8 graphs at every level, or "auto": the precision the manifest's plan (written by
 # `matryoshka tune` from measurements on a device) chose for each level.
-VARIANTS = ("fp32", "int8", "auto")
 DEFAULT_BATCH = 256  # rows per session.run in predict: bounds the activations' memory
 CHUNK_ROWS = 64  # rows per run where a whole split is scored (calibrate, tune, the graph check)
 TEXT_WINDOW = 1024  # texts tokenized and held at once by predict_texts: bounds their memory

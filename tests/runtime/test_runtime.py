@@ -15,7 +15,7 @@ from matryoshka.runtime.inputs import check_input
 @pytest.fixture(scope="module")
 def rt(tiny_export_dir):
     return Runtime.open(tiny_export_dir, device="cpu", engine="levels")  # the graph engine:
-    # tests/exporter/test_cascade.py
+    # tests/folder/test_cascade.py
 
 
 @pytest.fixture(scope="module")

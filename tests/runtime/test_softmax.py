@@ -42,7 +42,7 @@ def test_softmax_is_bit_identical_to_the_cascade_graphs_div_and_softmax():
     bits, which is what makes the two engines agree to the last bit."""
     import onnxruntime as ort
 
-    from matryoshka.exporter.cascade import softmax_graph
+    from matryoshka.folder.cascade import softmax_graph
 
     sess = ort.InferenceSession(softmax_graph().SerializeToString(),
                                 providers=["CPUExecutionProvider"])

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from matryoshka.calibration import calibrate
 from matryoshka.cli import cli
 from matryoshka.errors import ArtifactError, ConfigError
-from matryoshka.exporter.cascades import (
+from matryoshka.folder.cascades import (
     CHECK_ROWS,
     MIN_CHECK_ROWS,
     check_cascade,
@@ -234,7 +234,7 @@ def test_a_repeated_level_adds_no_weights_and_values_keep_their_weights_names(
     """A level equal to another (as a Mix'n'Match sub-model of the same residual width shares
     its position table) stores nothing again: its weights and Constant tables are Slices of
     the store. Weights keep their parameters' names."""
-    from matryoshka.exporter.cascade import SHARE_MIN, LevelGraph, build_cascade
+    from matryoshka.folder.cascade import SHARE_MIN, LevelGraph, build_cascade
 
     m = read_manifest(export)
     graphs = [LevelGraph(str(lv["dim"]), lv["dim"], onnx.load(str(export / lv["file"])))

@@ -1,5 +1,5 @@
 """`matryoshka bundle`: the levels a device can afford, in a folder of their own, with a
-cascade certified for exactly those levels (matryoshka/exporter/bundle.py)."""
+cascade certified for exactly those levels (matryoshka/bundle.py)."""
 
 import json
 import shutil
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from matryoshka.bundle import MB, bundle
 from matryoshka.calibration import calibrate
 from matryoshka.cli import cli
-from matryoshka.exporter.bundle import MB, bundle
 from matryoshka.io import sha256_file
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.manifest import named_files, read_manifest

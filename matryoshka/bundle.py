@@ -27,15 +27,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from matryoshka.calibration import calibrate
+from matryoshka.data.source import for_export
 from matryoshka.errors import ConfigError, MatryoshkaError, ValidationError
-from matryoshka.exporter.cascade import LevelGraph, build_cascade
-from matryoshka.exporter.cascades import refresh_cascades, settle_names, write_ort
+from matryoshka.folder.cascade import LevelGraph, build_cascade
+from matryoshka.folder.cascades import commit, write_ort
 from matryoshka.int8_check import check_entry
 from matryoshka.io import atomic_dir, check_out_dir, sha256_file, writer_lock
 from matryoshka.runtime.inputs import check_input
 from matryoshka.runtime.manifest import (
     MANIFEST,
-    commit_manifest,
+    VARIANTS,
     level_file,
     level_name,
     manifest_writer,
@@ -45,7 +47,6 @@ from matryoshka.runtime.runtime import read_named
 
 log = logging.getLogger(__name__)
 MB = 1_000_000  # the sizes the CLI prints and --max-mb takes are decimal megabytes
-VARIANTS = ("fp32", "int8", "auto")
 # what a bundle's manifest may grow by between the estimate and the commit (the calibration
 # record of a recertified level set, the cascade entry)
 MANIFEST_SLACK = 16_384
@@ -117,10 +118,7 @@ def bundle(export_dir: str | Path, out: str | Path, levels: str | list[str] | No
                 if lv["precision"] == "int8":
                     lv["int8_check"] = check_entry(tmp, level_name(lv), lv,
                                                    lv.get("flops_per_sample") or 0, rows)
-            if not recertify:
-                refresh_cascades(tmp, manifest, {}, rows)
-            commit_manifest(tmp, manifest)
-            settle_names(tmp, manifest)
+            commit(tmp, manifest, {}, rows, refresh=not recertify)
         if recertify:
             _recertify(tmp, data, cal, progress)
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())
@@ -297,8 +295,6 @@ def _held(out: Path):
 
 def _check_data(export_dir: Path, source: dict, data: str | None, picked: list[str],
                 cal: dict) -> None:
-    from matryoshka.data.source import for_export
-
     try:
         for_export(export_dir, source, data)
     except MatryoshkaError as e:
@@ -312,8 +308,6 @@ def _check_rows(export_dir: Path, source: dict, data: str | None) -> np.ndarray:
     """Rows to check the new cascade graph on: the export's validation split where its data
     is at hand, else synthetic rows of the input's shape (the check compares the graph with
     the levels engine row for row; any rows serve)."""
-    from matryoshka.data.source import for_export
-
     spec = source["input"]
     try:
         dataset = for_export(export_dir, source, data)[0]
@@ -333,8 +327,6 @@ def _check_rows(export_dir: Path, source: dict, data: str | None) -> np.ndarray:
 
 def _recertify(folder: Path, data: str | None, cal: dict, progress: bool) -> None:
     """Certify the bundle's own level set with the parameters the export was certified with."""
-    from matryoshka.calibration import calibrate
-
     calibrate(folder, data=data, split=cal.get("split", "val"), target=cal["target"],
               epsilon=float(cal["epsilon"]), delta=float(cal["delta"]), variant="fp32",
               progress=progress)

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from matryoshka.exporter.cascade import is_corner, leading_corner
+from matryoshka.folder.cascade import is_corner, leading_corner
 from matryoshka.io import temp_path, writing
 from matryoshka.pair_scale import qdq_biases, requantize_biases
 from matryoshka.runtime.manifest import install, level_file, level_name

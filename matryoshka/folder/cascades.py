@@ -24,12 +24,13 @@ import onnx
 import onnxruntime as ort
 
 from matryoshka.errors import ValidationError
-from matryoshka.exporter.cascade import IR_VERSION, LevelGraph, build_cascade
+from matryoshka.folder.cascade import IR_VERSION, LevelGraph, build_cascade
 from matryoshka.io import temp_path, writing
 from matryoshka.logs import quiet_root_logger
 from matryoshka.runtime.cascade import concat, run_cascade
 from matryoshka.runtime.manifest import (
     SCHEMA_VERSION,
+    VARIANTS,
     cascade_file,
     commit_manifest,
     install,
@@ -40,7 +41,6 @@ from matryoshka.runtime.providers import session_options
 from matryoshka.runtime.runtime import CHUNK_ROWS, Runtime, read_named
 
 log = logging.getLogger(__name__)
-VARIANTS = ("fp32", "int8", "auto")
 CHECK_ROWS = 512  # rows of real data each new graph is checked on, at most
 # ...and at most this many FLOPs of its largest level over them (the check runs each of its
 # threshold vectors through the graph and the levels engine: 512 MiniLM rows took 2 min a
@@ -378,3 +378,15 @@ def _quiet(fold_dequantize: bool = False) -> ort.SessionOptions:
     opts = session_options(None, fold_dequantize)  # weight8: providers.folds_dequantize
     opts.log_severity_level = 3  # thresholds/temperatures are initializers and inputs: a warning
     return opts
+
+
+def commit(folder: Path, manifest: dict, named: dict, rows, refresh: bool = True) -> None:
+    """The end of every writer's transaction (mexport, calibrate, tune, bundle), inside its
+    `manifest_writer`: the cascade files the new manifest needs, built and checked on `rows`
+    (`refresh_cascades`; `named`: the files the committed manifest names), then the manifest
+    committed, then each cascade file given its plain name (`settle_names`). `refresh=False`
+    for a writer that leaves the cascades to a later writer."""
+    if refresh:
+        refresh_cascades(folder, manifest, named, rows)
+    commit_manifest(folder, manifest)
+    settle_names(folder, manifest)

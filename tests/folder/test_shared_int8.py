@@ -12,11 +12,11 @@ from onnx import numpy_helper
 from matryoshka.calibration import calibrate
 from matryoshka.calibration.calibrate import calibration_table
 from matryoshka.exporter import export
-from matryoshka.exporter.cascades import check_cascade
-from matryoshka.exporter.shared_int8 import share_weights
+from matryoshka.folder.cascades import check_cascade
+from matryoshka.folder.shared_int8 import share_weights
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.manifest import read_manifest
-from tests.exporter.test_cascade import _graphs
+from tests.folder.test_cascade import _graphs
 
 
 @pytest.fixture(scope="module", params=["dynamic-pc-shared", "weight8-shared"])
@@ -150,7 +150,7 @@ def test_the_shared_int8_cascade_converts_to_the_mobile_format_with_the_same_ans
         shared, tmp_path, demo_data):
     import onnxruntime as ort
 
-    from matryoshka.exporter.cascades import dequantizes_weights_only, write_ort
+    from matryoshka.folder.cascades import dequantizes_weights_only, write_ort
     from matryoshka.runtime.providers import session_options
 
     m = read_manifest(shared)
