@@ -29,9 +29,9 @@ import onnxruntime as ort
 from matryoshka.data.source import for_export
 from matryoshka.folder.cascades import write_ort
 from matryoshka.runtime.inputs import check_input
-from matryoshka.runtime.manifest import read_manifest
+from matryoshka.runtime.manifest import read_manifest, read_named
 from matryoshka.runtime.providers import session_options
-from matryoshka.runtime.runtime import Runtime, read_named
+from matryoshka.runtime.runtime import Runtime
 from matryoshka.runtime.timing import device_name, time_many
 
 

@@ -42,8 +42,8 @@ from matryoshka.runtime.manifest import (
     level_name,
     manifest_writer,
     read_manifest,
+    read_named,
 )
-from matryoshka.runtime.runtime import read_named
 
 log = logging.getLogger(__name__)
 MB = 1_000_000  # the sizes the CLI prints and --max-mb takes are decimal megabytes

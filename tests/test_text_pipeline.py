@@ -219,7 +219,7 @@ def test_a_stream_of_texts_is_answered_a_window_at_a_time(text_model, monkeypatc
     """predict_texts reads only one window ahead (memory flat in the number of texts), and
     answers as predict does on the whole list, errors naming the text's place in the
     stream."""
-    import matryoshka.runtime.runtime as runtime_module
+    import matryoshka.runtime.text as text_module
 
     rt = Runtime.open(text_model / "exp", device="cpu", batch_size=4)
     with open(text_model / "pets.csv", newline="", encoding="utf-8") as f:
@@ -243,7 +243,7 @@ def test_a_stream_of_texts_is_answered_a_window_at_a_time(text_model, monkeypatc
     np.testing.assert_allclose(np.concatenate([p.probs for p in parts]), whole.probs, atol=1e-6)
     with pytest.raises(TextInputError, match="text 23 is empty"):
         list(rt.predict_texts(texts[:23] + [" "] + texts[24:], window=10))
-    monkeypatch.setattr(runtime_module, "TEXT_WINDOW", 7)  # the CLI's windows, made small
+    monkeypatch.setattr(text_module, "TEXT_WINDOW", 7)  # the CLI's windows, made small
     path = text_model / "many.txt"
     path.write_text("\n".join(texts[:20]) + "\n\n" + "\n".join(texts[20:]) + "\n")
     r = run(cli, "predict", text_model / "exp", "--input-file", path, "--device", "cpu",

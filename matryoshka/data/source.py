@@ -85,7 +85,7 @@ def for_export(folder: str | Path, manifest: dict, data: str | None) -> tuple[Da
     text tokenized by the export's own tokenizer.json (checked against its sha256)."""
     tokenizer = None
     if manifest.get("tokenizer"):
-        from matryoshka.runtime.runtime import read_named
+        from matryoshka.runtime.manifest import read_named
         from matryoshka.runtime.text import load_tokenizer
 
         tokenizer = load_tokenizer(read_named(Path(folder), manifest["tokenizer"]))

@@ -36,9 +36,10 @@ from matryoshka.runtime.manifest import (
     install,
     level_name,
     named_files,
+    read_named,
 )
 from matryoshka.runtime.providers import session_options
-from matryoshka.runtime.runtime import CHUNK_ROWS, Runtime, read_named
+from matryoshka.runtime.runtime import CHUNK_ROWS, Runtime
 
 log = logging.getLogger(__name__)
 CHECK_ROWS = 512  # rows of real data each new graph is checked on, at most

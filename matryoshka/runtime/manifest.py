@@ -16,7 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from matryoshka.errors import ArtifactError, MissingArtifactError
-from matryoshka.io import read_json_object, sha256_file, write_json_atomic, writer_lock
+from matryoshka.io import (
+    read_json_object,
+    sha256_bytes,
+    sha256_file,
+    write_json_atomic,
+    writer_lock,
+)
 from matryoshka.runtime.plan import check_plan
 
 # 2: a level is named (`name`; a trained level by its width, a Mix'n'Match sub-model by the
@@ -359,3 +365,17 @@ def remove_unnamed(folder: Path, manifest: dict | None) -> None:
         if GRAPH_FILE.match(p.name) and p.name not in keep and p.is_file():
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+
+
+def read_named(folder: Path, entry: dict) -> bytes:
+    """The file a manifest entry names, read once and checked against its sha256."""
+    path = folder / entry["file"]
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise MissingArtifactError(f"{path.name} named by the manifest is missing from "
+                                   f"{folder}") from None
+    if sha256_bytes(data) != entry["sha256"]:
+        raise ArtifactError(f"{path.name} does not match the sha256 in manifest.json; the "
+                            "file is corrupt or was changed after export")
+    return data

@@ -220,3 +220,27 @@ def plot_bench(record: dict, out: str | Path) -> Path:
 
     os.replace(tmp, out)
     return out
+
+
+def select_level(folder: Path, levels: list[str], provider: str, variant: str = "fp32",
+                 threads: int | None = None, budget_ms: float = 0.0, batch: int = 1,
+                 percentile: str = "p90") -> str:
+    """The largest of `levels` (ordered by FLOPs) whose latency in the newest `bench` record
+    of this device, `provider` and `variant` (and `threads`, where a record has them) fits
+    budget_ms; Runtime.select_level asks it for its own folder.
+
+    >>> select_level(Path("export"), ["64", "512"], "CPUExecutionProvider",
+    ...              budget_ms=5.0)  # doctest: +SKIP
+    '64'
+    """
+    here = device_name()
+    records = [r for r in read_bench(folder)["records"]
+               if r.get("device") == here and r.get("provider") == provider
+               and r.get("variant", "fp32") == variant]
+    if threads is not None:
+        records = [r for r in records if r.get("threads") == threads] or records
+    if not records:
+        raise MatryoshkaError(f"no bench record for {here} with {provider} in {folder}; run: "
+                              f"matryoshka bench {folder}")
+    latest = max(records, key=lambda r: r.get("created", ""))
+    return choose_level(latest["results"], budget_ms, batch, percentile, levels)

@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from matryoshka.errors import ArtifactError, ConfigError, MatryoshkaError, MissingArtifactError
-from matryoshka.io import sha256_bytes
+from matryoshka.errors import ArtifactError, ConfigError
 from matryoshka.runtime.cascade import Prediction, concat, empty, run_cascade
 from matryoshka.runtime.graph import CascadeGraph
 from matryoshka.runtime.inputs import check_input, nonfinite_error
-from matryoshka.runtime.manifest import MANIFEST, VARIANTS, level_name, read_manifest
+from matryoshka.runtime.manifest import MANIFEST, VARIANTS, level_name, read_manifest, read_named
 from matryoshka.runtime.providers import (
     CUDA,
     check_active,
@@ -28,13 +27,14 @@ from matryoshka.runtime.providers import (
     requested_providers,
     session_options,
 )
+from matryoshka.runtime.records import select_level
+from matryoshka.runtime.text import check_texts, load_tokenizer, predict_window, windows
 
 log = logging.getLogger(__name__)
 # fp32 or int8 graphs at every level, or "auto": the precision the manifest's plan (written by
 # `matryoshka tune` from measurements on a device) chose for each level.
 DEFAULT_BATCH = 256  # rows per session.run in predict: bounds the activations' memory
 CHUNK_ROWS = 64  # rows per run where a whole split is scored (calibrate, tune, the graph check)
-TEXT_WINDOW = 1024  # texts tokenized and held at once by predict_texts: bounds their memory
 # How the cascade runs: "graph", one session over cascade.onnx (one session.run per call);
 # "levels", one session per level driven from Python; "auto", the graph where the export has
 # one for this variant (measured faster at every batch size), else the levels.
@@ -55,20 +55,6 @@ def _commit_id(folder: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns
-
-
-def read_named(folder: Path, entry: dict) -> bytes:
-    """The file a manifest entry names, read once and checked against its sha256."""
-    path = folder / entry["file"]
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise MissingArtifactError(f"{path.name} named by the manifest is missing from "
-                                   f"{folder}") from None
-    if sha256_bytes(data) != entry["sha256"]:
-        raise ArtifactError(f"{path.name} does not match the sha256 in manifest.json; the "
-                            "file is corrupt or was changed after export")
-    return data
 
 
 class Runtime:
@@ -266,8 +252,6 @@ class Runtime:
         """The export's tokenizer (text exports; needs matryoshka[text]), loaded on first use
         from bytes checked against the manifest's sha256; None for other exports."""
         if self._tokenizer is None and self.manifest.get("tokenizer"):
-            from matryoshka.runtime.text import load_tokenizer
-
             self._tokenizer = load_tokenizer(read_named(self.folder, self.manifest["tokenizer"]))
         return self._tokenizer
 
@@ -360,21 +344,8 @@ class Runtime:
         >>> rt.select_level(5.0, batch=1, percentile="p90")  # doctest: +SKIP
         '256'
         """
-        from matryoshka.runtime.records import choose_level, read_bench
-        from matryoshka.runtime.timing import device_name
-
-        provider = self.providers[self.levels[-1]][0]
-        here = device_name()
-        records = [r for r in read_bench(self.folder)["records"]
-                   if r.get("device") == here and r.get("provider") == provider
-                   and r.get("variant", "fp32") == self.variant]
-        if self._threads is not None:
-            records = [r for r in records if r.get("threads") == self._threads] or records
-        if not records:
-            raise MatryoshkaError(f"no bench record for {here} with {provider} in "
-                                  f"{self.folder}; run: matryoshka bench {self.folder}")
-        latest = max(records, key=lambda r: r.get("created", ""))
-        return choose_level(latest["results"], budget_ms, batch, percentile, self.levels)
+        return select_level(self.folder, self.levels, self.providers[self.levels[-1]][0],
+                            self.variant, self._threads, budget_ms, batch, percentile)
 
     # -- prediction ---------------------------------------------------------------------------
     def calibration(self) -> dict | None:
@@ -418,7 +389,7 @@ class Runtime:
           has one, else the largest level.
 
         x is an array as the graphs take it, or, for an export with a tokenizer, a list of
-        strings: they are tokenized exactly as in training, a window of TEXT_WINDOW texts at a
+        strings: they are tokenized exactly as in training, a window of text.TEXT_WINDOW texts at a
         time (`predict_texts` streams any iterable the same way), sorted by length into
         batches of `batch_size` (a short text never pays for the longest one), and answered
         in input order.
@@ -479,8 +450,6 @@ class Runtime:
         return concat(parts)
 
     def _predict_texts(self, texts, level, thresholds) -> Prediction:
-        from matryoshka.runtime.text import check_texts
-
         self._need_tokenizer()
         texts = check_texts(texts)  # a string or a non-list is refused before any work
         parts = list(self.predict_texts(texts, level, thresholds))
@@ -490,50 +459,25 @@ class Runtime:
                       thresholds: list[float] | None = None,
                       window: int | None = None) -> Iterator[Prediction]:
         """Predict a stream of texts (any iterable: a list, a generator over a file's lines),
-        yielding one Prediction per `window` texts [TEXT_WINDOW], in input order. Only one window is
-        tokenized and held at a time, so memory stays flat in the number of texts; inside a
-        window, texts are sorted by length into batches of `batch_size`. The answers are
-        those of `predict` on the whole list.
+        yielding one Prediction per `window` texts [text.TEXT_WINDOW], in input order. Only
+        one window is tokenized and held at a time (text.windows), so memory stays flat in
+        the number of texts; inside a window, texts are sorted by length into batches of
+        `batch_size` (text.predict_window). The answers are those of `predict` on the whole
+        list.
 
         >>> with open("mails.txt") as f:                                    # doctest: +SKIP
         ...     for out in rt.predict_texts(line for line in f if line.strip()):
         ...         print(out.labels)
         """
-        from matryoshka.runtime.text import check_texts
-
         self._need_tokenizer()
-        if isinstance(texts, (str, bytes)):
-            check_texts(texts)  # its message: predict([text])
-        window = TEXT_WINDOW if window is None else window
-        if window < 1:
-            raise ConfigError(f"window must be at least 1 text; got {window}")
-        chunk, start = [], 0
-        for text in texts:
-            chunk.append(text)
-            if len(chunk) == window:
-                yield self._predict_window(chunk, start, level, thresholds)
-                start, chunk = start + len(chunk), []
-        if chunk:
-            yield self._predict_window(chunk, start, level, thresholds)
+        for start, chunk in windows(texts, window):
+            yield predict_window(self.predict, self.tokenizer, chunk, start, self.batch_size,
+                                 self.n_classes, self.levels, level, thresholds)
 
     def _need_tokenizer(self) -> None:
         if not self.manifest.get("tokenizer"):
             raise ConfigError(f"{self.folder} has no tokenizer.json, so it takes token ids, "
                               "not strings; export a model trained on raw text")
-
-    def _predict_window(self, texts: list[str], start: int, level, thresholds) -> Prediction:
-        from matryoshka.runtime.text import buckets, check_texts, encode, pad
-
-        texts = check_texts(texts, start)
-        rows = encode(self.tokenizer, texts, start)
-        n = len(rows)
-        labels, levels = np.zeros(n, np.int64), np.zeros(n, np.asarray(self.levels).dtype)
-        probs, conf = np.zeros((n, self.n_classes), np.float32), np.zeros(n, np.float32)
-        for idx in buckets([len(r) for r in rows], self.batch_size):
-            out = self.predict(pad([rows[i] for i in idx]), level, thresholds)
-            labels[idx], levels[idx], probs[idx], conf[idx] = (out.labels, out.levels,
-                                                               out.probs, out.confidence)
-        return Prediction(labels, probs, conf, levels)
 
     def _check_thresholds(self, thresholds) -> list[float]:
         if isinstance(thresholds, (str, bytes)) or not hasattr(thresholds, "__len__"):

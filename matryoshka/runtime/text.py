@@ -8,14 +8,16 @@ never torch or onnx.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from matryoshka.errors import ConfigError, DataError, MatryoshkaError
+from matryoshka.runtime.cascade import Prediction
 
 PAD_ID, UNK_ID = 0, 1
 PAD, UNK = "[PAD]", "[UNK]"
+TEXT_WINDOW = 1024  # texts tokenized and held at once by predict_texts: bounds their memory
 
 
 class TextInputError(DataError):
@@ -89,3 +91,44 @@ def buckets(lengths: Sequence[int], batch: int) -> list[np.ndarray]:
     on (or pays for) the padding of the longest one in its batch."""
     order = np.argsort(np.asarray(lengths), kind="stable")
     return [order[i:i + batch] for i in range(0, len(order), batch)]
+
+
+def windows(texts: Iterable[str], window: int | None = None) -> Iterator[tuple[int, list[str]]]:
+    """A stream of texts (a list, a generator over a file's lines) in windows of `window`
+    texts [TEXT_WINDOW], each with the index of its first text; only one window is held.
+
+    >>> list(windows(["a", "b", "c"], 2))
+    [(0, ['a', 'b']), (2, ['c'])]
+    """
+    if isinstance(texts, (str, bytes)):
+        check_texts(texts)  # its message: predict([text])
+    window = TEXT_WINDOW if window is None else window
+    if window < 1:
+        raise ConfigError(f"window must be at least 1 text; got {window}")
+    chunk, start = [], 0
+    for text in texts:
+        chunk.append(text)
+        if len(chunk) == window:
+            yield start, chunk
+            start, chunk = start + len(chunk), []
+    if chunk:
+        yield start, chunk
+
+
+def predict_window(predict: Callable[..., Prediction], tokenizer, texts: list[str], start: int,
+                   batch_size: int, n_classes: int, levels: list[str], level=None,
+                   thresholds=None) -> Prediction:
+    """One window's Prediction, in its texts' order: encoded with the export's tokenizer,
+    sorted by length into batches of `batch_size` rows, each padded to its longest row and
+    answered by `predict(ids, level, thresholds)` (Runtime.predict); `start` numbers the texts
+    in error messages."""
+    texts = check_texts(texts, start)
+    rows = encode(tokenizer, texts, start)
+    n = len(rows)
+    labels, answered = np.zeros(n, np.int64), np.zeros(n, np.asarray(levels).dtype)
+    probs, conf = np.zeros((n, n_classes), np.float32), np.zeros(n, np.float32)
+    for idx in buckets([len(r) for r in rows], batch_size):
+        out = predict(pad([rows[i] for i in idx]), level, thresholds)
+        labels[idx], answered[idx], probs[idx], conf[idx] = (out.labels, out.levels,
+                                                             out.probs, out.confidence)
+    return Prediction(labels, probs, conf, answered)
