@@ -36,10 +36,9 @@ from matryoshka.exporter.graph import to_onnx
 from matryoshka.model.bert import import_bert, nest_by_heads, nest_by_width
 from matryoshka.model.transformer import extract_level, flops_per_sample
 from matryoshka.quantize import quantize_level
+from matryoshka.runtime.plan import PRECISIONS
 from matryoshka.runtime.providers import session_options
 from matryoshka.runtime.timing import device_name, time_many
-
-PRECISIONS = ("fp32", "int8")
 
 
 def build(folder: Path, widths: tuple[int, ...], heads: tuple[int, ...], seq: int,

@@ -113,7 +113,7 @@ def bundle(export_dir: str | Path, out: str | Path, levels: str | list[str] | No
                 if entry:  # read_named checks the bytes against the source's sha256
                     src = {**entry, "file": entry.pop("source_file", entry["file"])}
                     (tmp / entry["file"]).write_bytes(read_named(export_dir, src))
-            rows = _check_rows(export_dir, source, data)
+            rows = _rows_to_check(export_dir, source, data)
             for lv in manifest["levels"]:  # on this machine: a miss leaves no bundle
                 if lv["precision"] == "int8":
                     lv["int8_check"] = check_entry(tmp, level_name(lv), lv,
@@ -304,7 +304,7 @@ def _check_data(export_dir: Path, source: dict, data: str | None, picked: list[s
             f"them certified again, on the export's data, and {e}") from None
 
 
-def _check_rows(export_dir: Path, source: dict, data: str | None) -> np.ndarray:
+def _rows_to_check(export_dir: Path, source: dict, data: str | None) -> np.ndarray:
     """Rows to check the new cascade graph on: the export's validation split where its data
     is at hand, else synthetic rows of the input's shape (the check compares the graph with
     the levels engine row for row; any rows serve)."""

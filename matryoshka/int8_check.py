@@ -103,7 +103,7 @@ def _shifted(nodes: list, node: onnx.NodeProto, i: int) -> str:
     return shifted
 
 
-def check_rows(flops_per_sample: float) -> int:
+def check_row_count(flops_per_sample: float) -> int:
     """Rows an INT8 graph is checked on: CHECK_FLOPS of it, within [MIN_ROWS, MAX_ROWS]."""
     return max(MIN_ROWS, min(MAX_ROWS, int(CHECK_FLOPS // max(float(flops_per_sample), 1.0))))
 
@@ -189,9 +189,9 @@ def compare_logits(got: np.ndarray, ref: np.ndarray, name: str) -> dict:
 def check_entry(folder: Path, name: str, entry: dict, flops_per_sample: float,
                 x: np.ndarray) -> dict:
     """check_graph on the INT8 graph a manifest entry names (its `file`, loaded as the
-    runtime loads its `method`), on the first check_rows(flops_per_sample) rows of x."""
+    runtime loads its `method`), on the first check_row_count(flops_per_sample) rows of x."""
     fold = folds_dequantize(entry.get("method") or entry.get("int8_method"))
-    return check_graph(Path(folder) / entry["file"], x[:check_rows(flops_per_sample)],
+    return check_graph(Path(folder) / entry["file"], x[:check_row_count(flops_per_sample)],
                        f"the INT8 graph of level {name}", fold)
 
 

@@ -13,7 +13,7 @@ from matryoshka.cli.core import DEMO_EXPORT, cli, parse_ints
               help="Batch sizes to time, comma-separated.")
 @click.option("--for-batch", type=int, default=1, show_default=True,
               help="The deployment batch size the plan is chosen for (one of --batch).")
-@click.option("--max-loss", type=float, default=0.5, show_default=True,
+@click.option("--max-loss", "max_loss_points", type=float, default=0.5, show_default=True,
               help="Accuracy a level may lose to INT8 against its fp32, in points.")
 @click.option("--data", default=None,
               help="'demo', a .npz or a text file [the data the export was made from].")
@@ -27,8 +27,8 @@ from matryoshka.cli.core import DEMO_EXPORT, cli, parse_ints
 @click.option("--iters", type=int, default=50, show_default=True,
               help="Timed calls per precision, level and batch size.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def tune_cmd(export_dir, batch, for_batch, max_loss, data, split, device, threads, warmup,
-             iters, no_progress) -> None:
+def tune_cmd(export_dir, batch, for_batch, max_loss_points, data, split, device, threads,
+             warmup, iters, no_progress) -> None:
     """Choose fp32 or INT8 for each level of EXPORT_DIR from measurements on this device,
     and write the plan into its manifest.
 
@@ -43,8 +43,8 @@ def tune_cmd(export_dir, batch, for_batch, max_loss, data, split, device, thread
     from matryoshka.runtime.manifest import level_name, read_manifest
 
     plan = tune(export_dir, data=data, split=split, batches=tuple(parse_ints(batch, "--batch")),
-                for_batch=for_batch, max_loss=max_loss / 100.0, device=device, threads=threads,
-                warmup=warmup, iters=iters, progress=not no_progress)
+                for_batch=for_batch, max_loss=max_loss_points / 100.0, device=device,
+                threads=threads, warmup=warmup, iters=iters, progress=not no_progress)
     levels = [level_name(lv) for lv in read_manifest(export_dir)["levels"]]
     click.echo(plan_table(plan, levels))
     click.echo(f"plan written to {export_dir}/manifest.json; certify it with: matryoshka "

@@ -141,7 +141,7 @@ def _build(folder: Path, manifest: dict, variant: str, want: dict, named: dict[s
     largest = entries[want["levels"][-1]].get("flops_per_sample") or 0
     check_cascade(data, Runtime.from_manifest(folder, manifest, device="cpu", preload=False,
                                               variant=variant), want, x, plain,
-                  rows=check_rows(largest))
+                  rows=check_row_count(largest))
     tmp = temp_path(folder, plain)
     with writing(tmp):
         tmp.write_bytes(data)
@@ -299,7 +299,7 @@ def settle_names(folder: Path, manifest: dict) -> None:
         commit_manifest(folder, manifest)
 
 
-def check_rows(flops_per_sample: float) -> int:
+def check_row_count(flops_per_sample: float) -> int:
     """Rows a new cascade graph is checked on: CHECK_ROWS, fewer where its largest level costs
     more than CHECK_FLOPS over them, never under MIN_CHECK_ROWS."""
     fit = int(CHECK_FLOPS // max(float(flops_per_sample), 1.0))

@@ -38,7 +38,7 @@ from matryoshka.training.optim import make_optimizer
 
 log = logging.getLogger(__name__)
 SCHEDULES = ("joint", "progressive", "sampled", "mix")
-PRECISIONS = ("fp32", "bf16")
+TRAIN_PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,8 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}; "
                               f"got {self.schedule!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; "
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(TRAIN_PRECISIONS)}; "
                               f"got {self.precision!r}")
         if self.distill_direction not in ("seed", "teacher"):
             raise ConfigError("distill_direction must be 'seed' or 'teacher'")
@@ -216,7 +216,7 @@ def shift_images(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(model: MatryoshkaTransformer, x: np.ndarray, y: np.ndarray,
              levels: tuple[int, ...] | None = None, batch: int = 512,
-             d: Dist = Dist()) -> dict[int, dict]:
+             dist: Dist = Dist()) -> dict[int, dict]:
     """Accuracy and mean cross-entropy of every level on (x, y).
 
     Distributed, each rank evaluates every world-th row and the sums are reduced, so every
@@ -225,23 +225,23 @@ def evaluate(model: MatryoshkaTransformer, x: np.ndarray, y: np.ndarray,
     was = model.training
     model.eval()
     out = {}
-    xt = torch.as_tensor(x[d.rank::d.world])
-    yt = torch.as_tensor(y[d.rank::d.world], dtype=torch.long)
+    xt = torch.as_tensor(x[dist.rank::dist.world])
+    yt = torch.as_tensor(y[dist.rank::dist.world], dtype=torch.long)
     for dim in levels or model.config.levels:
         logits = torch.cat([model(xt[i:i + batch], level=dim)
                             for i in range(0, len(xt), batch)])
         correct = float((logits.argmax(-1) == yt).sum())
         loss = float(torch.nn.functional.cross_entropy(logits, yt, reduction="sum"))
-        correct, loss, n = all_reduce_sum([correct, loss, float(len(yt))], d)
+        correct, loss, n = all_reduce_sum([correct, loss, float(len(yt))], dist)
         out[dim] = {"accuracy": correct / n, "loss": loss / n}
     model.train(was)
     return out
 
 
-def check_finite_loss(epoch_loss: float, epoch: int, tcfg: TrainConfig, d: Dist) -> None:
+def check_finite_loss(epoch_loss: float, epoch: int, tcfg: TrainConfig, dist: Dist) -> None:
     """Stop when the loss went NaN or inf during the epoch. Its sum is reduced over the ranks
     first, so every rank stops at the same epoch and none waits on a collective forever."""
-    (total,) = all_reduce_sum([epoch_loss], d)
+    (total,) = all_reduce_sum([epoch_loss], dist)
     if not math.isfinite(total):
         raise TrainingError(f"the training loss became {total} in epoch {epoch + 1}; no "
                             f"checkpoint was written (try a lower --lr than {tcfg.lr:g})")
@@ -316,31 +316,31 @@ def train(cfg: MatryoshkaConfig, data: Dataset, tcfg: TrainConfig, out: str | Pa
     if teacher_logits is not None and teacher_logits.shape != (n_train, cfg.n_classes):
         raise ConfigError(f"the teacher's logits are shaped {teacher_logits.shape}; the "
                           f"training split needs ({n_train}, {cfg.n_classes})")
-    d = init_from_env()
+    dist = init_from_env()
     try:
-        if d.main:
+        if dist.main:
             with atomic_dir(out, force) as tmp:
-                metrics, model = _fit(cfg, data, tcfg, tmp, progress, data_name, init, d,
+                metrics, model = _fit(cfg, data, tcfg, tmp, progress, data_name, init, dist,
                                       alphas, teacher_logits)
                 metrics["labels"] = list(labels or [str(i) for i in range(cfg.n_classes)])
                 save_checkpoint(tmp, model, metrics, files)
         else:
-            metrics, _ = _fit(cfg, data, tcfg, None, False, data_name, init, d, alphas,
+            metrics, _ = _fit(cfg, data, tcfg, None, False, data_name, init, dist, alphas,
                               teacher_logits)
     finally:
-        shutdown(d)
+        shutdown(dist)
     return metrics
 
 
-def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, d: Dist, alphas,
+def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, dist: Dist, alphas,
          teacher_logits):
     torch.manual_seed(tcfg.seed)
     rng = np.random.default_rng(tcfg.seed)  # the same draws on every rank (sampled levels)
-    gen = torch.Generator().manual_seed(tcfg.seed + d.rank)
+    gen = torch.Generator().manual_seed(tcfg.seed + dist.rank)
     model = MatryoshkaTransformer(cfg)
     if init is not None:
         model.load_state_dict(init.state_dict())
-    wrapped = wrap(model, d, tcfg.schedule)
+    wrapped = wrap(model, dist, tcfg.schedule)
     opt = make_optimizer(model, tcfg.lr, tcfg.weight_decay, tcfg.lr_scale)
     x = torch.as_tensor(data["train"][0]).to(torch.float32 if cfg.input_kind == "image"
                                              else torch.long)
@@ -348,10 +348,10 @@ def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, d: Dist, 
     taught = None if teacher_logits is None else torch.as_tensor(teacher_logits,
                                                                   dtype=torch.float32)
     sampler = None
-    if d.enabled:
+    if dist.enabled:
         from torch.utils.data import DistributedSampler
 
-        sampler = DistributedSampler(range(len(x)), num_replicas=d.world, rank=d.rank,
+        sampler = DistributedSampler(range(len(x)), num_replicas=dist.world, rank=dist.rank,
                                      shuffle=True, seed=tcfg.seed)
     per_rank = len(sampler) if sampler is not None else len(x)
     steps_per_epoch = math.ceil(per_rank / tcfg.batch_size)
@@ -385,8 +385,8 @@ def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, d: Dist, 
                 if b % 10 == 9 or b == steps_per_epoch - 1:  # the epoch's mean loss so far
                     mean = sums["total"] * steps_per_epoch / (b + 1)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{mean:.4f}", refresh=False)
-            check_finite_loss(sums["total"], epoch, tcfg, d)
-            val = evaluate(model, *data["val"], d=d)
+            check_finite_loss(sums["total"], epoch, tcfg, dist)
+            val = evaluate(model, *data["val"], dist=dist)
             mean_acc = float(np.mean([v["accuracy"] for v in val.values()]))
             mean_loss = float(np.mean([v["loss"] for v in val.values()]))
             key = (mean_acc, -mean_loss)
@@ -408,7 +408,7 @@ def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, d: Dist, 
     train_seconds = time.perf_counter() - start
     model.load_state_dict(best)
     model.eval()
-    test, val = evaluate(model, *data["test"], d=d), best_val  # val: as scored at its epoch
+    test, val = evaluate(model, *data["test"], dist=dist), best_val  # val: as scored at its epoch
     metrics = {
         "model": cfg.name,
         "data": data_name,
@@ -419,7 +419,7 @@ def _fit(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, d: Dist, 
         "flops_per_sample": {str(k): flops_per_sample(cfg, k) for k in cfg.levels},
         "best_epoch": best_epoch,
         "train_seconds": round(train_seconds, 2),
-        "world_size": d.world,
+        "world_size": dist.world,
         "train_config": dataclasses.asdict(tcfg),
         "torch_version": torch.__version__,
     }

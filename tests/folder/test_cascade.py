@@ -18,7 +18,7 @@ from matryoshka.folder.cascades import (
     CHECK_ROWS,
     MIN_CHECK_ROWS,
     check_cascade,
-    check_rows,
+    check_row_count,
     wanted,
 )
 from matryoshka.runtime import InputError, Runtime
@@ -94,10 +94,10 @@ def test_parity_is_bit_for_bit_at_27_threshold_vectors(calibrated, demo_data, va
 
 
 def test_the_check_takes_fewer_rows_only_for_a_costly_largest_level():
-    assert check_rows(33.7e6) == CHECK_ROWS  # the digits demo's largest level
-    assert check_rows(0) == CHECK_ROWS  # a manifest without FLOPs
-    assert check_rows(2.869e9) == 69  # MiniLM at 128 tokens: 2e11 FLOPs of it
-    assert check_rows(1e13) == MIN_CHECK_ROWS
+    assert check_row_count(33.7e6) == CHECK_ROWS  # the digits demo's largest level
+    assert check_row_count(0) == CHECK_ROWS  # a manifest without FLOPs
+    assert check_row_count(2.869e9) == 69  # MiniLM at 128 tokens: 2e11 FLOPs of it
+    assert check_row_count(1e13) == MIN_CHECK_ROWS
 
 
 def test_static_int8_cascade_is_rebuilt_and_bit_identical(export, demo_data):
