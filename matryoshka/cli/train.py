@@ -198,11 +198,7 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
         dataset, record, labels, files, cfg = _text_data(
             data, text_column, label_column, split_seed, vocab_size, tokenizer_model,
             not no_lowercase, cfg, init, init_from) if text else _array_data(data, cfg, init)
-    chosen = _precision(precision, cfg)
-    if precision == "auto" and cfg.block == "post_ln" and chosen == "fp32":
-        click.echo("precision: fp32 (this CPU has no native bf16, AVX512-BF16 or AMX; "
-                   "training takes about twice as long as where it has)", err=True)
-    precision = chosen
+    precision = _precision(precision, cfg)
     rows = _train_rows(dataset, train_rows, seed)
     if teacher is None and nests:
         teacher = init_from  # nesting: the fine-tuned encoder teaches every level
@@ -289,12 +285,19 @@ def _train_rows(dataset: dict, n: int | None, seed: int):
 
 def _precision(choice: str, cfg) -> str:
     """auto: bf16 for an imported encoder (post-LN BERT) where the CPU has bf16; measured
-    there, a MiniLM step ran 2.2x faster. The from-scratch presets keep their fp32 recipes."""
+    there, a MiniLM step ran 2.2x faster; elsewhere it says it falls back to fp32. The
+    from-scratch presets keep their fp32 recipes."""
     from matryoshka.training.teacher import native_bf16
 
     if choice != "auto":
         return choice
-    return "bf16" if cfg.block == "post_ln" and native_bf16() else "fp32"
+    if cfg.block != "post_ln":
+        return "fp32"
+    if native_bf16():
+        return "bf16"
+    click.echo("precision: fp32 (this CPU has no native bf16, AVX512-BF16 or AMX; training "
+               "takes about twice as long as where it has)", err=True)
+    return "fp32"
 
 
 def _teacher_logits(folder, data, text_column, label_column, split_seed, dataset, rows,

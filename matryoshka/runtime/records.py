@@ -222,15 +222,14 @@ def plot_bench(record: dict, out: str | Path) -> Path:
     return out
 
 
-def select_level(folder: Path, levels: list[str], provider: str, variant: str = "fp32",
-                 threads: int | None = None, budget_ms: float = 0.0, batch: int = 1,
-                 percentile: str = "p90") -> str:
+def select_level(folder: Path, levels: list[str], provider: str, budget_ms: float,
+                 batch: int = 1, percentile: str = "p90", variant: str = "fp32",
+                 threads: int | None = None) -> str:
     """The largest of `levels` (ordered by FLOPs) whose latency in the newest `bench` record
     of this device, `provider` and `variant` (and `threads`, where a record has them) fits
     budget_ms; Runtime.select_level asks it for its own folder.
 
-    >>> select_level(Path("export"), ["64", "512"], "CPUExecutionProvider",
-    ...              budget_ms=5.0)  # doctest: +SKIP
+    >>> select_level(Path("export"), ["64", "512"], "CPUExecutionProvider", 5.0)  # doctest: +SKIP
     '64'
     """
     here = device_name()

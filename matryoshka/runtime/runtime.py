@@ -345,7 +345,7 @@ class Runtime:
         '256'
         """
         return select_level(self.folder, self.levels, self.providers[self.levels[-1]][0],
-                            self.variant, self._threads, budget_ms, batch, percentile)
+                            budget_ms, batch, percentile, self.variant, self._threads)
 
     # -- prediction ---------------------------------------------------------------------------
     def calibration(self) -> dict | None:
