@@ -59,11 +59,11 @@ from text_shapes import CONFIG, LEVELS, SEQ, VOCAB, build  # noqa: E402
 
 from matryoshka.exporter.graph import INPUT, to_onnx  # noqa: E402
 from matryoshka.model import extract_level, flops_terms  # noqa: E402
-from matryoshka.quantize import METHODS, quantize_level  # noqa: E402
+from matryoshka.quantize import QUANTIZE_METHODS, quantize_level  # noqa: E402
 from matryoshka.runtime.providers import CPU, session_options  # noqa: E402
 from matryoshka.runtime.timing import device_name, matmul_peak, time_many  # noqa: E402
 
-QUANT = tuple(METHODS)  # dynamic, dynamic-pc, static, weight4
+QUANT = tuple(QUANTIZE_METHODS)  # dynamic, dynamic-pc, static, weight4
 CONTENDERS = ("fp32", "fp32-ort-opt", *QUANT, "torch")
 OPT_KNOB = ("session.intra_op.allow_spinning", "0")
 CALIBRATION_ROWS = 64

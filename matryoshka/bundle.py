@@ -96,7 +96,7 @@ def bundle(export_dir: str | Path, out: str | Path, levels: str | list[str] | No
     key = graph_set(source, variant)
     names = [level_name(lv) for lv in source["levels"]]
     if max_mb is not None:
-        picked = _fit(export_dir, source, precisions, max_mb, ort_format)
+        picked = _levels_within(export_dir, source, precisions, max_mb, ort_format)
     elif levels is not None:
         picked = _named(levels, names)
     else:
@@ -233,7 +233,7 @@ def _named(levels: str | list[str], names: list[str]) -> list[str]:
     return [n for n in names if n in asked]  # the export's order: cheapest first
 
 
-def _fit(export_dir: Path, source: dict, precisions: list[str], max_mb: float,
+def _levels_within(export_dir: Path, source: dict, precisions: list[str], max_mb: float,
          ort_format: bool) -> list[str]:
     """The longest prefix of the levels whose bundle fits in max_mb (every file counted)."""
     names = [level_name(lv) for lv in source["levels"]]

@@ -34,7 +34,7 @@ from matryoshka.errors import ConfigError, ValidationError
 from matryoshka.logs import quiet_root_logger
 
 # method -> what it is; the manifest records the method of every INT8 graph.
-METHODS = {
+QUANTIZE_METHODS = {
     "dynamic": "dynamic INT8, one weight scale per tensor",
     "dynamic-pc": "dynamic INT8, one weight scale per output channel",
     "static": "static INT8 (QDQ), per-channel weights, activations calibrated on data",
@@ -62,8 +62,9 @@ INT4_OPSET, INT4_IR_VERSION = 21, 10  # what int4 tensors (weight4's token table
 
 
 def check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ConfigError(f"unknown quantization {method!r}; choose from {', '.join(METHODS)}")
+    if method not in QUANTIZE_METHODS:
+        raise ConfigError(f"unknown quantization {method!r}; choose from "
+                          f"{', '.join(QUANTIZE_METHODS)}")
 
 
 class _Reader:
@@ -83,7 +84,7 @@ def quantize_level(src: str | Path, dst: str | Path, method: str = "dynamic",
                    calibration: tuple[str, object] | None = None,
                    calibrate_method: str = "minmax",
                    op_types: Sequence[str] = OP_TYPES) -> None:
-    """Quantize the graph at `src` into `dst` with `method` (a key of METHODS).
+    """Quantize the graph at `src` into `dst` with `method` (a key of QUANTIZE_METHODS).
 
     static needs calibration=(input name, array of calibration inputs), and calibrate_method
     one of minmax, entropy, percentile. op_types: the operators whose weights the INT8

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from matryoshka.data.fit import check_data_fits
 from matryoshka.errors import ArtifactError, ConfigError, DataError, MissingArtifactError
 from matryoshka.io import read_json_object, write_json_atomic
 from matryoshka.model import MatryoshkaConfig, MatryoshkaTransformer, Spec, flops_per_sample
@@ -29,7 +30,7 @@ from matryoshka.search_report import plot_beside
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-METHODS = ("greedy", "exhaustive", "random")
+SEARCH_METHODS = ("greedy", "exhaustive", "random")
 MAX_CANDIDATES = 5000  # exhaustive refuses beyond this many specs
 RANDOM_CANDIDATES = 24  # random draws this many specs unless told
 SEARCH_JSON = "search.json"
@@ -37,7 +38,7 @@ SEARCH_JSON = "search.json"
 
 # -- scoring -----------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(model: MatryoshkaTransformer, x: np.ndarray, y: np.ndarray, spec: Spec,
+def spec_accuracy(model: MatryoshkaTransformer, x: np.ndarray, y: np.ndarray, spec: Spec,
              batch: int = 512) -> float:
     """Accuracy of `model` run at `spec` on (x, y), in eval mode."""
     if len(y) == 0:
@@ -172,8 +173,8 @@ def run_method(config: MatryoshkaConfig, accuracy: Callable[[Spec], float],
 
 
 def _check_method(config: MatryoshkaConfig, method: str, max_candidates: int | None) -> None:
-    if method not in METHODS:
-        raise ConfigError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
+    if method not in SEARCH_METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(SEARCH_METHODS)}; got {method!r}")
     max_candidates = max_candidates or MAX_CANDIDATES
     if method == "exhaustive" and exhaustive_count(config) > max_candidates:
         widths, counts = granularities(config)
@@ -286,7 +287,7 @@ def search(checkpoint: str | Path, budget_flops: float | None = None, method: st
                            len(cfg.levels) + (max_candidates or RANDOM_CANDIDATES))}.get(method)
     with tqdm(total=total, desc="search", unit="spec", disable=None if progress else True,
               leave=False) as bar:
-        evals = Evaluations(lambda s: evaluate(model, x, y, s), on_new=lambda s: bar.update(1))
+        evals = Evaluations(lambda s: spec_accuracy(model, x, y, s), on_new=lambda s: bar.update(1))
         run_method(cfg, evals, method, max_candidates)
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -349,8 +350,6 @@ def val_split(checkpoint: str | Path, model: MatryoshkaTransformer, metrics: dic
 
 def _check_fits(cfg: MatryoshkaConfig, x: np.ndarray, y: np.ndarray) -> None:
     """The validation split must feed this model: shapes, token ids and labels."""
-    from matryoshka.training.loop import check_data_fits
-
     check_data_fits(cfg, {"train": (x, y)})  # checks the shapes of "train": here, val
 
 
@@ -444,7 +443,7 @@ def _resolve_pick(path, record: dict, by_pick: dict, word: str) -> list[dict]:
                           "(or all, between, best)") from None
 
 
-__all__ = ["Evaluations", "between", "evaluate", "exhaustive_count", "exhaustive_specs", "frontier",
+__all__ = ["Evaluations", "between", "exhaustive_count", "exhaustive_specs", "frontier",
            "granularities", "greedy_walk", "load_picks", "narrowings", "pareto", "pick_best",
-           "read_search", "results", "run_method", "search", "search_path", "spec_params",
-           "val_split"]
+           "read_search", "results", "run_method", "search", "search_path",
+           "spec_accuracy", "spec_params", "val_split"]

@@ -21,7 +21,6 @@ from matryoshka.model import Spec, count_params, extract_level, flops_per_sample
 from matryoshka.model.checkpoint import checkpoint_sha256, load_checkpoint
 from matryoshka.search import (
     Evaluations,
-    evaluate,
     exhaustive_specs,
     greedy_walk,
     load_picks,
@@ -30,6 +29,7 @@ from matryoshka.search import (
     random_specs,
     run_method,
     search,
+    spec_accuracy,
     spec_params,
 )
 from matryoshka.search_report import search_table
@@ -202,7 +202,7 @@ def test_search_scores_on_val_alone(searched, demo_data):
     assert record["checkpoint"]["sha256"] == checkpoint_sha256(ck)
     assert record["data"]["kind"] == "demo"
     for lv in record["levels"]:
-        want = evaluate(model, x.astype(np.float32), y, Spec.from_dict(lv["spec"]))
+        want = spec_accuracy(model, x.astype(np.float32), y, Spec.from_dict(lv["spec"]))
         assert lv["accuracy"] == want
     assert [lv["name"] for lv in record["levels"]] == ["16", "32", "64"]
 
@@ -274,7 +274,7 @@ def test_a_budget_below_the_smallest_level_fails_before_scoring(searched, monkey
     import matryoshka.search as s
 
     ck, _ = searched
-    monkeypatch.setattr(s, "evaluate", lambda *a, **k: pytest.fail("scored"))
+    monkeypatch.setattr(s, "spec_accuracy", lambda *a, **k: pytest.fail("scored"))
     with pytest.raises(ConfigError, match="nothing fits; the smallest sub-model takes 33152"):
         search(ck, budget_flops=33151, out=ck.parent / "never.json", plot=False,
                progress=False)
@@ -430,6 +430,6 @@ def test_a_text_checkpoint_is_scored_on_its_tokenized_val_split(tmp_path):
     x, y = resolve(None, metrics["data"], tokenizer)[0]["val"]
     assert record["n"] == len(y) and record["data"]["kind"] == "text"
     for lv in record["levels"]:
-        assert lv["accuracy"] == evaluate(model, x.astype(np.int64), y,
+        assert lv["accuracy"] == spec_accuracy(model, x.astype(np.int64), y,
                                           Spec.from_dict(lv["spec"]))
     assert (tmp_path / "search.json").is_file()

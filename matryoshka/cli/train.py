@@ -6,8 +6,6 @@ tokenizer trained on its training split, saved in the checkpoint beside the weig
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from matryoshka.cli.core import DEMO_CHECKPOINT, cli, parse_floats
@@ -137,278 +135,23 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
       matryoshka train --data artifacts/data/spam.csv --init-from artifacts/minilm/teacher
       --nesting heads --levels 3,6,9,12 --out artifacts/minilm/heads   (nested by heads)
     """
-    import dataclasses
+    from matryoshka.training.setup import TrainPlan, run
 
-    from matryoshka.data.text import is_text_source
-    from matryoshka.io import check_out_dir
-    from matryoshka.model import parse_levels, preset, resize
-    from matryoshka.training import RECIPES, TrainConfig
-
-    check_out_dir(out, force)
-    _check_nesting(nesting, init_from, pretrained, levels)
-    # nesting an imported encoder: one fine-tuned by --pretrained (--init-from, which then
-    # teaches), or the pretrained folder itself (the largest level, trained alongside, teaches)
-    nests = (init_from is not None or pretrained is not None) and levels is not None
-    text = is_text_source(data)
-    if pretrained is not None:
-        _check_pretrained_options(text, init_from, preset_name)
-        preset_name = "pretrained"
-        if nests:  # bad levels: refused from config.json, before the texts are tokenized
-            from matryoshka.model.bert import check_nesting
-
-            check_nesting(pretrained, nesting, parse_levels(levels), max_len or 128)
-    preset_name = preset_name or ("text" if text else "demo")
-    init = None
-    if pretrained is not None:
-        cfg = None  # the pretrained model's, once the classes are known
-    elif init_from is not None:
-        from matryoshka.model.checkpoint import load_checkpoint
-
-        init, _ = load_checkpoint(init_from)
-        cfg = init.config
-        if nests:
-            init, cfg = _nest_config(init, nesting, parse_levels(levels))
-    else:
-        cfg = resize(preset(preset_name), d_model=d_model,
-                     levels=parse_levels(levels) if levels is not None else None,
-                     n_layers=layers, head_dim=head_dim, d_mid=d_mid, ffn_mult=ffn_mult,
-                     max_len=max_len)
-    fields = dict(epochs=epochs, batch_size=batch_size, beta=beta, gamma=gamma,
+    recipe = dict(epochs=epochs, batch_size=batch_size, beta=beta, gamma=gamma,
                   temperature=temperature, lr=lr, alpha=parse_floats(alpha, "--alpha"),
                   lr_scale=parse_floats(lr_scale, "--lr-scale"),
                   distill_direction=distill_direction)
-    recipe = dict(RECIPES.get(preset_name, {})) if init_from is None else {}
-    if nests:
-        recipe = dict(RECIPES["nested" if nesting == "heads" else "nested_width"])
-    if pretrained is not None:
-        dataset, record, labels, files, init = _pretrained_data(
-            data, text_column, label_column, split_seed, pretrained, max_len, name, seed)
-        cfg = init.config
-        if nests:
-            init, cfg = _nest_config(init, nesting, parse_levels(levels))
-    if len(cfg.levels) != len(recipe.get("alpha", cfg.levels)):
-        recipe.pop("alpha", None)  # the recipe's alpha was for the preset's own levels
-    recipe.update({k: v for k, v in fields.items() if v is not None})
-    tcfg = TrainConfig(schedule=schedule, seed=seed, **recipe)
-    tcfg.alphas(cfg.levels)
-    if tcfg.lr_scale is not None and len(tcfg.lr_scale) != len(cfg.levels):
-        raise click.BadParameter(f"needs {len(cfg.levels)} values, one per level",
-                                 param_hint="--lr-scale")
-    if pretrained is None:  # the pretrained path read its data above, with the model
-        dataset, record, labels, files, cfg = _text_data(
-            data, text_column, label_column, split_seed, vocab_size, tokenizer_model,
-            not no_lowercase, cfg, init, init_from) if text else _array_data(data, cfg, init)
-    precision = _precision(precision, cfg)
-    rows = _train_rows(dataset, train_rows, seed)
-    if teacher is None and nests:
-        teacher = init_from  # nesting: the fine-tuned encoder teaches every level
-    taught = None
-    if teacher is not None and teacher != "none" and tcfg.gamma > 0:  # gamma 0: no distilling
-        taught = _teacher_logits(teacher, data, text_column, label_column, split_seed,
-                                 dataset, rows, labels, precision, no_progress)
-    if nests and rewire:
-        _rewire(init, dataset, tcfg.batch_size, precision, no_progress,
-                channels=nesting == "width")
-    if nests and nesting == "width":
-        from matryoshka.model.bert import nest_by_width
-
-        init = nest_by_width(init, cfg.levels)
-    tcfg = dataclasses.replace(tcfg, teacher=None if taught is None else teacher,
-                               precision=precision, train_rows=train_rows and len(rows))
-    if init is None:
-        stem = "digits" if data == "demo" else Path(data).stem
-        cfg = dataclasses.replace(cfg, name=name or f"{stem}-{preset_name}")
-    from matryoshka.training import train as run_training
-
-    metrics = run_training(cfg, dataset, tcfg, out, force=force, progress=not no_progress,
-                           data_name=record, init=init, files=files, labels=labels,
-                           teacher_logits=taught)
+    plan = TrainPlan(
+        out=out, data=data, text_column=text_column, label_column=label_column,
+        split_seed=split_seed, preset=preset_name, levels=levels, d_model=d_model,
+        layers=layers, head_dim=head_dim, d_mid=d_mid, ffn_mult=ffn_mult, max_len=max_len,
+        vocab_size=vocab_size, tokenizer=tokenizer_model, lowercase=not no_lowercase,
+        name=name, recipe=recipe, schedule=schedule, seed=seed, init_from=init_from,
+        nesting=nesting, pretrained=pretrained, rewire=rewire, teacher=teacher,
+        precision=precision, train_rows=train_rows, force=force, progress=not no_progress)
+    metrics = run(plan, say=lambda line: click.echo(line, err=True))
     click.echo(level_table(metrics))
     click.echo(f"checkpoint written to {out} ({metrics['train_seconds']:.0f} s of training)")
-
-
-def _nest_config(model, nesting: str, levels: tuple[int, ...]):
-    """(model, config) of a full-width imported encoder nested at `levels`: by heads and FFN
-    neurons (DynaBERT) at once; by the hidden width, the config only (the model is nested
-    after the rewiring)."""
-    if nesting == "heads":
-        from matryoshka.model.bert import nest_by_heads
-
-        model = nest_by_heads(model, levels)
-        return model, model.config
-    from matryoshka.model.bert import width_config
-
-    return model, width_config(model.config, levels)
-
-
-def _rewire(model, dataset, batch_size: int, precision: str, no_progress: bool,
-            rows: int = 2048, channels: bool = False) -> None:
-    """Reorder the heads and FFN neurons (and with `channels`, first the residual channels)
-    by importance on (up to `rows` of) the training split: scored by the full model (under
-    the training precision), so the smallest prefixes keep what it uses most."""
-    import numpy as np
-    import torch
-
-    from matryoshka.model.importance import rewire
-
-    x, y = dataset["train"]
-    keep = np.random.default_rng(0).permutation(len(x))[:rows]
-    x, y = torch.as_tensor(x[keep]), torch.as_tensor(y[keep], dtype=torch.long)
-    batches = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-    what = "residual channels, heads and FFN neurons" if channels else "heads and FFN neurons"
-    if not no_progress:
-        click.echo(f"rewiring: scoring {what} on {len(x)} training rows", err=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        if channels:
-            from matryoshka.model.channels import rewire_channels
-
-            order = rewire_channels(model, [b for b, _ in batches])["channel_order"]
-            click.echo("rewired the residual channels by importance; the first 8: "
-                       f"{order[:8]}", err=True)
-        info = rewire(model, batches)
-    click.echo("rewired by importance; heads of layer 0, most important first: "
-               f"{info['head_order'][0]}", err=True)
-
-
-def _train_rows(dataset: dict, n: int | None, seed: int):
-    """Keep n rows of the training split (all when n is None or not smaller), drawn by the
-    seed and kept in split order, in place; returns their indices into the split."""
-    import numpy as np
-
-    x, y = dataset["train"]
-    if n is None or n >= len(x):
-        return np.arange(len(x))
-    keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:n])
-    dataset["train"] = (x[keep], y[keep])
-    return keep
-
-
-def _precision(choice: str, cfg) -> str:
-    """auto: bf16 for an imported encoder (post-LN BERT) where the CPU has bf16; measured
-    there, a MiniLM step ran 2.2x faster; elsewhere it says it falls back to fp32. The
-    from-scratch presets keep their fp32 recipes."""
-    from matryoshka.training.teacher import native_bf16
-
-    if choice != "auto":
-        return choice
-    if cfg.block != "post_ln":
-        return "fp32"
-    if native_bf16():
-        return "bf16"
-    click.echo("precision: fp32 (this CPU has no native bf16, AVX512-BF16 or AMX; training "
-               "takes about twice as long as where it has)", err=True)
-    return "fp32"
-
-
-def _teacher_logits(folder, data, text_column, label_column, split_seed, dataset, rows,
-                    labels, precision, no_progress):
-    """The frozen teacher's logits on the training rows kept (`rows`, indices into the split),
-    row for row, under the training precision; text is tokenized with the teacher's own
-    tokenizer."""
-    from matryoshka.errors import ConfigError
-    from matryoshka.model.checkpoint import checkpoint_tokenizer, load_checkpoint
-    from matryoshka.training.loop import check_data_fits
-    from matryoshka.training.teacher import teacher_logits
-
-    model, metrics = load_checkpoint(folder)
-    if metrics.get("labels") != list(labels):
-        raise ConfigError(f"--teacher {folder} was trained on the classes "
-                          f"{metrics.get('labels')}; this data has {list(labels)}")
-    x, y = dataset["train"]
-    if model.config.input_kind == "text":
-        from matryoshka.data.text import is_text_source, load_text
-        from matryoshka.runtime.text import encode, load_tokenizer, pad
-
-        if not is_text_source(data):
-            raise ConfigError(f"--teacher {folder} takes raw text; --data is not raw text")
-        tokenizer = load_tokenizer(checkpoint_tokenizer(folder, model.config))
-        texts = load_text(data, text_column=text_column, label_column=label_column,
-                          seed=split_seed).splits["train"][0]
-        x = pad(encode(tokenizer, [texts[i] for i in rows]))
-    check_data_fits(model.config, {"train": (x, y)})
-    top = str(model.config.levels[-1])
-    acc = metrics.get("test_accuracy", {}).get(top)
-    click.echo(f"teacher: {folder}" + (f" (test accuracy {acc:.4f})" if acc else "")
-               + f"; computing its logits on the {len(x)} training rows once", err=True)
-    return teacher_logits(model, x, bf16=precision == "bf16", progress=not no_progress)
-
-
-def _check_pretrained_options(text, init_from, preset_name) -> None:
-    from matryoshka.errors import ConfigError
-
-    if not text:
-        raise ConfigError("--pretrained imports a text encoder: --data must be raw text (a "
-                          ".csv or .jsonl file, or a folder of them)")
-    if init_from is not None:
-        raise ConfigError("give --pretrained or --init-from, not both")
-    if preset_name is not None:
-        raise ConfigError("--preset has no meaning with --pretrained: the architecture is "
-                          "the pretrained model's")
-
-
-def _check_nesting(nesting, init_from, pretrained, levels) -> None:
-    from matryoshka.errors import ConfigError
-
-    if nesting == "heads" and ((init_from is None and pretrained is None) or levels is None):
-        raise ConfigError("--nesting heads nests an imported encoder: give it with "
-                          "--init-from A_CHECKPOINT_OF_--pretrained or --pretrained FOLDER, "
-                          "and --levels (numbers of heads)")
-
-
-def _pretrained_data(data, text_column, label_column, split_seed, folder, max_len, name,
-                     seed):
-    """Read the texts, import the encoder with its own tokenizer, encode every split."""
-    from matryoshka.data.source import load_text_record
-    from matryoshka.data.text import load_text
-    from matryoshka.data.tokenizer import encode_dataset
-    from matryoshka.model.bert import import_bert
-
-    text = load_text(data, text_column=text_column, label_column=label_column,
-                     seed=split_seed)
-    model, tokenizer = import_bert(folder, n_classes=len(text.labels), max_len=max_len or 128,
-                                   name=name or f"{Path(data).stem}-{Path(folder).name}",
-                                   seed=seed)
-    files = {"tokenizer.json": tokenizer.to_str().encode()}
-    return encode_dataset(tokenizer, text), load_text_record(text), text.labels, files, model
-
-
-def _array_data(data, cfg, init):
-    from matryoshka.data import load_dataset
-    from matryoshka.data.source import describe
-    from matryoshka.training import config_for_data
-
-    dataset = load_dataset(data)
-    if init is None:
-        cfg = config_for_data(cfg, dataset)
-    labels = [str(i) for i in range(cfg.n_classes)]
-    return dataset, describe(data), labels, None, cfg
-
-
-def _text_data(data, text_column, label_column, split_seed, vocab_size, tokenizer_model,
-               lowercase, cfg, init, init_from):
-    """Read the texts, train the tokenizer on the training split, encode every split."""
-    from matryoshka.data.source import load_text_record
-    from matryoshka.data.text import load_text
-    from matryoshka.data.tokenizer import encode_dataset, train_tokenizer
-    from matryoshka.errors import ConfigError
-    from matryoshka.model.checkpoint import checkpoint_tokenizer
-    from matryoshka.runtime.text import load_tokenizer
-    from matryoshka.training import config_for_text
-
-    text = load_text(data, text_column=text_column, label_column=label_column,
-                     seed=split_seed)
-    if init is not None:
-        if init.config.input_kind != "text":
-            raise ConfigError("--init-from names a model that does not take text")
-        tokenizer = load_tokenizer(checkpoint_tokenizer(init_from, init.config))
-    else:
-        max_len = cfg.max_len if cfg.input_kind in ("tokens", "text") else 128
-        tokenizer = train_tokenizer(text.splits["train"][0], vocab_size=vocab_size,
-                                    model=tokenizer_model, lowercase=lowercase,
-                                    max_len=max_len)
-        cfg = config_for_text(cfg, tokenizer, len(text.labels))
-    files = {"tokenizer.json": tokenizer.to_str().encode()}
-    return encode_dataset(tokenizer, text), load_text_record(text), text.labels, files, cfg
 
 
 def level_table(metrics: dict) -> str:

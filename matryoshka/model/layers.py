@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class Widths(NamedTuple):
+class BlockWidths(NamedTuple):
     """The widths one block runs at (a level's, or a Mix'n'Match spec's for that layer)."""
 
     dim: int  # the residual stream
@@ -25,14 +25,14 @@ class Widths(NamedTuple):
     ffn: int  # the FFN's hidden layer
 
 
-def widths(kind: str | None, w: Widths) -> int:
-    """An axis of kind "d", "attn" or "ffn" at the widths w (None: not nested, see Width)."""
+def axis_size(kind: str | None, w: BlockWidths) -> int:
+    """An axis of kind "d", "attn" or "ffn" at the widths w (None: not nested, see AxisSize)."""
     return {"d": w.dim, "attn": w.attn, "ffn": w.ffn}[kind]
 
 
 # An axis is "d" (the residual width), "attn" (the attention width), "ffn" (the FFN width) or
-# None (the same at every level, e.g. the classes): a Width maps (kind, widths) to its size.
-Width = Callable[[str | None, Widths], int]
+# None (the same at every level, e.g. the classes): an AxisSize maps (kind, widths) to its size.
+AxisSize = Callable[[str | None, BlockWidths], int]
 View = dict[str, tuple[str, tuple[slice, ...]]]
 
 
@@ -46,23 +46,23 @@ def prefix(p: torch.Tensor, *sizes: int) -> torch.Tensor:
 class NestedLinear(nn.Module):
     """y = x W[:out(w), :in(w)]^T + b[:out(w)], the axes sized by the widths w."""
 
-    def __init__(self, in_kind: str | None, out_kind: str | None, width: Width, full: Widths,
-                 bias: bool = True):
+    def __init__(self, in_kind: str | None, out_kind: str | None, width: AxisSize,
+                 full: BlockWidths, bias: bool = True):
         super().__init__()
         self.in_kind, self.out_kind, self.width = in_kind, out_kind, width
         self.weight = nn.Parameter(torch.empty(width(out_kind, full), width(in_kind, full)))
         self.bias = nn.Parameter(torch.zeros(width(out_kind, full))) if bias else None
         nn.init.normal_(self.weight, std=1.0 / math.sqrt(self.weight.shape[1]))
 
-    def sizes(self, w: Widths) -> tuple[int, int]:
+    def sizes(self, w: BlockWidths) -> tuple[int, int]:
         return self.width(self.out_kind, w), self.width(self.in_kind, w)
 
-    def forward(self, x: torch.Tensor, w: Widths) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: BlockWidths) -> torch.Tensor:
         out, inp = self.sizes(w)
         bias = prefix(self.bias, out) if self.bias is not None else None
         return F.linear(x, prefix(self.weight, out, inp), bias)
 
-    def view(self, w: Widths) -> View:
+    def view(self, w: BlockWidths) -> View:
         out, inp = self.sizes(w)
         view = {"weight": ("weight", (slice(0, out), slice(0, inp)))}
         if self.bias is not None:
@@ -107,7 +107,7 @@ class NestedAttention(nn.Module):
     """Multi-scale attention: widths w use the first w.attn / head_dim heads (seed section 2;
     a trained level has w.attn = w.dim)."""
 
-    def __init__(self, width: Width, full: Widths, head_dim: int, dropout: float):
+    def __init__(self, width: AxisSize, full: BlockWidths, head_dim: int, dropout: float):
         super().__init__()
         self.head_dim = head_dim
         self.q = NestedLinear("d", "attn", width, full)
@@ -118,7 +118,7 @@ class NestedAttention(nn.Module):
         self.o = NestedLinear("attn", "d", width, full)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, w: Widths,
+    def forward(self, x: torch.Tensor, w: BlockWidths,
                 key_bias: torch.Tensor | None = None) -> torch.Tensor:
         """key_bias [batch, 1, 1, n]: 0 for a real key, MASKED for padding (text input)."""
         b, n, _ = x.shape
@@ -135,7 +135,7 @@ class NestedAttention(nn.Module):
         ctx = ctx.transpose(1, 2).reshape(b, n, w.attn)
         return self.drop(self.o(ctx, w))
 
-    def view(self, w: Widths) -> View:
+    def view(self, w: BlockWidths) -> View:
         return _merge(w, q=self.q, k=self.k, v=self.v, o=self.o)
 
 
@@ -143,17 +143,18 @@ class NestedFFN(nn.Module):
     """FFN^(i)(x) = act(x W1^(i) + b1^(i)) W2^(i) + b2^(i) (seed layer-wise section 1), act
     max(0, .) or BERT's exact GELU."""
 
-    def __init__(self, width: Width, full: Widths, dropout: float, activation: str = "relu"):
+    def __init__(self, width: AxisSize, full: BlockWidths, dropout: float,
+                 activation: str = "relu"):
         super().__init__()
         self.w1 = NestedLinear("d", "ffn", width, full)
         self.w2 = NestedLinear("ffn", "d", width, full)
         self.drop = nn.Dropout(dropout)
         self.act = F.gelu if activation == "gelu" else torch.relu
 
-    def forward(self, x: torch.Tensor, w: Widths) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: BlockWidths) -> torch.Tensor:
         return self.drop(self.w2(self.act(self.w1(x, w)), w))
 
-    def view(self, w: Widths) -> View:
+    def view(self, w: BlockWidths) -> View:
         return _merge(w, w1=self.w1, w2=self.w2)
 
 
@@ -161,17 +162,17 @@ class NestedBlock(nn.Module):
     """Pre-norm transformer block: h + Attn(LN(h)), then h + FFN(LN(h)); or BERT's post-norm
     block (post_ln): LN(h + Attn(h)), then LN(h + FFN(h))."""
 
-    def __init__(self, full: Widths, levels: tuple[int, ...], head_dim: int,
+    def __init__(self, full: BlockWidths, levels: tuple[int, ...], head_dim: int,
                  per_level_norm: bool, dropout: float, post_ln: bool = False,
                  activation: str = "relu", eps: float = 1e-5):
         super().__init__()
         self.post_ln = post_ln
         self.ln1 = NestedLayerNorm(levels, per_level_norm, eps)
-        self.attn = NestedAttention(widths, full, head_dim, dropout)
+        self.attn = NestedAttention(axis_size, full, head_dim, dropout)
         self.ln2 = NestedLayerNorm(levels, per_level_norm, eps)
-        self.ffn = NestedFFN(widths, full, dropout, activation)
+        self.ffn = NestedFFN(axis_size, full, dropout, activation)
 
-    def forward(self, h: torch.Tensor, w: Widths,
+    def forward(self, h: torch.Tensor, w: BlockWidths,
                 key_bias: torch.Tensor | None = None) -> torch.Tensor:
         if self.post_ln:
             h = self.ln1(h + self.attn(h, w, key_bias), w.dim)
@@ -179,7 +180,7 @@ class NestedBlock(nn.Module):
         h = h + self.attn(self.ln1(h, w.dim), w, key_bias)
         return h + self.ffn(self.ln2(h, w.dim), w)
 
-    def view(self, w: Widths) -> View:
+    def view(self, w: BlockWidths) -> View:
         return _merge(w, ln1=self.ln1, attn=self.attn, ln2=self.ln2, ffn=self.ffn)
 
 
@@ -198,7 +199,7 @@ def sinusoid(n: int, dim: int) -> torch.Tensor:
     return torch.stack([torch.sin(pos * freq), torch.cos(pos * freq)], dim=-1).reshape(n, dim)
 
 
-def _merge(w: Widths, **children: nn.Module) -> View:
+def _merge(w: BlockWidths, **children: nn.Module) -> View:
     """Prefix every child's view with the child's attribute name (a LayerNorm's view takes
     the residual width alone)."""
     out: View = {}

@@ -12,15 +12,15 @@ from matryoshka.errors import ConfigError
 from matryoshka.model.config import MatryoshkaConfig
 from matryoshka.model.layers import (
     MASKED,
+    BlockWidths,
     NestedBlock,
     NestedLayerNorm,
     NestedLinear,
     View,
-    Widths,
     _merge,
+    axis_size,
     prefix,
     sinusoid,
-    widths,
 )
 from matryoshka.model.spec import Spec
 
@@ -44,7 +44,7 @@ class MatryoshkaTransformer(nn.Module):
         full = self.layer_widths(c.spec(None))
         if c.input_kind == "image":
             self.embed = NestedLinear(None, "d", lambda k, w: c.patch_size**2 if k is None else
-                                      widths(k, w), full[0])
+                                      axis_size(k, w), full[0])
         else:
             self.embed = nn.Embedding(c.vocab_size, c.d_model)
             nn.init.normal_(self.embed.weight, std=1.0)
@@ -60,12 +60,12 @@ class MatryoshkaTransformer(nn.Module):
         if c.block == "pre_ln":  # a post-norm block's output is normalized already
             self.ln_f = NestedLayerNorm(c.dims(), per_level, c.ln_eps)
         self.head = NestedLinear("d", None, lambda k, w: c.n_classes if k is None else
-                                 widths(k, w), full[0])
+                                 axis_size(k, w), full[0])
 
-    def layer_widths(self, spec: Spec) -> list[Widths]:
+    def layer_widths(self, spec: Spec) -> list[BlockWidths]:
         """The widths each block runs at under `spec`."""
         hd = self.config.head_dim
-        return [Widths(spec.dim, h * hd, m) for m, h in zip(spec.ffn, spec.heads)]
+        return [BlockWidths(spec.dim, h * hd, m) for m, h in zip(spec.ffn, spec.heads)]
 
     def check_level(self, level: Level) -> Spec:
         """The spec to run: a width's own widths, a Spec checked against the trained
@@ -80,7 +80,7 @@ class MatryoshkaTransformer(nn.Module):
             g, p = c.image_size // c.patch_size, c.patch_size
             x = x.to(torch.float32) * (1.0 / c.pixel_scale)
             x = x.reshape(b, g, p, g, p).permute(0, 1, 3, 2, 4).reshape(b, g * g, p * p)
-            h = self.embed(x, Widths(dim, dim, dim))
+            h = self.embed(x, BlockWidths(dim, dim, dim))
         else:
             h = F.embedding(x, prefix(self.embed.weight, c.vocab_size, dim))
         n = h.shape[1]
@@ -100,7 +100,7 @@ class MatryoshkaTransformer(nn.Module):
         """
         spec = self.check_level(level)
         pooled, hidden = self.encode(x, spec)
-        logits = self.head(pooled, Widths(spec.dim, spec.dim, spec.dim))
+        logits = self.head(pooled, BlockWidths(spec.dim, spec.dim, spec.dim))
         return (logits, hidden) if return_hidden else logits
 
     def encode(self, x: torch.Tensor, level: Level = None
@@ -134,7 +134,7 @@ class MatryoshkaTransformer(nn.Module):
         c = self.config
         spec = self.check_level(level)
         dim = spec.dim
-        top = Widths(dim, dim, dim)
+        top = BlockWidths(dim, dim, dim)
         norms = {name: getattr(self, name) for name in ("ln_e", "ln_f") if hasattr(self, name)}
         out = _merge(top, head=self.head, **norms)
         for i, (block, w) in enumerate(zip(self.blocks, self.layer_widths(spec))):

@@ -73,17 +73,27 @@ def distillation(outputs: list[LevelOutput], gamma: float, temperature: float,
 
 def total_loss(outputs: list[LevelOutput], y: torch.Tensor, *, alphas: dict[int, float],
                beta: float, gamma: float, temperature: float, reg_layers: list[int] | None = None,
-               direction: str = "seed", teacher: torch.Tensor | None = None
-               ) -> dict[str, torch.Tensor]:
+               direction: str = "seed", teacher: torch.Tensor | None = None,
+               submodels: list[LevelOutput] = ()) -> dict[str, torch.Tensor]:
     """Every term and their sum, as a dict with keys ce, reg, distill, total.
 
     Without `teacher` logits, the distillation term needs the largest level among the
     outputs; a step that did not run it (a sampled or early progressive step) has no teacher
-    and the term is 0.
+    and the term is 0. `submodels` (schedule mix) each add a cross-entropy weighted as an
+    average level and are taught like a level, by the teacher or the largest level; they take
+    no part in L_reg, whose pairs are nested levels. See docs/design.md,
+    "Sub-models between the levels (Mix'n'Match)".
     """
     ce = nested_ce(outputs, y, alphas)
     reg = consistency(outputs, beta, reg_layers)
     teacher_present = teacher is not None or outputs[-1].dim == max(alphas)
     dist = (distillation(outputs, gamma, temperature, direction, teacher) if teacher_present
             else ce * 0)
+    weight = sum(alphas.values()) / len(alphas)
+    for sub in submodels:
+        ce = ce + weight * F.cross_entropy(sub.logits, y)
+        if teacher is not None:
+            dist = dist + distillation([sub], gamma, temperature, direction, teacher)
+        elif outputs[-1].dim == max(alphas):  # the largest level teaches, when it ran
+            dist = dist + distillation([sub, outputs[-1]], gamma, temperature, direction)
     return {"ce": ce, "reg": reg, "distill": dist, "total": ce + reg + dist}

@@ -195,12 +195,12 @@ def test_bad_levels_of_a_pretrained_folder_are_refused_before_its_texts_are_read
         tmp_path, monkeypatch, extra, fragment):
     """From config.json alone: the texts are neither read nor tokenized, the weights not
     loaded (a MiniLM run would otherwise spend its tokenization first)."""
-    import matryoshka.cli.train as train_cli
+    import matryoshka.training.setup as setup
 
     def no_reading(*args, **kwargs):
         raise AssertionError("the data was read before the levels were checked")
 
-    monkeypatch.setattr(train_cli, "_pretrained_data", no_reading)
+    monkeypatch.setattr(setup, "_pretrained_data", no_reading)
     folder = make_tiny_bert(tmp_path / "bert")
     labelled_csv(tmp_path / "data.csv")
     r = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "data.csv"), "--pretrained",
