@@ -33,7 +33,7 @@ from matryoshka.search import (
     spec_params,
 )
 from matryoshka.search_report import search_table
-from tests.test_cli_errors import assert_one_error
+from tests.cli.test_errors import assert_one_error
 
 TINY = preset("tiny")  # levels 16, 32, 64; FFN widths 24, 48, 96; heads 2, 4, 8; 2 layers
 BUDGET = 300_000  # between the tiny levels 32 (123,648 FLOPs) and 64 (476,672)

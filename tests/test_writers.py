@@ -19,7 +19,7 @@ import pytest
 from matryoshka.calibration import calibrate
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.manifest import named_files
-from tests.test_folder import only_named_files
+from tests.test_io_export_folder import only_named_files
 
 
 class Injected(OSError):

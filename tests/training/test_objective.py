@@ -2,7 +2,6 @@
 
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -85,81 +84,6 @@ def test_no_teacher_no_distillation():
                         rel_tol=1e-6)
 
 
-@pytest.mark.parametrize("schedule,expected", [
-    ("joint", [[16, 32, 64]] * 6),
-    ("progressive", [[16], [16], [16, 32], [16, 32], [16, 32, 64], [16, 32, 64]]),
-])
-def test_schedules(schedule, expected):
-    import numpy as np
-
-    from matryoshka.training.loop import levels_for_step
-
-    rng = np.random.default_rng(0)
-    got = [levels_for_step(schedule, (16, 32, 64), e, 6, rng) for e in range(6)]
-    assert got == expected
-
-
-def test_sampled_schedule_draws_one_level_and_covers_all():
-    import numpy as np
-
-    from matryoshka.training.loop import levels_for_step
-
-    rng = np.random.default_rng(0)
-    draws = [levels_for_step("sampled", (16, 32, 64), 0, 1, rng) for _ in range(60)]
-    assert all(len(d) == 1 for d in draws)
-    assert {d[0] for d in draws} == {16, 32, 64}
-
-
-def test_mix_schedule_draws_valid_specs_of_every_kind():
-    import numpy as np
-
-    from matryoshka.model import preset
-    from matryoshka.training.loop import levels_for_step, random_spec
-
-    cfg, rng = preset("tiny"), np.random.default_rng(0)
-    assert levels_for_step("mix", cfg.levels, 0, 1, rng) == [16, 32, 64]
-    draws = [random_spec(cfg, rng) for _ in range(200)]
-    assert all(cfg.spec(s) == s for s in draws)  # every draw is a valid spec
-    assert {s.dim for s in draws} == {16, 32, 64}
-    assert {m for s in draws for m in s.ffn} == {24, 48, 96}
-    assert {h for s in draws for h in s.heads} == {2, 4, 8}
-    assert any(s != cfg.spec(s.dim) for s in draws)  # real mixes, not only the levels
-
-
-def test_a_mix_step_adds_its_loss_to_the_joint_one():
-    """The step's loss is the joint objective plus the mix's CE (weighted as an average
-    level) and its distillation from the largest level, and its gradient reaches the mix's
-    own slices."""
-    import torch.nn.functional as F
-
-    from matryoshka.model import MatryoshkaTransformer, Spec, preset
-    from matryoshka.training import TrainConfig, make_optimizer
-    from matryoshka.training.distributed import MultiLevel
-    from matryoshka.training.loop import train_step
-    from matryoshka.training.objective import LevelOutput, distillation, total_loss
-
-    torch.manual_seed(0)
-    model = MatryoshkaTransformer(preset("tiny"))
-    tcfg = TrainConfig(schedule="mix", gamma=0.5, augment=False)
-    x, y = torch.rand(8, 8, 8) * 16, torch.arange(8) % 10
-    spec = Spec(16, (96, 24), (8, 2))
-    alphas = tcfg.alphas(model.config.levels)
-    with torch.no_grad():
-        outs = [LevelOutput(d, *model(x, level=d, return_hidden=True)) for d in (16, 32, 64)]
-        mix = LevelOutput(16, *model(x, level=spec, return_hidden=True))
-        joint = total_loss(outs, y, alphas=alphas, beta=0.0, gamma=0.5, temperature=2.0,
-                           direction="seed")["total"]
-        want = joint + F.cross_entropy(mix.logits, y) + distillation([mix, outs[-1]], 0.5, 2.0)
-    opt = make_optimizer(model, tcfg.lr, tcfg.weight_decay, None)
-    terms = train_step(MultiLevel(model), opt, x, y, [16, 32, 64, spec], tcfg, alphas, lr=0.0)
-    torch.testing.assert_close(terms["total"].detach(), want, rtol=1e-5, atol=1e-6)
-    # with level 16 and the mix alone: layer 0's FFN rows 48..96 get a gradient from the mix
-    # only, and in the mix's 16 input columns only
-    train_step(MultiLevel(model), opt, x, y, [16, spec], tcfg, alphas, lr=0.0)
-    grad = model.blocks[0].ffn.w1.weight.grad
-    assert grad[48:96, :16].abs().sum() > 0 and grad[48:96, 16:].abs().sum() == 0
-
-
 def test_a_frozen_teachers_logits_teach_every_level_the_largest_included():
     outs = _outputs()
     z = torch.randn(3, outs[0].logits.shape[1])
@@ -174,3 +98,23 @@ def test_a_frozen_teachers_logits_teach_every_level_the_largest_included():
     torch.testing.assert_close(only_small["distill"],
                                distillation(outs[:1], gamma, t, "teacher", teacher=z))
     assert float(only_small["distill"]) > 0, "a step without the largest level is still taught"
+
+
+def test_a_submodel_adds_an_average_levels_ce_and_is_taught_like_a_level():
+    outs = _outputs()
+    y = torch.tensor([0, 1, 2])
+    sub = LevelOutput(outs[0].dim, torch.randn_like(outs[0].logits), outs[0].hidden)
+    alphas = {o.dim: a for o, a in zip(outs, (1.0, 3.0))}
+    kw = dict(alphas=alphas, beta=0.1, gamma=0.5, temperature=2.0)
+    base = total_loss(outs, y, **kw)
+    got = total_loss(outs, y, submodels=[sub], **kw)
+    ce = F.cross_entropy(sub.logits, y)
+    torch.testing.assert_close(got["ce"], base["ce"] + 2.0 * ce)
+    torch.testing.assert_close(got["reg"], base["reg"])
+    torch.testing.assert_close(got["distill"],
+                               base["distill"] + distillation([sub, outs[-1]], 0.5, 2.0))
+    z = torch.randn_like(outs[0].logits)
+    taught = total_loss(outs, y, submodels=[sub], teacher=z, **kw)
+    alone = total_loss(outs, y, teacher=z, **kw)
+    torch.testing.assert_close(taught["distill"],
+                               alone["distill"] + distillation([sub], 0.5, 2.0, teacher=z))

@@ -10,7 +10,7 @@ import pytest
 
 from matryoshka.cli import cli
 
-REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 
 
 def reference(text: str) -> tuple[dict[str, str], str]:
