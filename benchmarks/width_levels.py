@@ -15,7 +15,7 @@ levels: the encoder is imported (model/bert.py) and nested both ways, by its hid
   is iters/rounds calls of one graph: switching graphs at every call would time cold caches
   (here 384's batch-1 call took 19 ms alternating with 96 against 10 ms alone). Speed
   and size depend on the shapes only, not on the weights, so untrained nestings are timed;
-  the accuracies belong to the trained checkpoints (docs/pretrained.md).
+  the accuracies belong to the trained checkpoints (docs/pretrained-log.md).
 cascade (with --export, a calibrated export of width levels): the test mails of --data (the
   toolkit's split) through the calibrated cascade (Runtime, cascade.onnx) and through the
   largest level alone, at batch 32, whole passes alternating; texts per second of each.

@@ -83,7 +83,7 @@ took
 # others), their first 128 tokens, one epoch, bf16 autocast where the CPU has it. The cascade
 # is certified at epsilon 0.01 (the default 0.02 lets it fall below TF-IDF here). (A
 # Transformer trained from scratch on 4,717 mails loses to TF-IDF, so this job no longer
-# trains one: docs/results.md, "Text demo".) The figures in docs/pretrained.md come from the
+# trains one: docs/results.md, "Text demo".) The figures in docs/pretrained-log.md come from the
 # full runs it names.
 P=artifacts/minilm-demo
 MINILM=artifacts/pretrained/all-MiniLM-L6-v2

@@ -59,7 +59,7 @@ POSITIVE = click.IntRange(min=1)
 @click.option("--alpha", default=None, help="CE weight per level, comma-separated "
               "[demo: 1,1,1,2; else 1 each].")
 @click.option("--beta", type=float, default=None,
-              help="Consistency weight L_reg [0; nesting by heads: 5e-4].")
+              help="Consistency weight L_reg [0; nesting an imported encoder: 5e-4].")
 @click.option("--gamma", type=float, default=None, help="Distillation weight L_distill [0.5].")
 @click.option("--temperature", type=float, default=None, help="Distillation T [2].")
 @click.option("--distill-direction", type=click.Choice(["seed", "teacher"]), default=None,

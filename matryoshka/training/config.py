@@ -88,10 +88,10 @@ RECIPES: dict[str, dict] = {
 # consistency term L_reg tying each level's hidden states to the next level's at every layer.
 # beta 5e-4 weighs it about as much as the CE over an epoch of MiniLM (a sum over 384
 # features of 6 layers and 3 pairs); on the spam demo it brought h3 within 1 point of h12 on
-# two seeds (docs/pretrained.md).
+# two seeds (docs/pretrained-log.md#nested-by-heads).
 RECIPES["nested"] = dict(RECIPES["pretrained"], distill_direction="teacher", beta=5e-4)
 # Nested by its hidden width (the default): the same, at twice the learning rate. A quarter of
 # the width loses far more than a quarter of the heads and must recover; on the spam demo
 # lr 1e-4 beat 5e-5 on validation at every level (width 96: 0.9576 against 0.9492), and the
-# second epoch is needed (docs/pretrained.md#nest-the-hidden-width).
+# second epoch is needed (docs/pretrained-log.md#nest-the-hidden-width).
 RECIPES["nested_width"] = dict(RECIPES["nested"], lr=1e-4)
