@@ -3,6 +3,14 @@
 docs/design.md, "Data flow". numpy only: the search, the CLI and the training loop check data
 without importing torch. `cfg` is a `matryoshka.model.MatryoshkaConfig` (read and
 `dataclasses.replace`d, so this module needs no import of the model).
+
+    >>> from matryoshka.data import load_dataset
+    >>> from matryoshka.model import preset
+    >>> data = load_dataset("demo")
+    >>> cfg = config_for_data(preset("tiny"), data)
+    >>> cfg.input_kind, cfg.image_size, cfg.n_classes
+    ('image', 8, 10)
+    >>> check_data_fits(cfg, data)  # raises a DataError naming what does not fit
 """
 
 from __future__ import annotations

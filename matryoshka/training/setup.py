@@ -17,9 +17,9 @@ prefix holds what the full model uses most. `run` trains and writes the checkpoi
 Example:
 
     >>> from matryoshka.training.setup import TrainPlan, run
-    >>> metrics = run(TrainPlan(out="ck", data="spam.csv", levels=(96, 192, 384),
+    >>> metrics = run(TrainPlan(out="ck", data="spam.csv", levels=(96, 192, 384),  # doctest: +SKIP
     ...                         pretrained="artifacts/pretrained/all-MiniLM-L6-v2"))
-    >>> metrics["test_accuracy"]["96"]
+    >>> metrics["test_accuracy"]["96"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -119,7 +119,12 @@ def run(plan: TrainPlan, say: Say | None = None) -> dict:
 
 def prepare(plan: TrainPlan, say: Say | None = None) -> Prepared:
     """Check the plan, read and encode the data, start the model, compute the teacher's
-    logits, rewire and nest; nothing is written."""
+    logits, rewire and nest; nothing is written.
+
+    >>> p = prepare(TrainPlan(out="ck", preset="tiny", recipe={"epochs": 1}))
+    >>> p.config.levels, p.recipe.epochs, p.labels[:3]
+    ((16, 32, 64), 1, ['0', '1', '2'])
+    """
     say = say or log.info
     check_out_dir(plan.out, plan.force)
     _check_nesting(plan)

@@ -77,3 +77,15 @@ def test_auto_precision_says_when_an_encoder_falls_back_to_fp32(monkeypatch):
     monkeypatch.setattr(teacher, "native_bf16", lambda: False)
     assert choose_precision("auto", encoder, said.append) == "fp32"
     assert len(said) == 1 and said[0].startswith("precision: fp32 (this CPU has no native bf16")
+
+
+def test_the_docstring_examples_run(tmp_path, monkeypatch):
+    import doctest
+
+    import matryoshka.data.fit as fit
+    import matryoshka.training.setup as setup
+
+    monkeypatch.chdir(tmp_path)
+    for module in (setup, fit):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
