@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from matryoshka.data.fit import check_data_fits, config_for_data, config_for_text
+from matryoshka.data.text import is_text_source
 from matryoshka.errors import ConfigError
 from matryoshka.io import check_out_dir
 from matryoshka.model import MatryoshkaConfig, parse_levels, preset, resize
@@ -129,7 +130,7 @@ def prepare(plan: TrainPlan, say: Say | None = None) -> Prepared:
     check_out_dir(plan.out, plan.force)
     _check_nesting(plan)
     levels = plan.level_tuple()
-    text = _is_text(plan.data)
+    text = is_text_source(plan.data)
     preset_name = plan.preset
     if plan.pretrained is not None:
         _check_pretrained_options(plan, text)
@@ -177,7 +178,7 @@ def prepare(plan: TrainPlan, say: Say | None = None) -> Prepared:
         teacher = plan.init_from  # nesting: the fine-tuned encoder teaches every level
     taught = None
     if teacher is not None and teacher != "none" and tcfg.gamma > 0:  # gamma 0: no distilling
-        taught = _teacher_logits(plan, teacher, dataset, rows, labels, precision, say)
+        taught = _teacher_logits(plan, teacher, text, dataset, rows, labels, precision, say)
     if plan.nests and plan.rewire:
         rewire(init, dataset, tcfg.batch_size, precision, say, plan.progress,
                channels=plan.nesting == "width")
@@ -195,12 +196,6 @@ def prepare(plan: TrainPlan, say: Say | None = None) -> Prepared:
 
 
 # -- the start --------------------------------------------------------------------------------
-def _is_text(data: str) -> bool:
-    from matryoshka.data.text import is_text_source
-
-    return is_text_source(data)
-
-
 def _check_nesting(plan: TrainPlan) -> None:
     if plan.nesting == "heads" and (
             (plan.init_from is None and plan.pretrained is None) or plan.levels is None):
@@ -317,8 +312,9 @@ def draw_train_rows(dataset: dict, n: int | None, seed: int) -> np.ndarray:
 
 
 # -- the teacher and the rewiring -------------------------------------------------------------
-def _teacher_logits(plan: TrainPlan, folder: str, dataset: dict, rows: np.ndarray,
-                    labels: list[str], precision: str, say: Say) -> np.ndarray:
+def _teacher_logits(plan: TrainPlan, folder: str, text: bool, dataset: dict,
+                    rows: np.ndarray, labels: list[str], precision: str,
+                    say: Say) -> np.ndarray:
     """The frozen teacher's logits on the training rows kept (`rows`, indices into the split),
     row for row, under the training precision; text is tokenized with the teacher's own
     tokenizer."""
@@ -334,7 +330,7 @@ def _teacher_logits(plan: TrainPlan, folder: str, dataset: dict, rows: np.ndarra
         from matryoshka.data.text import load_text
         from matryoshka.runtime.text import encode, load_tokenizer, pad
 
-        if not _is_text(plan.data):
+        if not text:
             raise ConfigError(f"--teacher {folder} takes raw text; --data is not raw text")
         tokenizer = load_tokenizer(checkpoint_tokenizer(folder, model.config))
         texts = load_text(plan.data, text_column=plan.text_column,
