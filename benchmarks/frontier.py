@@ -13,7 +13,9 @@ logistic regression (benchmarks/text_baseline.py, fitted on the same training sp
 latency of an item at batch b is one pass over the first --mails test mails in batches of b,
 divided by the mails; the passes of all items are timed in one round-robin
 (runtime.timing.time_many), so slow and fast moments of the machine fall on all alike, and the
-median pass is kept. Accuracy is over the whole test split. A cascade is drawn for each
+median pass is kept. Accuracy is over the whole test split. Each level and cascade is also
+given against its export's largest level: throughput (x largest, same variant; x fp32) and
+accuracy. A cascade is drawn for each
 variant the export has a calibration of (`matryoshka calibrate EXPORT --variant int8`).
 """
 
@@ -100,6 +102,27 @@ def measure(items: list[dict], texts: list[str], y: np.ndarray, sample: list[str
             row.update(batch=b, ms_per_mail=t[key(it)]["p50_ms"] / len(sample))
             rows.append(row)
     return rows
+
+
+def relative_to_largest(rows: list[dict]) -> None:
+    """Add to each row of an export its throughput and accuracy against that export's largest
+    level at the same batch: in the same variant (speedup, accuracy_change) and in fp32
+    (speedup_fp32). Throughput is 1 / ms per text, so the speedup is the largest level's ms
+    over the row's."""
+    largest = {}
+    for r in rows:
+        if r["kind"] == "level":
+            k = (r["export"], r["variant"], r["batch"])
+            if k not in largest or r["flops"] > largest[k]["flops"]:
+                largest[k] = r
+    for r in rows:
+        same = largest.get((r["export"], r["variant"], r["batch"]))
+        fp32 = largest.get((r["export"], "fp32", r["batch"]))
+        if same is not None:
+            r["speedup"] = same["ms_per_mail"] / r["ms_per_mail"]
+            r["accuracy_change"] = r["accuracy"] - same["accuracy"]
+        if fp32 is not None:
+            r["speedup_fp32"] = fp32["ms_per_mail"] / r["ms_per_mail"]
 
 
 def key(item: dict) -> str:
@@ -197,15 +220,21 @@ def main(argv: list[str] | None = None) -> int:
         items.append({"export": "tfidf", "variant": "cpu", "kind": "tfidf",
                       "name": "TF-IDF + LR", "predict": predict, "flops": None})
     rows = measure(items, texts, y, texts[:args.mails], batches, args.passes)
+    relative_to_largest(rows)
     machine = device_name()
     print(f"{machine} | {len(texts)} test mails | timed on {args.mails}, median of "
           f"{args.passes} passes")
     print(f"{'export':>8} {'variant':>7} {'item':>8} {'batch':>5} {'ms/mail':>9} "
-          f"{'accuracy':>8} {'cost':>6}")
+          f"{'accuracy':>8} {'cost':>6} {'x largest':>9} {'x fp32':>7} {'acc diff':>8}")
+    print("  cost: FLOPs of the largest level's; x largest / acc diff: throughput and accuracy "
+          "against the export's largest level in the same variant; x fp32: throughput against "
+          "its largest fp32 level; all at the same batch")
     for r in rows:
         cost = f"{r['relative_cost']:.3f}" if "relative_cost" in r else ""
+        rel = (f"{r['speedup']:>8.2f}x {r['speedup_fp32']:>6.2f}x {r['accuracy_change']:>+8.4f}"
+               if "speedup" in r and "speedup_fp32" in r else "")
         print(f"{r['export']:>8} {r['variant']:>7} {r['name']:>8} {r['batch']:>5} "
-              f"{r['ms_per_mail']:>9.3f} {r['accuracy']:>8.4f} {cost:>6}")
+              f"{r['ms_per_mail']:>9.3f} {r['accuracy']:>8.4f} {cost:>6} {rel}")
     if args.plot:
         plot(rows, batches, args.plot,
              f"{', '.join(exports)} on {len(texts)} test mails; {machine}, onnxruntime CPU, "

@@ -61,6 +61,10 @@ POSITIVE = click.IntRange(min=1)
 @click.option("--beta", type=float, default=None,
               help="Consistency weight L_reg [0; nesting an imported encoder: 5e-4].")
 @click.option("--gamma", type=float, default=None, help="Distillation weight L_distill [0.5].")
+@click.option("--mu", type=float, default=None,
+              help="Hidden-state distillation weight L_hidden: the largest level's block "
+              "outputs teach each smaller level's, through the prefix (mean squared error "
+              "per feature and real token, summed over layers) [0].")
 @click.option("--temperature", type=float, default=None, help="Distillation T [2].")
 @click.option("--distill-direction", type=click.Choice(["seed", "teacher"]), default=None,
               help="seed: KL(p_i || p_k) as in the seed text; teacher: Hinton's KL(p_k || p_i) "
@@ -110,7 +114,7 @@ POSITIVE = click.IntRange(min=1)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train(preset_name, data, text_column, label_column, split_seed, out, levels, d_model,
           layers, head_dim, d_mid, ffn_mult, max_len, vocab_size, tokenizer_model,
-          no_lowercase, name, epochs, batch_size, schedule, alpha, beta, gamma, temperature,
+          no_lowercase, name, epochs, batch_size, schedule, alpha, beta, gamma, mu, temperature,
           distill_direction, lr, lr_scale, seed, init_from, nesting, pretrained, rewire,
           teacher, precision, train_rows, force, no_progress) -> None:
     """Train a Matryoshka Transformer and write its checkpoint folder.
@@ -137,7 +141,7 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
     """
     from matryoshka.training.setup import TrainPlan, run
 
-    recipe = dict(epochs=epochs, batch_size=batch_size, beta=beta, gamma=gamma,
+    recipe = dict(epochs=epochs, batch_size=batch_size, beta=beta, gamma=gamma, mu=mu,
                   temperature=temperature, lr=lr, alpha=parse_floats(alpha, "--alpha"),
                   lr_scale=parse_floats(lr_scale, "--lr-scale"),
                   distill_direction=distill_direction)

@@ -28,6 +28,7 @@ class TrainConfig:
     beta: float = 0.0  # consistency weight L_reg
     gamma: float = 0.5  # distillation weight L_distill
     temperature: float = 2.0  # distillation temperature T
+    mu: float = 0.0  # hidden-state distillation weight L_hidden
     distill_direction: str = "seed"  # "seed": KL(p_i||p_k) | "teacher": KL(p_k||p_i)
     reg_layers: tuple[int, ...] | None = None  # blocks where L_reg applies; None: all
     lr_scale: tuple[float, ...] | None = None  # lambda_i per level; None: 1 each
@@ -49,7 +50,7 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("--epochs and the batch size must be at least 1")
         numbers = {"--lr": self.lr, "--temperature": self.temperature, "--beta": self.beta,
-                   "--gamma": self.gamma, "weight_decay": self.weight_decay,
+                   "--gamma": self.gamma, "--mu": self.mu, "weight_decay": self.weight_decay,
                    "warmup": self.warmup, **{f"--alpha[{i}]": a
                                              for i, a in enumerate(self.alpha or ())},
                    **{f"--lr-scale[{i}]": v for i, v in enumerate(self.lr_scale or ())}}
@@ -58,8 +59,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a finite number; got {v}")
         if self.lr <= 0 or self.temperature <= 0:
             raise ConfigError("--lr and --temperature must be positive")
-        if min(self.beta, self.gamma, self.weight_decay, self.warmup) < 0:
-            raise ConfigError("--beta, --gamma, weight_decay and warmup must be non-negative")
+        if min(self.beta, self.gamma, self.mu, self.weight_decay, self.warmup) < 0:
+            raise ConfigError("--beta, --gamma, --mu, weight_decay and warmup must be "
+                              "non-negative")
 
     def alphas(self, levels: tuple[int, ...]) -> dict[int, float]:
         a = self.alpha if self.alpha is not None else (1.0,) * len(levels)

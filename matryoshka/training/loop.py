@@ -107,12 +107,14 @@ def check_finite_loss(epoch_loss: float, epoch: int, tcfg: TrainConfig, dist: Di
 def train_step(wrapped: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor,
                yb: torch.Tensor, active: list, tcfg: TrainConfig,
                alphas: dict[int, float], lr: float,
-               teacher: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+               teacher: torch.Tensor | None = None,
+               mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One optimisation step: one forward over the active levels (and the sub-model Spec
     among them, schedule mix), one backward, one update. `teacher`: a frozen model's logits
-    for this batch, which then teach every level (else the largest level teaches)."""
+    for this batch, which then teach every level (else the largest level teaches). `mask`:
+    the real tokens of a text batch, over which L_hidden averages."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tcfg.precision == "bf16"):
-        terms = _step_loss(wrapped, xb, yb, active, tcfg, alphas, teacher)
+        terms = _step_loss(wrapped, xb, yb, active, tcfg, alphas, teacher, mask)
     for g in opt.param_groups:
         g["lr"] = lr
     opt.zero_grad(set_to_none=True)
@@ -121,7 +123,7 @@ def train_step(wrapped: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.T
     return terms
 
 
-def _step_loss(wrapped, xb, yb, active, tcfg: TrainConfig, alphas, teacher):
+def _step_loss(wrapped, xb, yb, active, tcfg: TrainConfig, alphas, teacher, mask):
     outs, submodels = [], []
     for level, logits, hidden in wrapped(xb, active):
         group = submodels if isinstance(level, Spec) else outs
@@ -129,7 +131,8 @@ def _step_loss(wrapped, xb, yb, active, tcfg: TrainConfig, alphas, teacher):
     layers = list(tcfg.reg_layers) if tcfg.reg_layers is not None else None
     return total_loss(outs, yb, alphas=alphas, beta=tcfg.beta, gamma=tcfg.gamma,
                       temperature=tcfg.temperature, reg_layers=layers,
-                      direction=tcfg.distill_direction, teacher=teacher, submodels=submodels)
+                      direction=tcfg.distill_direction, teacher=teacher, submodels=submodels,
+                      mu=tcfg.mu, mask=mask)
 
 
 def epoch_order(n: int, epoch: int, rng: np.random.Generator, sampler) -> torch.Tensor:
@@ -212,7 +215,7 @@ def _train_rank(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, di
         for epoch in range(tcfg.epochs):
             model.train()
             order = epoch_order(len(x), epoch, rng, sampler)
-            sums = {"ce": 0.0, "reg": 0.0, "distill": 0.0, "total": 0.0}
+            sums = {"ce": 0.0, "reg": 0.0, "distill": 0.0, "hidden": 0.0, "total": 0.0}
             for b in range(steps_per_epoch):
                 idx = order[b * tcfg.batch_size:(b + 1) * tcfg.batch_size]
                 xb, yb = x[idx], y[idx]
@@ -223,7 +226,7 @@ def _train_rank(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, di
                     active.append(random_spec(cfg, rng))
                 lr = lr_at(step, total, tcfg.lr, tcfg.warmup)
                 terms = train_step(wrapped, opt, xb, yb, active, tcfg, alphas, lr,
-                                   None if taught is None else taught[idx])
+                                   None if taught is None else taught[idx], model.mask(xb))
                 for k in sums:
                     sums[k] += float(terms[k].detach()) / steps_per_epoch
                 step += 1

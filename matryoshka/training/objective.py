@@ -1,4 +1,4 @@
-"""The nested objective: L_total = sum_i alpha_i CE(f_i(x), y) + L_reg + L_distill.
+"""The nested objective: L_total = sum_i alpha_i CE(f_i(x), y) + L_reg + L_distill + L_hidden.
 
 docs/design.md, "The objective". Pure functions of logits and hidden states, so each term can be
 tested on hand-made tensors.
@@ -71,17 +71,44 @@ def distillation(outputs: list[LevelOutput], gamma: float, temperature: float,
     return gamma * t * t * total
 
 
+def hidden_distillation(outputs: list[LevelOutput], mu: float,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """L_hidden = sum_{i<k} mu * sum_l MSE(h^(l,k)[:d_i], h^(l,i)): the largest level's block
+    outputs, detached, teach every smaller level's at the same layer, channel for channel
+    through the prefix, so no projection is needed (DynaBERT's and TinyBERT's hidden-state
+    loss, with the width prefix in place of their learned map).
+
+    The squared error is a mean over the level's features and over the real tokens (`mask`,
+    [batch, n], True at a token; None: every position), summed over layers and levels. The
+    largest level must be the last output; without it the term is 0.
+    """
+    zero = outputs[0].logits.new_zeros(())
+    if mu == 0 or len(outputs) < 2:
+        return zero
+    weight = None if mask is None else mask.to(zero.dtype)
+    total = zero
+    for small in outputs[:-1]:
+        for h, t in zip(small.hidden, outputs[-1].hidden):
+            se = (t.detach()[..., : h.shape[-1]] - h).float().pow(2).mean(-1)  # [batch, n]
+            total = total + (se.mean() if weight is None
+                             else (se * weight).sum() / weight.sum().clamp(min=1.0))
+    return mu * total
+
+
 def total_loss(outputs: list[LevelOutput], y: torch.Tensor, *, alphas: dict[int, float],
                beta: float, gamma: float, temperature: float, reg_layers: list[int] | None = None,
                direction: str = "seed", teacher: torch.Tensor | None = None,
-               submodels: list[LevelOutput] = ()) -> dict[str, torch.Tensor]:
-    """Every term and their sum, as a dict with keys ce, reg, distill, total.
+               submodels: list[LevelOutput] = (), mu: float = 0.0,
+               mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Every term and their sum, as a dict with keys ce, reg, distill, hidden, total.
 
     Without `teacher` logits, the distillation term needs the largest level among the
     outputs; a step that did not run it (a sampled or early progressive step) has no teacher
     and the term is 0. `submodels` (schedule mix) each add a cross-entropy weighted as an
     average level and are taught like a level, by the teacher or the largest level; they take
-    no part in L_reg, whose pairs are nested levels. See docs/design.md,
+    no part in L_reg, whose pairs are nested levels. L_hidden (weight `mu`, real tokens in
+    `mask`) is taught by the largest level, the frozen teacher's logits or not, and is 0 on a
+    step that did not run it. See docs/design.md,
     "Sub-models between the levels (Mix'n'Match)".
     """
     ce = nested_ce(outputs, y, alphas)
@@ -89,11 +116,14 @@ def total_loss(outputs: list[LevelOutput], y: torch.Tensor, *, alphas: dict[int,
     teacher_present = teacher is not None or outputs[-1].dim == max(alphas)
     dist = (distillation(outputs, gamma, temperature, direction, teacher) if teacher_present
             else ce * 0)
+    largest_ran = outputs[-1].dim == max(alphas)
+    hidden = hidden_distillation(outputs, mu, mask) if largest_ran else ce * 0
     weight = sum(alphas.values()) / len(alphas)
     for sub in submodels:
         ce = ce + weight * F.cross_entropy(sub.logits, y)
         if teacher is not None:
             dist = dist + distillation([sub], gamma, temperature, direction, teacher)
-        elif outputs[-1].dim == max(alphas):  # the largest level teaches, when it ran
+        elif largest_ran:  # the largest level teaches
             dist = dist + distillation([sub, outputs[-1]], gamma, temperature, direction)
-    return {"ce": ce, "reg": reg, "distill": dist, "total": ce + reg + dist}
+    return {"ce": ce, "reg": reg, "distill": dist, "hidden": hidden,
+            "total": ce + reg + dist + hidden}

@@ -80,6 +80,8 @@ def _manifest_without(folder, key):
 @pytest.mark.parametrize("args,fragment", [
     (["--lr", "nan"], "--lr must be a finite number; got nan"),
     (["--gamma", "inf"], "--gamma must be a finite number"),
+    (["--mu", "-1"], "--beta, --gamma, --mu, weight_decay and warmup must be non-negative"),
+    (["--mu", "nan"], "--mu must be a finite number; got nan"),
     (["--data", "{d}/negative-ids.npz"], "val: token ids must be non-negative; got -20"),
     (["--data", "{d}/empty-seqs.npz"], "token sequences must hold at least one token"),
     (["--init-from", "{d}/ck-d_model"], "d_model must be an integer; got '64'"),

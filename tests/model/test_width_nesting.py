@@ -238,6 +238,39 @@ def test_the_frontier_benchmark_times_every_level_and_the_certified_cascade(tmp_
     assert cascade["relative_cost"] == pytest.approx(report["relative_cost"], rel=1e-9)
     assert (tmp_path / "f.png").stat().st_size > 10_000
     assert main(["--export", "no-equals-sign"]) == 2
+    for b in (1, 4):  # against the largest level, at the same batch
+        largest = {r["variant"]: r for r in rows if r["batch"] == b and r["name"] == names[-1]}
+        for r in (r for r in rows if r["batch"] == b):
+            same = largest[r["variant"]]
+            assert r["speedup"] == pytest.approx(same["ms_per_mail"] / r["ms_per_mail"])
+            assert r["speedup_fp32"] == pytest.approx(largest["fp32"]["ms_per_mail"]
+                                                      / r["ms_per_mail"])
+            assert r["accuracy_change"] == pytest.approx(r["accuracy"] - same["accuracy"])
+        assert largest["fp32"]["speedup"] == 1.0 and largest["fp32"]["accuracy_change"] == 0
+
+
+def test_the_frontier_compares_each_row_with_its_exports_largest_level():
+    """Hand-made rows: the largest level is the one of most FLOPs, whatever the row order;
+    an int8 row is compared with the int8 largest level and with the fp32 one."""
+    from benchmarks.frontier import relative_to_largest
+
+    def row(variant, name, kind, ms, acc, flops=None, export="w", batch=1):
+        return dict(export=export, variant=variant, name=name, kind=kind, ms_per_mail=ms,
+                    accuracy=acc, flops=flops, batch=batch)
+    rows = [row("fp32", "big", "level", 8.0, 0.9, 100.0), row("fp32", "small", "level", 1.0,
+                                                                0.8, 10.0),
+            row("int8", "big", "level", 4.0, 0.88, 100.0), row("fp32", "cascade", "cascade",
+                                                                 2.0, 0.89),
+            row("int8", "cascade", "cascade", 1.0, 0.87),
+            row("cpu", "TF-IDF + LR", "tfidf", 0.1, 0.7, export="tfidf")]
+    relative_to_largest(rows)
+    small, int8_big, cascade, int8_cascade, tfidf = rows[1:]
+    assert small["speedup"] == 8.0 and small["accuracy_change"] == pytest.approx(-0.1)
+    assert cascade["speedup"] == 4.0 and cascade["accuracy_change"] == pytest.approx(-0.01)
+    assert int8_big["speedup"] == 1.0 and int8_big["speedup_fp32"] == 2.0
+    assert int8_cascade["speedup"] == 4.0 and int8_cascade["speedup_fp32"] == 8.0
+    assert int8_cascade["accuracy_change"] == pytest.approx(-0.01)
+    assert "speedup" not in tfidf and "speedup_fp32" not in tfidf
 
 
 def test_int8_levels_store_the_token_table_once_in_int8(width_export):

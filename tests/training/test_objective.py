@@ -5,7 +5,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from matryoshka.training.objective import LevelOutput, consistency, distillation, total_loss
+from matryoshka.training.objective import (
+    LevelOutput,
+    consistency,
+    distillation,
+    hidden_distillation,
+    total_loss,
+)
 
 LEVELS = (4, 8)
 
@@ -118,3 +124,35 @@ def test_a_submodel_adds_an_average_levels_ce_and_is_taught_like_a_level():
     alone = total_loss(outs, y, teacher=z, **kw)
     torch.testing.assert_close(taught["distill"],
                                alone["distill"] + distillation([sub], 0.5, 2.0, teacher=z))
+
+
+def test_hidden_distillation_matches_formula_over_real_tokens_and_detaches_the_largest():
+    outs = _outputs()
+    for o in outs:
+        for h in o.hidden:
+            h.requires_grad_(True)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[0, 3:] = False  # row 0 has two padded positions
+    per_token = [(outs[1].hidden[l][..., :4] - outs[0].hidden[l]).pow(2).mean(-1)
+                 for l in range(2)]
+    expected = 0.7 * sum(t[mask].mean() for t in per_token)
+    got = hidden_distillation(outs, 0.7, mask)
+    torch.testing.assert_close(got, expected)
+    got.backward()
+    assert all(h.grad is None for h in outs[1].hidden)  # the largest level teaches
+    assert all(float(h.grad.abs().sum()) > 0 for h in outs[0].hidden)
+    # a padded position's hidden state changes nothing
+    moved = [LevelOutput(o.dim, o.logits, [h.detach().clone() for h in o.hidden]) for o in outs]
+    moved[0].hidden[0][0, 4] += 100.0
+    torch.testing.assert_close(hidden_distillation(moved, 0.7, mask), expected.detach())
+    assert float(hidden_distillation(_outputs(agree=True), 1.0)) == 0.0
+
+
+def test_hidden_distillation_enters_the_total_only_when_the_largest_level_ran():
+    outs, y = _outputs(), torch.tensor([0, 1, 2])
+    kw = dict(alphas={4: 1.0, 8: 1.0}, beta=0.0, gamma=0.0, temperature=2.0)
+    terms = total_loss(outs, y, mu=0.5, **kw)
+    torch.testing.assert_close(terms["hidden"], hidden_distillation(outs, 0.5))
+    torch.testing.assert_close(terms["total"], terms["ce"] + terms["hidden"])
+    assert float(total_loss(outs, y, **kw)["hidden"]) == 0.0  # mu 0 by default
+    assert float(total_loss(outs[:1], y, mu=0.5, **kw)["hidden"]) == 0.0
