@@ -129,6 +129,16 @@ class MatryoshkaTransformer(nn.Module):
         """[batch, n] True at real tokens, for text input; None for every other kind."""
         return x != self.config.pad_id if self.config.input_kind == "text" else None
 
+    def trim(self, x: torch.Tensor) -> torch.Tensor:
+        """A text batch without its trailing columns of padding (every column that holds a
+        real token of some row is kept, and at least one), so that a batch of short texts
+        costs its longest text, not max_len. Padding changes no row's logits (see forward), so
+        the logits are the same; other input kinds are returned as they are."""
+        if self.config.input_kind != "text" or x.shape[1] <= 1:
+            return x
+        real = (x != self.config.pad_id).any(dim=0).nonzero()
+        return x[:, : int(real[-1]) + 1 if len(real) else 1]
+
     def view(self, level: Level) -> View:
         """Map each parameter of the standalone model of `level` to (own name, slices)."""
         c = self.config

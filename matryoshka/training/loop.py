@@ -85,7 +85,7 @@ def evaluate(model: MatryoshkaTransformer, x: np.ndarray, y: np.ndarray,
     xt = torch.as_tensor(x[dist.rank::dist.world])
     yt = torch.as_tensor(y[dist.rank::dist.world], dtype=torch.long)
     for dim in levels or model.config.levels:
-        logits = torch.cat([model(xt[i:i + batch], level=dim)
+        logits = torch.cat([model(model.trim(xt[i:i + batch]), level=dim)
                             for i in range(0, len(xt), batch)])
         correct = float((logits.argmax(-1) == yt).sum())
         loss = float(torch.nn.functional.cross_entropy(logits, yt, reduction="sum"))
@@ -218,7 +218,7 @@ def _train_rank(cfg, data, tcfg, tmp: Path | None, progress, data_name, init, di
             sums = {"ce": 0.0, "reg": 0.0, "distill": 0.0, "hidden": 0.0, "total": 0.0}
             for b in range(steps_per_epoch):
                 idx = order[b * tcfg.batch_size:(b + 1) * tcfg.batch_size]
-                xb, yb = x[idx], y[idx]
+                xb, yb = model.trim(x[idx]), y[idx]
                 if tcfg.augment and cfg.input_kind == "image":
                     xb = shift_images(xb, gen)
                 active = levels_for_step(tcfg.schedule, cfg.levels, epoch, tcfg.epochs, rng)

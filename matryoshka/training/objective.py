@@ -25,9 +25,20 @@ def nested_ce(outputs: list[LevelOutput], y: torch.Tensor,
     return sum(alphas[o.dim] * F.cross_entropy(o.logits, y) for o in outputs)
 
 
-def consistency(outputs: list[LevelOutput], beta: float, layers: list[int] | None) -> torch.Tensor:
+def token_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean of [batch, n] values over the real tokens (`mask` True), or over every position
+    when there is no mask (an image's patches)."""
+    if mask is None:
+        return values.mean()
+    weight = mask.to(values.dtype)
+    return (values * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def consistency(outputs: list[LevelOutput], beta: float, layers: list[int] | None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
     """L_reg = sum_{i<k} beta * ||h^(l,i+1)[:d_i] - h^(l,i)||^2, summed over features,
-    averaged over tokens and batch, summed over the chosen layers (None: all).
+    averaged over the real tokens (`mask`, [batch, n]; None: every position), summed over the
+    chosen layers (None: all).
 
     d_i is the width of level i's hidden state: its level for width nesting, and the whole
     residual width for head nesting, whose levels all keep it."""
@@ -40,7 +51,7 @@ def consistency(outputs: list[LevelOutput], beta: float, layers: list[int] | Non
         for l in chosen:
             h = small.hidden[l]
             diff = big.hidden[l][..., : h.shape[-1]] - h
-            total = total + diff.pow(2).sum(-1).mean()
+            total = total + token_mean(diff.pow(2).sum(-1), mask)
     return beta * total
 
 
@@ -85,13 +96,11 @@ def hidden_distillation(outputs: list[LevelOutput], mu: float,
     zero = outputs[0].logits.new_zeros(())
     if mu == 0 or len(outputs) < 2:
         return zero
-    weight = None if mask is None else mask.to(zero.dtype)
     total = zero
     for small in outputs[:-1]:
         for h, t in zip(small.hidden, outputs[-1].hidden):
             se = (t.detach()[..., : h.shape[-1]] - h).float().pow(2).mean(-1)  # [batch, n]
-            total = total + (se.mean() if weight is None
-                             else (se * weight).sum() / weight.sum().clamp(min=1.0))
+            total = total + token_mean(se, mask)
     return mu * total
 
 
@@ -106,13 +115,13 @@ def total_loss(outputs: list[LevelOutput], y: torch.Tensor, *, alphas: dict[int,
     outputs; a step that did not run it (a sampled or early progressive step) has no teacher
     and the term is 0. `submodels` (schedule mix) each add a cross-entropy weighted as an
     average level and are taught like a level, by the teacher or the largest level; they take
-    no part in L_reg, whose pairs are nested levels. L_hidden (weight `mu`, real tokens in
-    `mask`) is taught by the largest level, the frozen teacher's logits or not, and is 0 on a
-    step that did not run it. See docs/design.md,
+    no part in L_reg, whose pairs are nested levels. L_reg and L_hidden average over the real
+    tokens of `mask`. L_hidden (weight `mu`) is taught by the largest level, the frozen
+    teacher's logits or not, and is 0 on a step that did not run it. See docs/design.md,
     "Sub-models between the levels (Mix'n'Match)".
     """
     ce = nested_ce(outputs, y, alphas)
-    reg = consistency(outputs, beta, reg_layers)
+    reg = consistency(outputs, beta, reg_layers, mask)
     teacher_present = teacher is not None or outputs[-1].dim == max(alphas)
     dist = (distillation(outputs, gamma, temperature, direction, teacher) if teacher_present
             else ce * 0)

@@ -357,7 +357,8 @@ def rewire(model, dataset: dict, batch_size: int, precision: str, say: Say,
     x, y = dataset["train"]
     keep = np.random.default_rng(0).permutation(len(x))[:rows]
     x, y = torch.as_tensor(x[keep]), torch.as_tensor(y[keep], dtype=torch.long)
-    batches = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    batches = [(model.trim(x[i:i + batch_size]), y[i:i + batch_size])
+               for i in range(0, len(x), batch_size)]
     what = "residual channels, heads and FFN neurons" if channels else "heads and FFN neurons"
     if progress:
         say(f"rewiring: scoring {what} on {len(x)} training rows")

@@ -23,7 +23,7 @@ def teacher_logits(model: MatryoshkaTransformer, x: np.ndarray, batch: int = 64,
                                else torch.long)
     starts = range(0, len(xt), batch)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        out = [model(xt[i:i + batch], level=level).float()
+        out = [model(model.trim(xt[i:i + batch]), level=level).float()
                for i in tqdm(starts, desc="teacher", unit="batch", leave=False,
                              disable=None if progress else True)]
     return torch.cat(out).numpy()

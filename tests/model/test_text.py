@@ -61,3 +61,23 @@ def test_config_of_a_text_model_has_no_image_fields():
     assert d["input_kind"] == "text" and d["pad_id"] == 0
     assert not {"image_size", "patch_size", "pixel_scale"} & set(d)
     assert "vocab_size" not in preset("tiny").to_dict()
+
+
+def test_trim_drops_the_trailing_padding_and_keeps_the_logits(model):
+    """A batch of short texts costs its longest text: trim keeps every column that holds a
+    real token of some row, and the trimmed batch's logits are the padded batch's."""
+    rows = ragged_ids(n=4)  # lengths 1, 3, 7, 12, padded to 32
+    ids = torch.as_tensor(padded(rows, 32))
+    trimmed = model.trim(ids)
+    assert trimmed.shape == (4, 12) and torch.equal(trimmed, ids[:, :12])
+    with torch.no_grad():
+        for dim in (8, 32):
+            torch.testing.assert_close(model(trimmed, level=dim), model(ids, level=dim),
+                                       rtol=0, atol=1e-5)
+    inner = ids.clone()
+    inner[0, 20] = 5  # a real token after a pad is kept, with the pads before it
+    assert model.trim(inner).shape == (4, 21)
+    assert model.trim(torch.zeros(2, 9, dtype=torch.long)).shape == (2, 1)
+    image = MatryoshkaTransformer(preset("tiny"))
+    x = torch.zeros(2, 8, 8)
+    assert model.trim(ids[:, :1]).shape == (4, 1) and image.trim(x) is x

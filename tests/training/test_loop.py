@@ -78,3 +78,35 @@ def test_a_mix_step_adds_its_loss_to_the_joint_one():
     train_step(MultiLevel(model), opt, x, y, [16, spec], tcfg, alphas, lr=0.0)
     grad = model.blocks[0].ffn.w1.weight.grad
     assert grad[48:96, :16].abs().sum() > 0 and grad[48:96, 16:].abs().sum() == 0
+
+
+def test_a_text_step_is_the_same_on_the_trimmed_batch():
+    """The loop trims each batch's trailing padding; every term (CE, L_reg and L_hidden over
+    the real tokens, L_distill) is the same as on the batch padded to max_len, and so is the
+    gradient, so trimming changes what a step costs, not what it learns."""
+    from matryoshka.model import MatryoshkaTransformer, preset
+    from matryoshka.training import TrainConfig
+    from matryoshka.training.distributed import MultiLevel
+    from matryoshka.training.loop import _step_loss
+
+    torch.manual_seed(0)
+    model = MatryoshkaTransformer(preset("tiny-text"))
+    tcfg = TrainConfig(beta=0.01, gamma=0.5, mu=1.0)
+    x = torch.zeros(4, 32, dtype=torch.long)
+    for i, n in enumerate((2, 5, 9, 3)):
+        x[i, :n] = torch.randint(1, 100, (n,))
+    y = torch.tensor([0, 1, 0, 1])
+    alphas = tcfg.alphas(model.config.levels)
+    levels = list(model.config.levels)
+    terms, grads = [], []
+    for xb in (x, model.trim(x)):
+        model.zero_grad()
+        t = _step_loss(MultiLevel(model), xb, y, levels, tcfg, alphas, None, model.mask(xb))
+        t["total"].backward()
+        terms.append(t)
+        grads.append(model.blocks[0].attn.q.weight.grad.clone())
+    assert model.trim(x).shape[1] == 9
+    for k in ("ce", "reg", "distill", "hidden", "total"):
+        torch.testing.assert_close(terms[1][k], terms[0][k], rtol=1e-5, atol=1e-6)
+    assert float(terms[0]["reg"].detach()) > 0 and float(terms[0]["hidden"].detach()) > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
