@@ -7,6 +7,8 @@ rewires the residual channels, then export (INT8 included), calibrate, the casca
 Mix'n'Match and predict work on width levels; bad levels are one `error:` line, exit 2,
 nothing written."""
 
+import shutil
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -271,6 +273,33 @@ def test_the_frontier_compares_each_row_with_its_exports_largest_level():
     assert int8_cascade["speedup"] == 4.0 and int8_cascade["speedup_fp32"] == 8.0
     assert int8_cascade["accuracy_change"] == pytest.approx(-0.01)
     assert "speedup" not in tfidf and "speedup_fp32" not in tfidf
+
+
+def test_the_thresholds_benchmark_replays_calibrates_own_shared_threshold(tmp_path,
+                                                                         width_export):
+    """benchmarks/thresholds.py: its shared threshold is the one calibrate certified (the same
+    procedure on the same rows), every row's exits add up to 1, and an export without a
+    calibration is one error line."""
+    import json
+
+    from benchmarks.thresholds import main
+
+    d = width_export
+    assert main([str(d / "exp"), "--epsilon", "0.1", "--delta", "0.2", "--path-rows", "64",
+                 "--splits", "2", "--json", str(tmp_path / "t.json")]) == 0
+    results = json.loads((tmp_path / "t.json").read_text())["results"]
+    record = read_manifest(d / "exp")["calibration"]["fp32"]
+    assert results[0]["thresholds"] == [round(t, 4) for t in record["thresholds"]]
+    assert results[0]["relative_cost"] == pytest.approx(record["test"]["relative_cost"])
+    assert results[0]["accuracy"] == pytest.approx(record["test"]["accuracy"])
+    assert len(results) == 1 + 2 + 1 + 2
+    assert all(sum(r["exits"]) == pytest.approx(1.0) for r in results)
+    bare = tmp_path / "bare"
+    shutil.copytree(d / "exp", bare)
+    m = json.loads((bare / "manifest.json").read_text())
+    del m["calibration"]
+    (bare / "manifest.json").write_text(json.dumps(m))
+    assert main([str(bare)]) == 2
 
 
 def test_int8_levels_store_the_token_table_once_in_int8(width_export):
