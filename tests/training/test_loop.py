@@ -110,3 +110,18 @@ def test_a_text_step_is_the_same_on_the_trimmed_batch():
         torch.testing.assert_close(terms[1][k], terms[0][k], rtol=1e-5, atol=1e-6)
     assert float(terms[0]["reg"].detach()) > 0 and float(terms[0]["hidden"].detach()) > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_the_trimming_benchmark_runs_on_an_imported_encoder(tmp_path, capsys):
+    """benchmarks/train_trim.py times the same steps padded and trimmed on a tiny BERT."""
+    from benchmarks.train_trim import main
+    from tests.model.tiny_bert import labelled_csv, make_tiny_bert
+
+    folder = make_tiny_bert(tmp_path / "bert")
+    labelled_csv(tmp_path / "data.csv")
+    assert main(["--data", str(tmp_path / "data.csv"), "--pretrained", str(folder),
+                 "--levels", "8,16,32", "--max-len", "32", "--steps", "2", "--rounds",
+                 "1"]) == 0
+    out = capsys.readouterr().out
+    assert "trimmed is" in out and "tokens per batch" in out
+    assert main(["--data", str(tmp_path / "none.csv"), "--pretrained", str(folder)]) == 2
