@@ -112,7 +112,7 @@ def train_step(wrapped: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.T
     """One optimisation step: one forward over the active levels (and the sub-model Spec
     among them, schedule mix), one backward, one update. `teacher`: a frozen model's logits
     for this batch, which then teach every level (else the largest level teaches). `mask`:
-    the real tokens of a text batch, over which L_hidden averages."""
+    the real tokens of a text batch, over which L_reg and L_hidden average."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tcfg.precision == "bf16"):
         terms = _step_loss(wrapped, xb, yb, active, tcfg, alphas, teacher, mask)
     for g in opt.param_groups:

@@ -91,7 +91,7 @@ def hidden_distillation(outputs: list[LevelOutput], mu: float,
 
     The squared error is a mean over the level's features and over the real tokens (`mask`,
     [batch, n], True at a token; None: every position), summed over layers and levels. The
-    largest level must be the last output; without it the term is 0.
+    last output teaches: total_loss calls this only on a step that ran the largest level.
     """
     zero = outputs[0].logits.new_zeros(())
     if mu == 0 or len(outputs) < 2:
@@ -122,10 +122,10 @@ def total_loss(outputs: list[LevelOutput], y: torch.Tensor, *, alphas: dict[int,
     """
     ce = nested_ce(outputs, y, alphas)
     reg = consistency(outputs, beta, reg_layers, mask)
-    teacher_present = teacher is not None or outputs[-1].dim == max(alphas)
-    dist = (distillation(outputs, gamma, temperature, direction, teacher) if teacher_present
-            else ce * 0)
     largest_ran = outputs[-1].dim == max(alphas)
+    dist = (distillation(outputs, gamma, temperature, direction, teacher)
+            if teacher is not None or largest_ran
+            else ce * 0)
     hidden = hidden_distillation(outputs, mu, mask) if largest_ran else ce * 0
     weight = sum(alphas.values()) / len(alphas)
     for sub in submodels:
