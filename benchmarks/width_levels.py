@@ -33,7 +33,7 @@ import numpy as np
 import onnxruntime as ort
 
 from matryoshka.exporter.graph import to_onnx
-from matryoshka.model.bert import import_bert, nest_by_heads, nest_by_width
+from matryoshka.model.bert import import_encoder, nest_by_heads, nest_by_width
 from matryoshka.model.transformer import extract_level, flops_per_sample
 from matryoshka.quantize import quantize_level
 from matryoshka.runtime.plan import PRECISIONS
@@ -45,7 +45,7 @@ def build(folder: Path, widths: tuple[int, ...], heads: tuple[int, ...], seq: in
           tmp: Path) -> dict[str, dict]:
     """Every level's graphs (fp32 and INT8 paths), FLOPs and file sizes, by name: '96' ...
     for widths, 'h3' ... for heads; the largest width is the encoder itself."""
-    model, _ = import_bert(folder, n_classes=2, max_len=seq)
+    model, _, _ = import_encoder(folder, n_classes=2, max_len=seq)
     full = model.config.d_model
     nested = {"width": nest_by_width(model, widths)}
     if heads:

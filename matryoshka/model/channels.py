@@ -7,11 +7,14 @@ uses most (issue 31: the seed's width nesting on an imported encoder).
   these are the residual stream itself), the mean |activation| over a text's real tokens, then
   the L2 norm of that over the texts, summed over all the LayerNorms. It needs no labels.
 - The permutation acts on every residual axis at once: the columns of the token and position
-  tables, every LayerNorm's gamma and beta, the input columns of q, k, v and the FFN's first
-  matrix, the output rows (and biases) of the attention projection and the FFN's second
-  matrix, and the classifier's input columns. LayerNorm commutes with a permutation, so the
-  model computes the same function (tests/model/test_channels.py checks 1e-5 on padded
-  texts). A rotation (SliceGPT) would not be exact in a post-LN block and is not needed.
+  tables (ELECTRA's: the output rows of the projection that follows them), every LayerNorm's
+  gamma and beta, the input columns of q, k, v and the FFN's first matrix, the output rows
+  (and biases) of the attention projection and the FFN's second matrix, and the classifier's
+  input columns (an imported classifier's hidden layer: its input columns and, in the same
+  order, its output rows, so the head's input follows). LayerNorm commutes with a
+  permutation, so the model computes the same function (tests/model/test_channels.py checks
+  1e-5 on padded texts). A rotation (SliceGPT) would not
+  be exact in a post-LN block and is not needed.
 """
 
 from __future__ import annotations
@@ -97,12 +100,15 @@ def permute_channels(model: MatryoshkaTransformer, channel_order: np.ndarray
     def cols(t: torch.Tensor) -> None:  # the residual axis is the last
         t.copy_(t[..., p])
 
-    if model.config.input_kind == "image":
-        rows(model.embed.weight)
-        rows(model.embed.bias)
+    c = model.config
+    if c.input_kind == "image" or c.embed_dim:
+        proj = model.embed if c.input_kind == "image" else model.embed_proj
+        rows(proj.weight)
+        rows(proj.bias)
     else:
         cols(model.embed.weight)
-    cols(model.pos)
+    if not c.embed_dim:  # ELECTRA's table is embed_dim wide: not a residual axis
+        cols(model.pos)
     for norm in (m for m in model.modules() if isinstance(m, NestedLayerNorm)):
         for t in (*norm.weight, *norm.bias):
             rows(t)
@@ -113,6 +119,10 @@ def permute_channels(model: MatryoshkaTransformer, channel_order: np.ndarray
         for lin in (attn.o, ffn.w2):
             rows(lin.weight)
             rows(lin.bias)
+    if model.config.head_act != "none":  # the hidden layer's output keeps the same order
+        rows(model.pre_head.weight)
+        cols(model.pre_head.weight)
+        rows(model.pre_head.bias)
     cols(model.head.weight)
     return model
 

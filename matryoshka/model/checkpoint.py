@@ -12,7 +12,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from matryoshka.errors import ArtifactError, ConfigError, MissingArtifactError, not_a_folder
+from matryoshka.errors import (
+    ArtifactError,
+    ConfigError,
+    MatryoshkaError,
+    MissingArtifactError,
+    not_a_folder,
+)
 from matryoshka.io import (
     publish,
     read_json_object,
@@ -98,9 +104,39 @@ def checkpoint_tokenizer(folder: str | Path, config: MatryoshkaConfig) -> bytes 
     return path.read_bytes()
 
 
+def is_hf_folder(folder: str | Path) -> bool:
+    """A Hugging Face model folder (config.json naming a model_type, no metrics.json), not a
+    checkpoint of ours."""
+    folder = Path(folder)
+    if not (folder / CONFIG).is_file() or (folder / METRICS).is_file():
+        return False
+    try:
+        return "model_type" in read_json_object(folder / CONFIG)
+    except MatryoshkaError:
+        return False
+
+
+def load_model(folder: str | Path, max_len: int | None = None
+               ) -> tuple[MatryoshkaTransformer, dict, bytes | None]:
+    """(model, metrics, tokenizer.json bytes or None): a checkpoint, or a fine-tuned Hugging
+    Face `*ForSequenceClassification` folder imported exactly (model/bert.py; its texts cut to
+    max_len tokens), whose metrics name its classes."""
+    if not is_hf_folder(folder):
+        model, metrics = load_checkpoint(folder)
+        return model, metrics, checkpoint_tokenizer(folder, model.config)
+    from matryoshka.model.bert import classifier_labels, import_encoder, read_hf_config
+
+    _, cfg = read_hf_config(folder)
+    if classifier_labels(cfg, str(folder)) is None:
+        raise ConfigError(f"{folder} is a base encoder without a classifier head; start from it "
+                          "with --pretrained (a fine-tuned classifier can be --init-from)")
+    model, tokenizer, classes = import_encoder(folder, max_len=max_len)
+    return model, {"labels": classes}, tokenizer.to_str().encode()
+
+
 def checkpoint_sha256(folder: str | Path) -> str:
     return sha256_file(Path(folder) / WEIGHTS)
 
 
-__all__ = ["checkpoint_sha256", "checkpoint_tokenizer", "load_checkpoint", "read_config",
-           "save_checkpoint"]
+__all__ = ["checkpoint_sha256", "checkpoint_tokenizer", "is_hf_folder", "load_checkpoint",
+           "load_model", "read_config", "save_checkpoint"]

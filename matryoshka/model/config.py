@@ -49,6 +49,14 @@ class MatryoshkaConfig:
     ln_eps: float = 1e-5  # every LayerNorm's epsilon (BERT: layer_norm_eps, 1e-12)
     embed_norm: str = "none"  # "none" | "layer_norm": a LayerNorm after token + position
     pooling: str = "mean"  # "mean": masked mean of the last block | "cls": its first token
+    # The classifier's hidden layer, as an imported *ForSequenceClassification has it: "none"
+    # (logits = head(pooled)) | "tanh", "relu", "gelu": logits = head(act(pre_head(pooled))),
+    # pre_head a d x d dense (BERT's pooler and RoBERTa's dense: tanh; DistilBERT: ReLU)
+    head_act: str = "none"
+    # ELECTRA's factorised embedding: 0 (the token and position tables are d_model wide) | E:
+    # the tables and the embedding LayerNorm are E wide, and a dense E -> d (its
+    # embeddings_project), nested by its output rows, feeds the blocks
+    embed_dim: int = 0
     # What a level nests: "width" (d_1 < ... < d_k, this project's design) | "heads" (an
     # imported encoder, DynaBERT: the residual width stays d_model, and level h runs the first
     # h heads and the first d_mid * h / n_heads FFN neurons of every layer; levels are head
@@ -72,6 +80,9 @@ class MatryoshkaConfig:
         _check_choice("input_kind", self.input_kind, INPUT_KINDS)
         for name, choices in ARCH_CHOICES.items():
             _check_choice(name, getattr(self, name), choices)
+        if self.embed_dim < 0 or (self.embed_dim and self.input_kind != "text"):
+            raise ConfigError(f"embed_dim (a factorised token table) is 0 or positive, for "
+                              f"text; got {self.embed_dim}")
         if not self.ln_eps > 0:
             raise ConfigError(f"ln_eps must be positive, got {self.ln_eps}")
         if self.pooling == "cls" and self.input_kind == "image":
@@ -254,9 +265,9 @@ class MatryoshkaConfig:
 INPUT_KINDS = ("image", "tokens", "text")
 ARCH_CHOICES = {"block": ("pre_ln", "post_ln"), "activation": ("relu", "gelu"),
                 "embed_norm": ("none", "layer_norm"), "pooling": ("mean", "cls"),
-                "nesting": ("width", "heads")}
+                "head_act": ("none", "tanh", "relu", "gelu"), "nesting": ("width", "heads")}
 ARCH_DEFAULTS = {"block": "pre_ln", "activation": "relu", "ln_eps": 1e-5, "embed_norm": "none",
-                 "pooling": "mean", "nesting": "width"}
+                 "pooling": "mean", "head_act": "none", "embed_dim": 0, "nesting": "width"}
 # Fields that belong to some input kinds only: written to config.json for those alone.
 KIND_FIELDS = {"image_size": ("image",), "patch_size": ("image",), "pixel_scale": ("image",),
                "vocab_size": ("tokens", "text"), "max_len": ("tokens", "text"),

@@ -24,6 +24,9 @@ from matryoshka.model.layers import (
 )
 from matryoshka.model.spec import Spec
 
+# The activation after an imported classifier's hidden layer (config.head_act).
+HEAD_ACTS = {"tanh": torch.tanh, "relu": torch.relu, "gelu": F.gelu}
+
 # What a level is, wherever one is asked for: a width (a trained level's own widths in every
 # layer), a Mix'n'Match Spec, or None for the full model.
 Level = int | Spec | None
@@ -46,12 +49,16 @@ class MatryoshkaTransformer(nn.Module):
             self.embed = NestedLinear(None, "d", lambda k, w: c.patch_size**2 if k is None else
                                       axis_size(k, w), full[0])
         else:
-            self.embed = nn.Embedding(c.vocab_size, c.d_model)
+            self.embed = nn.Embedding(c.vocab_size, c.embed_dim or c.d_model)
             nn.init.normal_(self.embed.weight, std=1.0)
         if c.pos_encoding == "learned":
-            self.pos = nn.Parameter(torch.randn(c.n_tokens, c.d_model) * 0.02)
+            self.pos = nn.Parameter(torch.randn(c.n_tokens, c.embed_dim or c.d_model) * 0.02)
         per_level = c.norm == "per_level"
-        if c.embed_norm == "layer_norm":
+        if c.embed_dim:  # ELECTRA: the embedding at embed_dim, not nested, then projected
+            self.ln_e = nn.LayerNorm(c.embed_dim, eps=c.ln_eps)
+            self.embed_proj = NestedLinear(None, "d", lambda k, w: c.embed_dim if k is None
+                                           else axis_size(k, w), full[0])
+        elif c.embed_norm == "layer_norm":
             self.ln_e = NestedLayerNorm(c.dims(), per_level, c.ln_eps)
         self.blocks = nn.ModuleList(
             NestedBlock(w, c.dims(), c.head_dim, per_level, c.dropout, c.block == "post_ln",
@@ -59,6 +66,8 @@ class MatryoshkaTransformer(nn.Module):
         )
         if c.block == "pre_ln":  # a post-norm block's output is normalized already
             self.ln_f = NestedLayerNorm(c.dims(), per_level, c.ln_eps)
+        if c.head_act != "none":  # an imported classifier's hidden layer, nested as d x d
+            self.pre_head = NestedLinear("d", "d", axis_size, full[0])
         self.head = NestedLinear("d", None, lambda k, w: c.n_classes if k is None else
                                  axis_size(k, w), full[0])
 
@@ -81,6 +90,10 @@ class MatryoshkaTransformer(nn.Module):
             x = x.to(torch.float32) * (1.0 / c.pixel_scale)
             x = x.reshape(b, g, p, g, p).permute(0, 1, 3, 2, 4).reshape(b, g * g, p * p)
             h = self.embed(x, BlockWidths(dim, dim, dim))
+        elif c.embed_dim:
+            n = x.shape[1]
+            h = self.ln_e(F.embedding(x, self.embed.weight) + self.pos[:n])
+            return self.embed_proj(h, BlockWidths(dim, dim, dim))
         else:
             h = F.embedding(x, prefix(self.embed.weight, c.vocab_size, dim))
         n = h.shape[1]
@@ -100,7 +113,10 @@ class MatryoshkaTransformer(nn.Module):
         """
         spec = self.check_level(level)
         pooled, hidden = self.encode(x, spec)
-        logits = self.head(pooled, BlockWidths(spec.dim, spec.dim, spec.dim))
+        top = BlockWidths(spec.dim, spec.dim, spec.dim)
+        if self.config.head_act != "none":
+            pooled = HEAD_ACTS[self.config.head_act](self.pre_head(pooled, top))
+        logits = self.head(pooled, top)
         return (logits, hidden) if return_hidden else logits
 
     def encode(self, x: torch.Tensor, level: Level = None
@@ -145,15 +161,24 @@ class MatryoshkaTransformer(nn.Module):
         spec = self.check_level(level)
         dim = spec.dim
         top = BlockWidths(dim, dim, dim)
-        norms = {name: getattr(self, name) for name in ("ln_e", "ln_f") if hasattr(self, name)}
+        norms = {name: getattr(self, name) for name in ("ln_e", "ln_f") if hasattr(self, name)
+                 and isinstance(getattr(self, name), NestedLayerNorm)}
+        if c.embed_dim:
+            norms["embed_proj"] = self.embed_proj
+        if c.head_act != "none":
+            norms["pre_head"] = self.pre_head
         out = _merge(top, head=self.head, **norms)
         for i, (block, w) in enumerate(zip(self.blocks, self.layer_widths(spec))):
             out.update(_merge(w, **{f"blocks.{i}": block}))
         if c.input_kind == "image":
             out.update(_merge(top, embed=self.embed))
+        elif c.embed_dim:  # the tables and their LayerNorm are whole at every level
+            out.update({name: (name, (slice(None),) * p.dim()) for name, p in
+                        (("embed.weight", self.embed.weight), ("pos", self.pos),
+                         ("ln_e.weight", self.ln_e.weight), ("ln_e.bias", self.ln_e.bias))})
         else:
             out["embed.weight"] = ("embed.weight", (slice(None), slice(0, dim)))
-        if c.pos_encoding == "learned":
+        if c.pos_encoding == "learned" and not c.embed_dim:
             out["pos"] = ("pos", (slice(None), slice(0, dim)))
         return out
 
@@ -195,18 +220,20 @@ def flops_terms(config: MatryoshkaConfig, level: Level) -> dict[str, int]:
     """FLOPs (multiply-adds x2) of one sample at `level` (a width or a Spec) as a polynomial
     in its length n: per_token * n + per_pair * n**2 + per_sample.
 
-    per_token: the patch projection (a text embedding is a gather: no FLOPs), the q, k, v, o
+    per_token: the patch projection (a text embedding is a gather: no FLOPs; ELECTRA's
+    projection embed_dim x dim), the q, k, v, o
     projections (dim x attn each), the FFN (dim x ffn, twice) and the pooling sum; per_pair:
     attention's scores q.k and context p.v, n**2 * attn each, in every layer; per_sample: the
-    head.
+    head (and an imported classifier's dim x dim hidden layer).
     """
     spec = config.spec(level)
     dim, c, hd = spec.dim, config.n_classes, config.head_dim
-    embed = config.patch_size**2 * dim if config.input_kind == "image" else 0
+    embed = (config.patch_size**2 * dim if config.input_kind == "image"
+             else config.embed_dim * dim)
     layers = sum(4 * dim * h * hd + 2 * dim * m for m, h in zip(spec.ffn, spec.heads))
     return {"per_token": 2 * (embed + layers) + dim,
             "per_pair": 2 * 2 * hd * sum(spec.heads),
-            "per_sample": 2 * dim * c}
+            "per_sample": 2 * dim * c + (2 * dim * dim if config.head_act != "none" else 0)}
 
 
 def flops_per_sample(config: MatryoshkaConfig, level: Level) -> int:

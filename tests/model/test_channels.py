@@ -8,7 +8,7 @@ import torch
 
 from matryoshka.errors import ConfigError
 from matryoshka.model import MatryoshkaTransformer, preset
-from matryoshka.model.bert import import_bert, nest_by_width
+from matryoshka.model.bert import import_encoder, nest_by_width
 from matryoshka.model.channels import channel_importance, permute_channels, rewire_channels
 from matryoshka.model.layers import NestedLayerNorm
 from matryoshka.runtime.text import encode, pad
@@ -17,8 +17,8 @@ from tests.model.tiny_bert import make_tiny_bert, texts
 
 @pytest.fixture(params=["mean", "cls"])
 def imported(tmp_path, request):
-    model, tok = import_bert(make_tiny_bert(tmp_path / "bert", pooling=request.param),
-                             n_classes=3, max_len=64)
+    model, tok, _ = import_encoder(make_tiny_bert(tmp_path / "bert", pooling=request.param),
+                                n_classes=3, max_len=64)
     with torch.no_grad():  # a head that reads every channel, so a wrong permutation shows
         model.head.weight.normal_()
     return model, torch.from_numpy(pad(encode(tok, texts(24))))

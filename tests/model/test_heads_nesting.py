@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from matryoshka.calibration import calibrate
 from matryoshka.cli import cli, mexport
 from matryoshka.errors import ConfigError
-from matryoshka.model.bert import import_bert, nest_by_heads
+from matryoshka.model.bert import import_encoder, nest_by_heads
 from matryoshka.model.transformer import extract_level
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.text import encode, pad
@@ -22,8 +22,8 @@ from tests.model.tiny_bert import labelled_csv, make_tiny_bert, teacher_and_stud
 
 @pytest.fixture
 def imported(tmp_path):
-    model, tok = import_bert(make_tiny_bert(tmp_path / "bert", heads=4, ffn=64), n_classes=2,
-                             max_len=32)
+    model, tok, _ = import_encoder(make_tiny_bert(tmp_path / "bert", heads=4, ffn=64), n_classes=2,
+                                max_len=32)
     return model, torch.from_numpy(pad(encode(tok, texts(24))))
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from matryoshka.model.bert import import_bert
+from matryoshka.model.bert import import_encoder
 from matryoshka.model.importance import importance, order, reorder, rewire
 from matryoshka.runtime.text import encode, pad
 from tests.model.tiny_bert import make_tiny_bert, texts
@@ -14,8 +14,8 @@ from tests.model.tiny_bert import make_tiny_bert, texts
 
 @pytest.fixture
 def bert(tmp_path):
-    model, tok = import_bert(make_tiny_bert(tmp_path / "bert", heads=4, ffn=64), n_classes=3,
-                             max_len=32)
+    model, tok, _ = import_encoder(make_tiny_bert(tmp_path / "bert", heads=4, ffn=64), n_classes=3,
+                                max_len=32)
     torch.manual_seed(0)
     with torch.no_grad():
         model.head.weight.normal_(0, 1.0)

@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from matryoshka.calibration import calibrate
 from matryoshka.cli import cli, mexport
 from matryoshka.errors import ConfigError
-from matryoshka.model.bert import import_bert, nest_by_width
+from matryoshka.model.bert import import_encoder, nest_by_width
 from matryoshka.model.checkpoint import load_checkpoint
 from matryoshka.model.transformer import extract_level
 from matryoshka.runtime import Runtime
@@ -32,7 +32,7 @@ from tests.model.tiny_bert import labelled_csv, make_tiny_bert, teacher_and_stud
 
 @pytest.fixture
 def imported(tmp_path):
-    model, tok = import_bert(make_tiny_bert(tmp_path / "bert"), n_classes=2, max_len=32)
+    model, tok, _ = import_encoder(make_tiny_bert(tmp_path / "bert"), n_classes=2, max_len=32)
     return model, torch.from_numpy(pad(encode(tok, texts(24))))
 
 

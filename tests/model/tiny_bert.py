@@ -13,22 +13,30 @@ WORDS = ("free money now click here prize win claim offer lunch meeting thursday
          "the a and to of is you we are at on for your please reply thanks patch").split()
 
 
-def make_tiny_bert(folder: str | Path, pooling: str = "mean", hidden: int = 32, layers: int = 2,
-                   heads: int = 4, ffn: int = 64, positions: int = 64, seed: int = 0,
-                   prefix: str = "") -> Path:
-    from safetensors.numpy import save_file
+def wordpiece(vocab: list[str]):
+    """BERT's WordPiece tokenizer over `vocab` ([PAD] [UNK] [CLS] [SEP] first): lowercased,
+    its post-processor adding [CLS] and [SEP]."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-    folder = Path(folder)
-    (folder / "1_Pooling").mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS)) + [
-        f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz!?.,")
     tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return tok
+
+
+def make_tiny_bert(folder: str | Path, pooling: str = "mean", hidden: int = 32, layers: int = 2,
+                   heads: int = 4, ffn: int = 64, positions: int = 64, seed: int = 0,
+                   prefix: str = "") -> Path:
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    (folder / "1_Pooling").mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS)) + [
+        f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz!?.,")
+    tok = wordpiece(vocab)
     tok.enable_truncation(max_length=positions)
     tok.save(str(folder / "tokenizer.json"))
     cfg = {"architectures": ["BertModel"], "model_type": "bert", "hidden_size": hidden,
