@@ -342,7 +342,7 @@ def val_split(checkpoint: str | Path, model: MatryoshkaTransformer, metrics: dic
         from matryoshka.runtime.text import load_tokenizer
 
         tokenizer = load_tokenizer(tokenizer_json)
-    dataset, record = resolve(data, metrics.get("data") or "demo", tokenizer)
+    dataset, record = resolve(data, metrics.get("data") or "demo", tokenizer, cfg.pad_id)
     x, y = dataset["val"]
     _check_fits(cfg, x, y)
     return as_input(x, cfg.input_kind), y, record

@@ -10,9 +10,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "matryoshka"
 # top to bottom: a unit imports only units below it (or itself, without a cycle)
-ORDER = ["__main__", "cli", "search", "search_report", "bundle", "exporter", "training",
-         "model", "calibration", "folder", "data", "int8_check", "quantize", "pair_scale",
-         "runtime", "logs", "io", "errors", "__init__"]
+ORDER = ["__main__", "cli", "search", "search_report", "bundle", "importer", "exporter",
+         "training", "model", "calibration", "folder", "data", "int8_check", "quantize",
+         "pair_scale", "runtime", "logs", "io", "errors", "__init__"]
 NOT_IMPORTED = {"runtime": {"torch", "onnx"}, "folder": {"torch"}}
 
 

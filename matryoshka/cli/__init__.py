@@ -7,6 +7,7 @@ from matryoshka.cli import (  # noqa: F401  (registers commands)
     bench,
     bundle,
     calibrate,
+    imports,
     predict,
     search,
     train,

@@ -32,9 +32,10 @@ def class_names(record: dict, n_classes: int) -> list[str]:
     return list(names) if names else [str(i) for i in range(n_classes)]
 
 
-def load(record: dict | str, tokenizer=None) -> Dataset:
+def load(record: dict | str, tokenizer=None, pad_id: int = 0) -> Dataset:
     """The numeric data set behind a record: arrays as the graphs take them. Text is
-    tokenized with `tokenizer` (the model's own). A legacy record is a plain name or path."""
+    tokenized with `tokenizer` (the model's own) and padded with the model's pad_id. A legacy
+    record is a plain name or path."""
     if isinstance(record, str):
         return load_dataset(record)
     if "kind" not in record and "name" in record:  # manifests written before data records
@@ -51,31 +52,35 @@ def load(record: dict | str, tokenizer=None) -> Dataset:
 
         if tokenizer is None:
             raise DataError("text data needs the model's tokenizer.json to be tokenized")
-        return encode_dataset(tokenizer, reload_text(record))
+        return encode_dataset(tokenizer, reload_text(record), pad_id)
     raise DataError(f"unknown data record kind {kind!r}")
 
 
-def resolve(data: str | None, recorded: dict | str | None, tokenizer=None) -> tuple[Dataset, dict]:
+def resolve(data: str | None, recorded: dict | str | None, tokenizer=None,
+            pad_id: int = 0) -> tuple[Dataset, dict]:
     """--data if given, else the recorded data: (numeric data set, its record). A text file
-    given as --data is read with the recorded text and label columns."""
+    given as --data is read with the recorded text and label columns (and class order), and
+    text is padded with the model's pad_id."""
     if data is None:
         if not recorded:
             raise DataError("this model records no data; pass --data")
         if isinstance(recorded, str):  # checkpoints written before data records
             recorded = describe(recorded)
-        return load(recorded, tokenizer), recorded
-    from matryoshka.data.text import is_text_source, load_text
+        return load(recorded, tokenizer, pad_id), recorded
+    from matryoshka.data.text import is_text_source, load_text, with_classes
 
     if is_text_source(data):
         opts = recorded if isinstance(recorded, dict) and recorded.get("kind") == "text" else {}
         text = load_text(data, text_column=opts.get("text_column", "text"),
                          label_column=opts.get("label_column", "label"),
                          seed=opts.get("seed", 0))
+        if opts.get("class_order") and sorted(opts["class_order"]) == sorted(text.labels):
+            text = with_classes(text, opts["class_order"])
         if opts.get("labels") and text.labels != opts["labels"]:
             raise DataError(f"{data} has the labels {text.labels}; the model was trained on "
                             f"{opts['labels']}")
         record = load_text_record(text)
-        return load(record, tokenizer), record
+        return load(record, tokenizer, pad_id), record
     record = describe(data)
     return load(record), record
 
@@ -89,7 +94,8 @@ def for_export(folder: str | Path, manifest: dict, data: str | None) -> tuple[Da
         from matryoshka.runtime.text import load_tokenizer
 
         tokenizer = load_tokenizer(read_named(Path(folder), manifest["tokenizer"]))
-    return resolve(data, manifest.get("data"), tokenizer)
+    return resolve(data, manifest.get("data"), tokenizer,
+                   manifest.get("input", {}).get("pad_id", 0))
 
 
 def load_text_record(text) -> dict:

@@ -73,7 +73,44 @@ def reload_text(source: dict) -> TextData:
     if now != recorded:
         raise DataError(f"the training data {root} changed since training (sha256 recorded "
                         f"{recorded[:12]}, now {now[:12]})")
-    return _build(root, files, *args)
+    text = _build(root, files, *args)
+    return with_classes(text, source["class_order"]) if source.get("class_order") else text
+
+
+def match_classes(data_labels: list[str], model_labels: list[str], where: str) -> list[str]:
+    """The data's class names in the order of a classifier's (its id2label): matched by name,
+    else by name ignoring case, else transformers' default names LABEL_0, LABEL_1, ... to the
+    data's integer labels 0, 1, ...; anything else is one DataError naming both.
+
+    >>> match_classes(["ham", "spam"], ["SPAM", "HAM"], "m")
+    ['spam', 'ham']
+    >>> match_classes(["0", "1"], ["LABEL_0", "LABEL_1"], "m")
+    ['0', '1']
+    """
+    for key in (str, str.casefold):
+        theirs = {key(name): name for name in data_labels}
+        if len(theirs) == len(data_labels) and set(theirs) == {key(m) for m in model_labels}:
+            return [theirs[key(m)] for m in model_labels]
+    if model_labels == [f"LABEL_{i}" for i in range(len(model_labels))] and \
+            sorted(data_labels) == sorted(str(i) for i in range(len(model_labels))):
+        return [str(i) for i in range(len(model_labels))]
+    raise DataError(f"{where} is a classifier of the classes {model_labels}, but the data has "
+                    f"{data_labels}; the names must be the same (case aside)")
+
+
+def with_classes(text: TextData, classes: list[str]) -> TextData:
+    """The same splits with y indexing `classes`, an order of the same class names (an
+    imported classifier's); the order is recorded in the source, so that reload_text gives
+    it again."""
+    if list(classes) == text.labels:
+        return text
+    if sorted(classes) != sorted(text.labels):
+        raise DataError(f"the class order {classes} does not name the data's classes "
+                        f"{text.labels}")
+    index = np.array([classes.index(name) for name in text.labels], dtype=np.int64)
+    splits = {s: (texts, index[y]) for s, (texts, y) in text.splits.items()}
+    return TextData(splits=splits, labels=list(classes),
+                    source={**text.source, "class_order": list(classes)})
 
 
 # --- reading bytes ------------------------------------------------------------------------

@@ -126,9 +126,11 @@ def _describe_truncation(trunc: dict | None) -> str:
     return "right: ids beyond max_len are dropped"
 
 
-def encode_dataset(tokenizer, data: TextData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every split as (int64 ids [n, width], int64 y [n]), padded with PAD_ID to one width: the
-    longest row of the whole data set (≤ max_len), the numeric Dataset the trainer takes."""
+def encode_dataset(tokenizer, data: TextData,
+                   pad_id: int = PAD_ID) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every split as (int64 ids [n, width], int64 y [n]), padded with pad_id (the model's) to
+    one width: the longest row of the whole data set (≤ max_len), the numeric Dataset the
+    trainer takes."""
     rows = {}
     for split in SPLITS:
         texts = data.splits[split][0]
@@ -138,4 +140,4 @@ def encode_dataset(tokenizer, data: TextData) -> dict[str, tuple[np.ndarray, np.
             raise TextInputError(f"{data.source.get('path', 'data')}, {split} split: {e}"
                                  ) from None
     width = max(len(r) for split_rows in rows.values() for r in split_rows)
-    return {s: (pad(rows[s], width), data.splits[s][1]) for s in SPLITS}
+    return {s: (pad(rows[s], width, pad_id), data.splits[s][1]) for s in SPLITS}

@@ -128,7 +128,7 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
     items = plan_levels(cfg, levels, list(mixes or []))
     tokenizer_json = checkpoint_tokenizer(checkpoint, cfg)
     tokenizer = load_tokenizer(tokenizer_json) if tokenizer_json is not None else None
-    dataset, record = resolve(data, metrics.get("data") or "demo", tokenizer)
+    dataset, record = resolve(data, metrics.get("data") or "demo", tokenizer, cfg.pad_id)
     x_test, y_test = dataset["test"]
     x_test = as_input(x_test, cfg.input_kind)
     expected = tuple(input_spec(model)["shape"][1:])

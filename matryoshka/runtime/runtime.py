@@ -360,7 +360,8 @@ class Runtime(ExportView):
         self._need_tokenizer()
         for start, chunk in windows(texts, window):
             yield predict_window(self.predict, self.tokenizer, chunk, start, self.batch_size,
-                                 self.n_classes, self.levels, level, thresholds)
+                                 self.n_classes, self.levels, level, thresholds,
+                                 pad_id=self.input_spec.get("pad_id", 0))
 
     def _need_tokenizer(self) -> None:
         if not self.manifest.get("tokenizer"):

@@ -17,6 +17,11 @@ from matryoshka.runtime.cascade import Prediction
 
 PAD_ID, UNK_ID = 0, 1
 PAD, UNK = "[PAD]", "[UNK]"
+# The characters JavaScript's String.prototype.trim removes (ECMAScript's WhiteSpace and
+# LineTerminator): a text of only these is empty, in Python as in examples/js/cascade.mjs.
+# (Python's own str.strip() keeps U+FEFF and removes U+001C-U+001F and U+0085.)
+BLANK = ("\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+         "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff")
 TEXT_WINDOW = 1024  # texts tokenized and held at once by predict_texts: bounds their memory
 
 
@@ -52,7 +57,7 @@ def check_texts(texts, start: int = 0) -> list[str]:
     for i, t in enumerate(items, start):
         if not isinstance(t, str):
             raise TextInputError(f"text {i} is not a string (got {type(t).__name__} {t!r:.40})")
-        if not t.strip():
+        if not t.strip(BLANK):
             raise TextInputError(f"text {i} is empty; every text needs at least one word")
     return items
 
@@ -72,10 +77,12 @@ def encode(tokenizer, texts: Sequence[str], start: int = 0) -> list[np.ndarray]:
     return rows
 
 
-def pad(rows: Sequence[np.ndarray], length: int | None = None) -> np.ndarray:
-    """Rows right-padded with PAD_ID to `length` (default: the longest row): [n, length]."""
+def pad(rows: Sequence[np.ndarray], length: int | None = None,
+        pad_id: int = PAD_ID) -> np.ndarray:
+    """Rows right-padded with pad_id (the model's: 0 for BERT, 1 for RoBERTa) to `length`
+    (default: the longest row): [n, length]."""
     length = max((len(r) for r in rows), default=0) if length is None else length
-    out = np.full((len(rows), length), PAD_ID, dtype=np.int64)
+    out = np.full((len(rows), length), pad_id, dtype=np.int64)
     for i, row in enumerate(rows):
         out[i, :min(len(row), length)] = row[:length]
     return out
@@ -117,9 +124,10 @@ def windows(texts: Iterable[str], window: int | None = None) -> Iterator[tuple[i
 
 def predict_window(predict: Callable[..., Prediction], tokenizer, texts: list[str], start: int,
                    batch_size: int, n_classes: int, levels: list[str], level=None,
-                   thresholds=None) -> Prediction:
+                   thresholds=None, pad_id: int = PAD_ID) -> Prediction:
     """One window's Prediction, in its texts' order: encoded with the export's tokenizer,
-    sorted by length into batches of `batch_size` rows, each padded to its longest row and
+    sorted by length into batches of `batch_size` rows, each padded (with pad_id) to its
+    longest row and
     answered by `predict(ids, level, thresholds)` (Runtime.predict); `start` numbers the texts
     in error messages."""
     texts = check_texts(texts, start)
@@ -128,7 +136,7 @@ def predict_window(predict: Callable[..., Prediction], tokenizer, texts: list[st
     labels, answered = np.zeros(n, np.int64), np.zeros(n, np.asarray(levels).dtype)
     probs, conf = np.zeros((n, n_classes), np.float32), np.zeros(n, np.float32)
     for idx in buckets([len(r) for r in rows], batch_size):
-        out = predict(pad([rows[i] for i in idx]), level, thresholds)
+        out = predict(pad([rows[i] for i in idx], pad_id=pad_id), level, thresholds)
         labels[idx], answered[idx], probs[idx], conf[idx] = (out.labels, out.levels,
                                                              out.probs, out.confidence)
     return Prediction(labels, probs, conf, answered)

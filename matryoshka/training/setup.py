@@ -35,7 +35,7 @@ import numpy as np
 
 from matryoshka.data.fit import check_data_fits, config_for_data, config_for_text
 from matryoshka.data.text import is_text_source
-from matryoshka.errors import ConfigError
+from matryoshka.errors import ConfigError, DataError
 from matryoshka.io import check_out_dir
 from matryoshka.model import MatryoshkaConfig, parse_levels, preset, resize
 from matryoshka.training.config import RECIPES, TrainConfig
@@ -138,13 +138,14 @@ def prepare(plan: TrainPlan, say: Say | None = None) -> Prepared:
         if plan.nests:  # bad levels: refused from config.json, before the texts are tokenized
             from matryoshka.model.bert import check_nesting
 
-            check_nesting(plan.pretrained, plan.nesting, levels, plan.max_len or 128)
+            check_nesting(plan.pretrained, plan.nesting, levels, plan.max_len)
     preset_name = preset_name or ("text" if text else "demo")
-    init = cfg = None  # pretrained: the encoder's, once the classes are known
+    # pretrained: the encoder's, once the classes are known
+    init = cfg = init_metrics = init_tokenizer = None
     if plan.pretrained is None and plan.init_from is not None:
-        from matryoshka.model.checkpoint import load_checkpoint
+        from matryoshka.model.checkpoint import load_model
 
-        init, _ = load_checkpoint(plan.init_from)
+        init, init_metrics, init_tokenizer = load_model(plan.init_from, plan.max_len)
         cfg = init.config
         if plan.nests:
             init, cfg = _nest_config(init, plan.nesting, levels)
@@ -169,8 +170,10 @@ def prepare(plan: TrainPlan, say: Say | None = None) -> Prepared:
         raise ConfigError(f"--lr-scale needs {len(cfg.levels)} values, one per level; got "
                           f"{len(tcfg.lr_scale)}")
     if plan.pretrained is None:  # the pretrained start read its data above, with the model
-        dataset, record, labels, files, cfg = (_text_data(plan, cfg, init) if text
-                                               else _array_data(plan.data, cfg, init))
+        dataset, record, labels, files, cfg = (
+            _text_data(plan, cfg, init, init_metrics.get("labels") if init else None,
+                       init_tokenizer) if text
+            else _array_data(plan.data, cfg, init))
     precision = choose_precision(plan.precision, cfg, say)
     rows = draw_train_rows(dataset, plan.train_rows, plan.seed)
     teacher = plan.teacher
@@ -248,20 +251,24 @@ def choose_precision(choice: str, cfg: MatryoshkaConfig, say: Say) -> str:
 
 # -- the data ---------------------------------------------------------------------------------
 def _pretrained_data(plan: TrainPlan):
-    """Read the texts, import the encoder with its own tokenizer, encode every split."""
+    """Read the texts, import the encoder with its own tokenizer, encode every split. A
+    fine-tuned classifier keeps its head: the data's classes are put in its order."""
     from matryoshka.data.source import load_text_record
-    from matryoshka.data.text import load_text
+    from matryoshka.data.text import load_text, match_classes, with_classes
     from matryoshka.data.tokenizer import encode_dataset
-    from matryoshka.model.bert import import_bert
+    from matryoshka.model.bert import import_encoder
 
     text = load_text(plan.data, text_column=plan.text_column, label_column=plan.label_column,
                      seed=plan.split_seed)
-    model, tokenizer = import_bert(
-        plan.pretrained, n_classes=len(text.labels), max_len=plan.max_len or 128,
+    model, tokenizer, classes = import_encoder(
+        plan.pretrained, n_classes=len(text.labels), max_len=plan.max_len,
         name=plan.name or f"{Path(plan.data).stem}-{Path(plan.pretrained).name}",
         seed=plan.seed)
+    if classes is not None:
+        text = with_classes(text, match_classes(text.labels, classes, plan.pretrained))
     files = {"tokenizer.json": tokenizer.to_str().encode()}
-    return encode_dataset(tokenizer, text), load_text_record(text), text.labels, files, model
+    return (encode_dataset(tokenizer, text, model.config.pad_id), load_text_record(text),
+            text.labels, files, model)
 
 
 def _array_data(data: str, cfg: MatryoshkaConfig, init):
@@ -275,13 +282,13 @@ def _array_data(data: str, cfg: MatryoshkaConfig, init):
     return dataset, describe(data), labels, None, cfg
 
 
-def _text_data(plan: TrainPlan, cfg: MatryoshkaConfig, init):
-    """Read the texts, take the checkpoint's tokenizer or train one on the training split,
-    encode every split."""
+def _text_data(plan: TrainPlan, cfg: MatryoshkaConfig, init, init_labels=None,
+               init_tokenizer: bytes | None = None):
+    """Read the texts, take the starting model's tokenizer (`init_tokenizer`) and class order
+    (`init_labels`) or train one on the training split, encode every split."""
     from matryoshka.data.source import load_text_record
-    from matryoshka.data.text import load_text
+    from matryoshka.data.text import load_text, match_classes, with_classes
     from matryoshka.data.tokenizer import encode_dataset, train_tokenizer
-    from matryoshka.model.checkpoint import checkpoint_tokenizer
     from matryoshka.runtime.text import load_tokenizer
 
     text = load_text(plan.data, text_column=plan.text_column, label_column=plan.label_column,
@@ -289,7 +296,13 @@ def _text_data(plan: TrainPlan, cfg: MatryoshkaConfig, init):
     if init is not None:
         if init.config.input_kind != "text":
             raise ConfigError("--init-from names a model that does not take text")
-        tokenizer = load_tokenizer(checkpoint_tokenizer(plan.init_from, init.config))
+        if init_tokenizer is None:
+            raise ConfigError(f"--init-from {plan.init_from} is a text model without "
+                              "tokenizer.json")
+        tokenizer = load_tokenizer(init_tokenizer)
+        if init_labels:
+            text = with_classes(text, match_classes(text.labels, list(init_labels),
+                                                    f"--init-from {plan.init_from}"))
     else:
         max_len = cfg.max_len if cfg.input_kind in ("tokens", "text") else 128
         tokenizer = train_tokenizer(text.splits["train"][0], vocab_size=plan.vocab_size,
@@ -297,7 +310,8 @@ def _text_data(plan: TrainPlan, cfg: MatryoshkaConfig, init):
                                     max_len=max_len)
         cfg = config_for_text(cfg, tokenizer, len(text.labels))
     files = {"tokenizer.json": tokenizer.to_str().encode()}
-    return encode_dataset(tokenizer, text), load_text_record(text), text.labels, files, cfg
+    return (encode_dataset(tokenizer, text, cfg.pad_id), load_text_record(text), text.labels,
+            files, cfg)
 
 
 def draw_train_rows(dataset: dict, n: int | None, seed: int) -> np.ndarray:
@@ -318,13 +332,19 @@ def _teacher_logits(plan: TrainPlan, folder: str, text: bool, dataset: dict,
     """The frozen teacher's logits on the training rows kept (`rows`, indices into the split),
     row for row, under the training precision; text is tokenized with the teacher's own
     tokenizer."""
-    from matryoshka.model.checkpoint import checkpoint_tokenizer, load_checkpoint
+    from matryoshka.data.text import match_classes
+    from matryoshka.model.checkpoint import load_model
     from matryoshka.training.teacher import teacher_logits
 
-    model, metrics = load_checkpoint(folder)
-    if metrics.get("labels") != list(labels):
-        raise ConfigError(f"--teacher {folder} was trained on the classes "
-                          f"{metrics.get('labels')}; this data has {list(labels)}")
+    model, metrics, tokenizer_json = load_model(folder, plan.max_len)
+    theirs = list(metrics.get("labels") or [])
+    try:  # the same classes in the same order, names matched as the import matches them
+        same = match_classes(list(labels), theirs, folder) == list(labels)
+    except DataError:
+        same = False
+    if not same:
+        raise ConfigError(f"--teacher {folder} was trained on the classes {theirs}; this "
+                          f"data has {list(labels)}, in this order")
     x, y = dataset["train"]
     if model.config.input_kind == "text":
         from matryoshka.data.text import load_text
@@ -332,11 +352,11 @@ def _teacher_logits(plan: TrainPlan, folder: str, text: bool, dataset: dict,
 
         if not text:
             raise ConfigError(f"--teacher {folder} takes raw text; --data is not raw text")
-        tokenizer = load_tokenizer(checkpoint_tokenizer(folder, model.config))
+        tokenizer = load_tokenizer(tokenizer_json)
         texts = load_text(plan.data, text_column=plan.text_column,
                           label_column=plan.label_column,
                           seed=plan.split_seed).splits["train"][0]
-        x = pad(encode(tokenizer, [texts[i] for i in rows]))
+        x = pad(encode(tokenizer, [texts[i] for i in rows]), pad_id=model.config.pad_id)
     check_data_fits(model.config, {"train": (x, y)})
     top = str(model.config.levels[-1])
     acc = metrics.get("test_accuracy", {}).get(top)
