@@ -28,6 +28,8 @@ def bert_pooled(w: dict, cfg: dict, ids: np.ndarray, pad_id: int = 0,
          + w["embeddings.position_embeddings.weight"][:n][None]
          + w["embeddings.token_type_embeddings.weight"][0][None, None])
     h = _ln(h, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
+    if "embeddings_project.weight" in w:  # ELECTRA: the embedding is projected to the width
+        h = h @ w["embeddings_project.weight"].T + w["embeddings_project.bias"]
     d = h.shape[-1]
     hd = d // heads
     bias = np.where(mask, 0.0, np.finfo(np.float32).min)[:, None, None, :]
@@ -73,10 +75,17 @@ def as_bert(state: dict, config, dim: int | None = None, ffn: int | None = None)
     def ln(name):
         return s[f"{name}.weight.{i}"][:d], s[f"{name}.bias.{i}"][:d]
 
-    w = {"embeddings.word_embeddings.weight": s["embed.weight"][:, :d],
-         "embeddings.position_embeddings.weight": s["pos"][:, :d],
-         "embeddings.token_type_embeddings.weight": np.zeros((2, d), np.float32)}
-    w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"] = ln("ln_e")
+    e = config.embed_dim or d  # ELECTRA's tables are whole at every level, then projected
+    w = {"embeddings.word_embeddings.weight": s["embed.weight"][:, :e],
+         "embeddings.position_embeddings.weight": s["pos"][:, :e],
+         "embeddings.token_type_embeddings.weight": np.zeros((2, e), np.float32)}
+    if config.embed_dim:
+        w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"] = (
+            s["ln_e.weight"], s["ln_e.bias"])
+        w["embeddings_project.weight"] = s["embed_proj.weight"][:d]
+        w["embeddings_project.bias"] = s["embed_proj.bias"][:d]
+    else:
+        w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"] = ln("ln_e")
     for layer in range(config.n_layers):
         p, b = f"encoder.layer.{layer}.", f"blocks.{layer}."
         a = p + "attention."
@@ -93,6 +102,19 @@ def as_bert(state: dict, config, dim: int | None = None, ffn: int | None = None)
         w[f"{p}output.dense.bias"] = s[f"{b}ffn.w2.bias"][:d]
         w[f"{p}output.LayerNorm.weight"], w[f"{p}output.LayerNorm.bias"] = ln(f"{b}ln2")
     return w
+
+
+def head_logits(state: dict, config, pooled: np.ndarray) -> np.ndarray:
+    """The classifier on pooled [batch, d] (a width level's d): a fine-tuned classifier's
+    hidden layer W[:d, :d] and its activation first (config.head_act), then head[:, :d]."""
+    s = {k: np.asarray(v.detach().numpy() if hasattr(v, "detach") else v, np.float64)
+         for k, v in state.items()}
+    d = pooled.shape[-1]
+    if config.head_act != "none":
+        z = pooled @ s["pre_head.weight"][:d, :d].T + s["pre_head.bias"][:d]
+        pooled = {"tanh": np.tanh, "relu": lambda t: np.maximum(t, 0.0),
+                  "gelu": lambda t: 0.5 * t * (1.0 + erf(t / math.sqrt(2.0)))}[config.head_act](z)
+    return pooled @ s["head.weight"][:, :d].T + s["head.bias"]
 
 
 def bert_cfg(config, dim: int | None = None) -> dict:

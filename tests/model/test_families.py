@@ -4,7 +4,8 @@ a base model's pooled output and a fine-tuned classifier's logits equal transfor
 within 1e-5 on a padded batch of texts of different lengths (RoBERTa's pad id 1 included); the
 channel permutation leaves them unchanged; pytorch_model.bin imports as model.safetensors does;
 `matryoshka import` then `mexport` gives ONNX logits within 1e-4 of transformers'; a classifier
-nested by width exports every level within the export's own check; bad folders are one line."""
+nested by width exports every level within the export's own check, and its narrowest level's
+graph equals a numpy forward of the prefixes cut by hand; bad folders are one line."""
 
 import json
 
@@ -17,7 +18,9 @@ from matryoshka.cli import cli, mexport
 from matryoshka.errors import ConfigError, DataError
 from matryoshka.model.bert import import_encoder
 from matryoshka.model.channels import permute_channels
+from matryoshka.model.checkpoint import load_checkpoint
 from matryoshka.runtime import Runtime
+from tests.model.bert_reference import as_bert, bert_cfg, bert_pooled, head_logits
 from tests.model.tiny_bert import texts
 
 transformers = pytest.importorskip(
@@ -159,6 +162,14 @@ def test_a_classifier_nested_by_width_exports_every_level(folders, tmp_path, fam
     assert r.exit_code == 0, r.output
     rt = Runtime.open(tmp_path / "exp", device="cpu")
     assert len(rt.levels) == 2 and rt.input_spec["pad_id"] == PAD_ID[family]
+    # the narrow level's graph is the model cut by hand from the prefixes, run in numpy
+    model, _ = load_checkpoint(tmp_path / "ck")
+    ids = encode_texts(folder, texts(20, seed=8), max_len=48)
+    state, dim = model.state_dict(), 16
+    pooled = bert_pooled(as_bert(state, model.config, dim, model.config.ffn_width(dim)),
+                         bert_cfg(model.config, dim), ids, pad_id=PAD_ID[family], pooling="cls")
+    ref = head_logits(state, model.config, pooled)
+    assert np.abs(rt.run_level(rt.levels[0], ids) - ref).max() <= 1e-4
     sample = texts(6, seed=7)
     both = rt.predict(sample, level=rt.levels[0])
     alone = [rt.predict([t], level=rt.levels[0]) for t in sample]
