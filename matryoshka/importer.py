@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 def import_checkpoint(folder: str | Path, out: str | Path, data: str | None = None,
                       text_column: str = "text", label_column: str = "label",
                       split_seed: int = 0, max_len: int | None = None,
-                      name: str | None = None, seed: int = 0, force: bool = False,
+                      name: str | None = None, seed: int = 0,
+                      label_map: dict[str, str] | None = None, force: bool = False,
                       say: Callable[[str], None] | None = None) -> dict:
     """Import `folder` and write it to the checkpoint folder `out` (atomically); returns its
     metrics.json: the class names, the source (path, model_type, architecture, the sha256 of
@@ -64,13 +65,17 @@ def import_checkpoint(folder: str | Path, out: str | Path, data: str | None = No
     import json
 
     raw = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    if label_map and (classes is None or text is None):
+        raise ConfigError("--label-map pairs --data's classes with a fine-tuned classifier's; "
+                          + ("give --data" if classes else f"{folder} is a base encoder"))
     metrics: dict = {"imported_from": {
         "path": str(folder.resolve()), "model_type": raw.get("model_type"),
         "architecture": (raw.get("architectures") or [None])[0],
         "weights": weights.name, "sha256": sha256_file(weights)},
         "labels": list(classes) if classes else None}
     if text is not None:
-        metrics.update(_with_data(model, tokenizer, text, classes, str(folder), say))
+        metrics.update(_with_data(model, tokenizer, text, classes, str(folder), say,
+                                  label_map))
     c = model.config
     say(f"imported {metrics['imported_from']['architecture'] or c.name}: width {c.d_model}, "
         f"{c.n_layers} layers, {c.n_heads} heads, {c.n_classes} classes "
@@ -82,7 +87,7 @@ def import_checkpoint(folder: str | Path, out: str | Path, data: str | None = No
 
 
 def _with_data(model, tokenizer, text, classes: list[str] | None, where: str,
-               say: Callable[[str], None]) -> dict:
+               say: Callable[[str], None], label_map: dict[str, str] | None = None) -> dict:
     """The data's record, its class names in the model's order, and an imported
     classifier's test accuracy at full width."""
     from matryoshka.data.source import load_text_record
@@ -90,7 +95,7 @@ def _with_data(model, tokenizer, text, classes: list[str] | None, where: str,
     from matryoshka.data.tokenizer import encode_dataset
 
     if classes is not None:
-        text = with_classes(text, match_classes(text.labels, classes, where))
+        text = with_classes(text, match_classes(text.labels, classes, where, label_map))
     out: dict = {"data": load_text_record(text), "labels": list(text.labels)}
     if classes is None:
         return out

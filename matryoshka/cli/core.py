@@ -128,6 +128,29 @@ def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
                                  param_hint=what) from None
 
 
+def parse_label_map(text: str | None) -> dict[str, str] | None:
+    """--label-map "pos=POSITIVE,neg=NEGATIVE": data class name -> model class name."""
+    if text is None:
+        return None
+    pairs = [p for p in text.split(",") if p.strip()]
+    out: dict[str, str] = {}
+    for pair in pairs:
+        data, sep, model = pair.partition("=")
+        if not sep or not data.strip() or not model.strip():
+            raise click.BadParameter(f"needs DATA=MODEL pairs separated by commas, got "
+                                     f"{pair!r}", param_hint="--label-map")
+        if data.strip() in out:
+            raise click.BadParameter(f"names the data class {data.strip()!r} twice",
+                                     param_hint="--label-map")
+        out[data.strip()] = model.strip()
+    if not out:
+        raise click.BadParameter("needs at least one DATA=MODEL pair", param_hint="--label-map")
+    if len(set(out.values())) != len(out):
+        raise click.BadParameter("maps two data classes to one model class",
+                                 param_hint="--label-map")
+    return out
+
+
 def parse_ints(text: str, what: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from matryoshka.cli.core import cli
+from matryoshka.cli.core import cli, parse_label_map
 
 
 @cli.command("import")
@@ -28,9 +28,12 @@ from matryoshka.cli.core import cli
 @click.option("--name", default=None, help="Model name in the graphs [the folder's name].")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of a base model's new head.")
+@click.option("--label-map", default=None, metavar="DATA=MODEL,...",
+              help="Pair --data's class names with the classifier's, e.g. "
+              "pos=POSITIVE,neg=NEGATIVE [matched by name, case aside].")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def import_cmd(folder, out, data, text_column, label_column, split_seed, max_len, name, seed,
-               force) -> None:
+               label_map, force) -> None:
     """Write the Hugging Face model FOLDER (BERT, DistilBERT, RoBERTa, XLM-R, CamemBERT or
     ELECTRA;
     a base encoder or a fine-tuned *ForSequenceClassification) as a checkpoint, exactly as
@@ -46,6 +49,7 @@ def import_cmd(folder, out, data, text_column, label_column, split_seed, max_len
 
     import_checkpoint(folder, out, data=data, text_column=text_column,
                       label_column=label_column, split_seed=split_seed, max_len=max_len,
-                      name=name, seed=seed, force=force,
+                      name=name, seed=seed, label_map=parse_label_map(label_map),
+                      force=force,
                       say=lambda line: click.echo(line, err=True))
     click.echo(f"checkpoint written to {out}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from matryoshka.cli.core import DEMO_CHECKPOINT, cli, parse_floats
+from matryoshka.cli.core import DEMO_CHECKPOINT, cli, parse_floats, parse_label_map
 
 POSITIVE = click.IntRange(min=1)
 
@@ -110,13 +110,17 @@ POSITIVE = click.IntRange(min=1)
 @click.option("--train-rows", type=POSITIVE, default=None, metavar="N",
               help="Train on N rows of the training split, drawn by --seed (a quicker run); "
               "val and test stay whole [every row].")
+@click.option("--label-map", default=None, metavar="DATA=MODEL,...",
+              help="Pair the data's class names with those of a fine-tuned classifier "
+              "(--pretrained or --init-from), e.g. pos=POSITIVE,neg=NEGATIVE [matched by name, "
+              "case aside].")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train(preset_name, data, text_column, label_column, split_seed, out, levels, d_model,
           layers, head_dim, d_mid, ffn_mult, max_len, vocab_size, tokenizer_model,
           no_lowercase, name, epochs, batch_size, schedule, alpha, beta, gamma, mu, temperature,
           distill_direction, lr, lr_scale, seed, init_from, nesting, pretrained, rewire,
-          teacher, precision, train_rows, force, no_progress) -> None:
+          teacher, precision, train_rows, label_map, force, no_progress) -> None:
     """Train a Matryoshka Transformer and write its checkpoint folder.
 
     Examples:
@@ -152,7 +156,8 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
         vocab_size=vocab_size, tokenizer=tokenizer_model, lowercase=not no_lowercase,
         name=name, recipe=recipe, schedule=schedule, seed=seed, init_from=init_from,
         nesting=nesting, pretrained=pretrained, rewire=rewire, teacher=teacher,
-        precision=precision, train_rows=train_rows, force=force, progress=not no_progress)
+        precision=precision, train_rows=train_rows, label_map=parse_label_map(label_map),
+        force=force, progress=not no_progress)
     metrics = run(plan, say=lambda line: click.echo(line, err=True))
     click.echo(level_table(metrics))
     click.echo(f"checkpoint written to {out} ({metrics['train_seconds']:.0f} s of training)")

@@ -77,16 +77,32 @@ def reload_text(source: dict) -> TextData:
     return with_classes(text, source["class_order"]) if source.get("class_order") else text
 
 
-def match_classes(data_labels: list[str], model_labels: list[str], where: str) -> list[str]:
-    """The data's class names in the order of a classifier's (its id2label): matched by name,
-    else by name ignoring case, else transformers' default names LABEL_0, LABEL_1, ... to the
-    data's integer labels 0, 1, ...; anything else is one DataError naming both.
+def match_classes(data_labels: list[str], model_labels: list[str], where: str,
+                  label_map: dict[str, str] | None = None) -> list[str]:
+    """The data's class names in the order of a classifier's (its id2label): each data name
+    first renamed by `label_map` (data name -> model name), then matched by name, else by name
+    ignoring case, else transformers' default names LABEL_0, LABEL_1, ... to the data's
+    integer labels 0, 1, ...; anything else is one DataError naming both.
 
     >>> match_classes(["ham", "spam"], ["SPAM", "HAM"], "m")
     ['spam', 'ham']
     >>> match_classes(["0", "1"], ["LABEL_0", "LABEL_1"], "m")
     ['0', '1']
+    >>> match_classes(["0", "1"], ["NEG", "POS"], "m", {"0": "NEG", "1": "POS"})
+    ['0', '1']
     """
+    if label_map:
+        unknown = sorted(set(label_map) - set(data_labels))
+        if unknown:
+            raise DataError(f"--label-map names {unknown[0]!r}, which is not a class of the "
+                            f"data ({', '.join(data_labels)})")
+        wrong = sorted(set(label_map.values()) - set(model_labels))
+        if wrong:
+            raise DataError(f"--label-map maps to {wrong[0]!r}, which is not a class of {where} "
+                            f"({', '.join(model_labels)})")
+        renamed = [label_map.get(name, name) for name in data_labels]
+        order = match_classes(renamed, model_labels, where)
+        return [data_labels[renamed.index(name)] for name in order]
     for key in (str, str.casefold):
         theirs = {key(name): name for name in data_labels}
         if len(theirs) == len(data_labels) and set(theirs) == {key(m) for m in model_labels}:
@@ -95,7 +111,8 @@ def match_classes(data_labels: list[str], model_labels: list[str], where: str) -
             sorted(data_labels) == sorted(str(i) for i in range(len(model_labels))):
         return [str(i) for i in range(len(model_labels))]
     raise DataError(f"{where} is a classifier of the classes {model_labels}, but the data has "
-                    f"{data_labels}; the names must be the same (case aside)")
+                    f"{data_labels}; the names must be the same (case aside), or pair them "
+                    "with --label-map DATA=MODEL,...")
 
 
 def with_classes(text: TextData, classes: list[str]) -> TextData:

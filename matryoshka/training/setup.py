@@ -76,6 +76,7 @@ class TrainPlan:
     teacher: str | None = None  # a frozen checkpoint that teaches, or "none"
     precision: str = "auto"  # auto | fp32 | bf16
     train_rows: int | None = None  # a seeded subset of the training split
+    label_map: dict[str, str] | None = None  # data class -> an imported classifier's class
     force: bool = False  # replace an existing `out`
     progress: bool = True
 
@@ -129,6 +130,9 @@ def prepare(plan: TrainPlan, say: Say | None = None) -> Prepared:
     say = say or log.info
     check_out_dir(plan.out, plan.force)
     _check_nesting(plan)
+    if plan.label_map and plan.pretrained is None and plan.init_from is None:
+        raise ConfigError("--label-map pairs the data's classes with a fine-tuned classifier's: "
+                          "give it with --pretrained or --init-from")
     levels = plan.level_tuple()
     text = is_text_source(plan.data)
     preset_name = plan.preset
@@ -265,7 +269,12 @@ def _pretrained_data(plan: TrainPlan):
         name=plan.name or f"{Path(plan.data).stem}-{Path(plan.pretrained).name}",
         seed=plan.seed)
     if classes is not None:
-        text = with_classes(text, match_classes(text.labels, classes, plan.pretrained))
+        text = with_classes(text, match_classes(text.labels, classes, plan.pretrained,
+                                                plan.label_map))
+    elif plan.label_map:
+        raise ConfigError(f"--label-map pairs the data's classes with a fine-tuned "
+                          f"classifier's; {plan.pretrained} is a base encoder, whose new head "
+                          "takes the data's classes as they are")
     files = {"tokenizer.json": tokenizer.to_str().encode()}
     return (encode_dataset(tokenizer, text, model.config.pad_id), load_text_record(text),
             text.labels, files, model)
@@ -302,7 +311,8 @@ def _text_data(plan: TrainPlan, cfg: MatryoshkaConfig, init, init_labels=None,
         tokenizer = load_tokenizer(init_tokenizer)
         if init_labels:
             text = with_classes(text, match_classes(text.labels, list(init_labels),
-                                                    f"--init-from {plan.init_from}"))
+                                                    f"--init-from {plan.init_from}",
+                                                    plan.label_map))
     else:
         max_len = cfg.max_len if cfg.input_kind in ("tokens", "text") else 128
         tokenizer = train_tokenizer(text.splits["train"][0], vocab_size=plan.vocab_size,
@@ -339,7 +349,7 @@ def _teacher_logits(plan: TrainPlan, folder: str, text: bool, dataset: dict,
     model, metrics, tokenizer_json = load_model(folder, plan.max_len)
     theirs = list(metrics.get("labels") or [])
     try:  # the same classes in the same order, names matched as the import matches them
-        same = match_classes(list(labels), theirs, folder) == list(labels)
+        same = match_classes(list(labels), theirs, folder, plan.label_map) == list(labels)
     except DataError:
         same = False
     if not same:

@@ -124,6 +124,10 @@ def test_import_then_mexport_gives_transformers_logits(folders, tmp_path, family
     assert r.exit_code == 0, r.output
     rt = Runtime.open(tmp_path / "exp", device="cpu")
     assert rt.input_spec["pad_id"] == PAD_ID[family]
+    # the export read the data in the classifier's class order, as the import recorded it
+    entry = rt.manifest["levels"][-1]["accuracy"]
+    assert entry["onnx"] == entry["metrics_json"] == metrics["test_accuracy"]["32"]
+    assert rt.manifest["data"]["class_order"] == metrics["labels"]
     sample = texts(12, seed=6)
     ids = encode_texts(folder, sample, max_len=48)
     ref = reference_outputs(folder, ids, PAD_ID[family])["logits"]
@@ -190,6 +194,28 @@ def test_class_names_must_match(folders, tmp_path):
                                  str(tmp_path / "ck"), "--data", str(data)])
     assert r.exit_code == 2 and "error:" in r.output and "the names must be the same" in r.output
     assert not (tmp_path / "ck").exists()
+
+
+def test_label_map_pairs_other_names(folders, tmp_path):
+    data = _write_csv(tmp_path / "data.csv", ["2", "0", "1"])
+    run = CliRunner().invoke
+    r = run(cli, ["import", str(folders["distilbert"][1]), "--out", str(tmp_path / "ck"),
+                  "--data", str(data), "--label-map", "0=positive,1=neutral,2=negative"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "ck" / "metrics.json").read_text())
+    assert metrics["labels"] == ["2", "0", "1"]  # negative, positive, neutral: id2label's order
+    for bad, fragment in (("0=positive,1=neutral,7=negative", "names '7', which is not a class"),
+                          ("0=positive,1=neutral,2=sarcastic", "maps to 'sarcastic'"),
+                          ("0positive", "needs DATA=MODEL pairs"),
+                          ("0=positive,1=positive", "maps two data classes to one")):
+        r = run(cli, ["import", str(folders["distilbert"][1]), "--out", str(tmp_path / "x"),
+                      "--data", str(data), "--label-map", bad])
+        errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+        assert r.exit_code == 2 and len(errors) == 1 and fragment in errors[0], (bad, r.output)
+        assert not (tmp_path / "x").exists()
+    r = run(cli, ["train", "--data", str(data), "--out", str(tmp_path / "y"), "--label-map",
+                  "0=a"])
+    assert r.exit_code == 2 and "--label-map pairs the data's classes" in r.output, r.output
 
 
 @pytest.mark.parametrize("case,fragment", [
