@@ -144,7 +144,8 @@ def test_a_classifier_nested_by_width_exports_every_level(folders, tmp_path, fam
     """RoBERTa (pad id 1), imported first, and ELECTRA (its embedding projection nested by
     its output rows), its folder given to --init-from as it is, are nested and trained one
     epoch with the classifier as the teacher; mexport checks each level's graph against
-    torch, padding included."""
+    torch, padding included, and its INT8 graphs against exact arithmetic; calibrate and
+    predict take the INT8 cascade."""
     folder = folders[family][1]
     data = _write_csv(tmp_path / "data.csv", [n.upper() for n in label_names(3)])
     run = CliRunner().invoke
@@ -161,9 +162,17 @@ def test_a_classifier_nested_by_width_exports_every_level(folders, tmp_path, fam
     metrics = json.loads((tmp_path / "ck" / "metrics.json").read_text())
     assert metrics["labels"] == [n.upper() for n in label_names(3)]  # id2label's order
     assert metrics["train_config"]["teacher"] == str(start)
+    # INT8 too: each graph checked against exact integer arithmetic by the export itself
+    quantize = "dynamic-pc" if family == "roberta" else "weight8"
     r = run(mexport, ["--checkpoint", str(tmp_path / "ck"), "--out", str(tmp_path / "exp"),
-                      "--no-progress"])
+                      "--quantize", quantize, "--no-progress"])
     assert r.exit_code == 0, r.output
+    r = run(cli, ["calibrate", str(tmp_path / "exp"), "--variant", "int8", "--epsilon", "0.1",
+                  "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = run(cli, ["predict", str(tmp_path / "exp"), "--variant", "int8", "--device", "cpu",
+                  "--text", "free money prize", "--text", "lunch thursday"])
+    assert r.exit_code == 0 and r.output.count("\n") >= 2, r.output
     rt = Runtime.open(tmp_path / "exp", device="cpu")
     assert len(rt.levels) == 2 and rt.input_spec["pad_id"] == PAD_ID[family]
     # the narrow level's graph is the model cut by hand from the prefixes, run in numpy
