@@ -4,7 +4,8 @@ INT8, and the token table's share of it: counted from the parameters each level'
     python benchmarks/family_sizes.py [--check EXPORT_DIR] [--json OUT]
 
 The configs are the published base sizes (bert-base-uncased, distilbert-base-uncased,
-roberta-base, xlm-roberta-base, electra-small-discriminator), imported as model/bert.py
+roberta-base, xlm-roberta-base, electra-small-discriminator, ModernBERT-base), imported as
+model/bert.py
 imports them (with a classifier head of 2 classes) and nested by width at a quarter, half,
 three quarters and all of the hidden width. The model is built on torch's meta device, so no
 weight is allocated; a level's parameters are the slices of its view (what mexport copies).
@@ -46,14 +47,20 @@ BASE = {
         hidden_size=256, embedding_size=128, num_hidden_layers=12, num_attention_heads=4,
         intermediate_size=1024, vocab_size=30522, max_position_embeddings=512,
         layer_norm_eps=1e-12)),
+    "modernbert (ModernBERT-base)": ("modernbert", dict(
+        hidden_size=768, num_hidden_layers=22, num_attention_heads=12, intermediate_size=1152,
+        vocab_size=50368, max_position_embeddings=8192, norm_eps=1e-5, pad_token_id=50283,
+        hidden_activation="gelu", global_attn_every_n_layers=3, local_attention=128)),
 }
 
 
 def nested_config(family: str, raw: dict, max_len: int = 128) -> MatryoshkaConfig:
     fam = FAMILIES[family]
     cfg = fam.config({**raw, "model_type": family})
-    full = MatryoshkaConfig(**bert_config_fields(fam, cfg, "cls", max_len, fam.head_act),
-                            n_classes=2, name=family)
+    fields = bert_config_fields(fam, cfg, "cls", max_len, fam.head_act)
+    if fam.modern:  # its classifier's head ends in a LayerNorm
+        fields["head_norm"] = "layer_norm"
+    full = MatryoshkaConfig(**fields, n_classes=2, name=family)
     d = full.d_model
     return width_config(full, tuple(d * k // 4 for k in (1, 2, 3, 4)))
 

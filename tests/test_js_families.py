@@ -1,8 +1,9 @@
 """Every tokenizer kind an imported family ships (WordPiece, byte-level BPE, Unigram) gives the
 same ids in Node.js and headless Chromium (@huggingface/tokenizers) as in Python (tokenizers),
 on 200+ strings (accents, CJK, emoji, URLs, long words, text that normalizes to nothing), and
-cascade.onnx, padded with the model's own pad id (1 for RoBERTa and XLM-R), gives the Python
-runtime's labels. The exports are tiny random classifiers saved by transformers
+cascade.onnx, padded with the model's own pad id (1 for RoBERTa and XLM-R, one near the end
+of the vocabulary for ModernBERT, whose graph has rotary positions and local attention), gives
+the Python runtime's labels. The exports are tiny random classifiers saved by transformers
 (tests/model/hf_folders.py), imported and exported at full width. Needs Node.js, Chromium and
 the examples' node_modules (scripts/setup_js.sh); each test that lacks one skips and says
 which."""
@@ -21,7 +22,12 @@ from tests.test_js_examples import EDGE_TEXTS, _runner, js_parity
 
 pytest.importorskip("transformers", reason="transformers (the [dev] extra) saves the folders")
 
-from tests.model.hf_folders import label_names, make_hf_folder, training_texts  # noqa: E402
+from tests.model.hf_folders import (  # noqa: E402
+    PAD_ID,
+    label_names,
+    make_hf_folder,
+    training_texts,
+)
 
 URLS = ["see https://example.com/a/b?c=1&d=2#frag now", "mail me: first.last+tag@example.org",
         "www.example.co.uk/path_to/page.html", "ftp://files.example.net/x.tar.gz"]
@@ -42,7 +48,7 @@ def strings() -> list[str]:
     return out
 
 
-@pytest.fixture(scope="module", params=["bert", "roberta", "xlm-roberta"])
+@pytest.fixture(scope="module", params=["bert", "roberta", "xlm-roberta", "modernbert"])
 def family_export(request, tmp_path_factory):
     """(family, export): the family's tiny classifier imported with a 3-class CSV and
     exported at full width."""
@@ -73,7 +79,7 @@ def test_ids_and_answers_equal_python_for_every_tokenizer_kind(family_export, ru
     cases = {"texts": sample, "ids": [r.tolist() for r in encode(rt.tokenizer, sample)],
              "expected": {"labels": out.labels.tolist(), "levels": [str(v) for v in out.levels],
                           "confidence": out.confidence.tolist()}}
-    assert rt.input_spec["pad_id"] == (0 if family == "bert" else 1)
+    assert rt.input_spec["pad_id"] == PAD_ID[family]
     assert max(len(i) for i in cases["ids"]) == 40  # some are truncated, specials kept
     path = tmp_path / "cases.json"
     path.write_text(json.dumps(cases))

@@ -34,8 +34,8 @@ from matryoshka.cli.core import cli, parse_label_map
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def import_cmd(folder, out, data, text_column, label_column, split_seed, max_len, name, seed,
                label_map, force) -> None:
-    """Write the Hugging Face model FOLDER (BERT, DistilBERT, RoBERTa, XLM-R, CamemBERT or
-    ELECTRA;
+    """Write the Hugging Face model FOLDER (BERT, DistilBERT, RoBERTa, XLM-R, CamemBERT,
+    ELECTRA or ModernBERT;
     a base encoder or a fine-tuned *ForSequenceClassification) as a checkpoint, exactly as
     imported and with no training.
 

@@ -1,5 +1,6 @@
 """Import a pretrained Hugging Face encoder of a BERT-like family (BERT as in MiniLM,
-DistilBERT, RoBERTa, XLM-R, CamemBERT, ELECTRA: model/families.py) into a MatryoshkaTransformer,
+DistilBERT, RoBERTa, XLM-R, CamemBERT, ELECTRA: model/families.py; and ModernBERT,
+model/modernbert.py) into a MatryoshkaTransformer,
 exactly: before any training, the imported model's pooled output, and a fine-tuned
 classifier's logits, are the original's (tests/model/test_bert.py checks BERT against an
 independent numpy forward, tests/model/test_families.py every family against `transformers`).
@@ -175,6 +176,13 @@ def read_hf_weights(folder: str | Path, family: Family, cfg: dict,
     pre_head.* and head.*), float32, every shape checked against config.json."""
     path, raw = _load_tensors(Path(folder))
     w = {family.tensor_name(k): v for k, v in raw.items()}
+    if family.modern:
+        from matryoshka.model.modernbert import modernbert_shapes
+
+        want = modernbert_shapes(cfg, classifier, len(cfg.get("id2label") or ()))
+        _check_shapes(path, w, want, cfg)
+        return {k: v.astype(np.float32) for k, v in w.items()
+                if k in want or (k.endswith(".bias") and k[:-5] + ".weight" in want)}
     d, m, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     e = embed_width(family, cfg) or d
     want = {"embeddings.word_embeddings.weight": (v, e),
@@ -195,25 +203,13 @@ def read_hf_weights(folder: str | Path, family: Family, cfg: dict,
                      f"{p}intermediate.dense.bias": (m,),
                      f"{p}output.dense.weight": (d, m), f"{p}output.dense.bias": (d,),
                      f"{p}output.LayerNorm.weight": (d,), f"{p}output.LayerNorm.bias": (d,)})
-    if classifier:
-        labels = len(cfg["id2label"])
-        for ours, theirs in family.head.items():
-            out = d if ours == "pre_head" else labels
-            w[f"{ours}.weight"] = w.pop(f"{theirs}.weight", None)
-            w[f"{ours}.bias"] = w.pop(f"{theirs}.bias", None)
-            want.update({f"{ours}.weight": (out, d), f"{ours}.bias": (out,)})
-    for name, shape in want.items():
-        if w.get(name) is None:
-            raise ConfigError(f"{path} lacks {name}, which config.json's "
-                              f"{cfg['num_hidden_layers']} layers need"
-                              if name.startswith(("embeddings", "encoder")) else
-                              f"{path} lacks the classifier's {name.split('.')[0]} "
-                              f"({family.head[name.split('.')[0]]}), which "
-                              f"{cfg['architectures'][0]} has")
-        if tuple(w[name].shape) != shape:
-            raise ConfigError(f"{path}: {name} has shape {tuple(w[name].shape)} but "
-                              f"config.json says {shape}")
-    out = {k: w[k].astype(np.float32) for k in want}
+    rename = {}  # a classifier's head: its hidden layer and classifier, by the family's names
+    for ours, theirs in family.head.items() if classifier else ():
+        size = d if ours == "pre_head" else len(cfg["id2label"])
+        want.update({f"{theirs}.weight": (size, d), f"{theirs}.bias": (size,)})
+        rename.update({f"{theirs}.weight": f"{ours}.weight", f"{theirs}.bias": f"{ours}.bias"})
+    _check_shapes(path, w, want, cfg)
+    out = {rename.get(k, k): w[k].astype(np.float32) for k in want}
     types = w.get("embeddings.token_type_embeddings.weight")
     if types is not None:
         if types.ndim != 2 or types.shape[1] != e:
@@ -237,6 +233,21 @@ def text_length(family: Family, cfg: dict, max_len: int | None) -> int:
     return max_len
 
 
+def _check_shapes(path: Path, w: dict, want: dict[str, tuple], cfg: dict) -> None:
+    """Every tensor of `want` is in `w` with its shape (one ConfigError naming the first that
+    is not)."""
+    for name, shape in want.items():
+        if w.get(name) is None:
+            if name.startswith(("embeddings", "encoder", "layers", "final_norm")):
+                raise ConfigError(f"{path} lacks {name}, which config.json's "
+                                  f"{cfg['num_hidden_layers']} layers need")
+            raise ConfigError(f"{path} lacks the classifier's {name.rsplit('.', 1)[0]}, which "
+                              f"{cfg['architectures'][0]} has")
+        if tuple(w[name].shape) != shape:
+            raise ConfigError(f"{path}: {name} has shape {tuple(w[name].shape)} but "
+                              f"config.json says {shape}")
+
+
 def bert_config_fields(family: Family, cfg: dict, pooling: str, max_len: int | None,
                        head_act: str = "none") -> dict:
     """The MatryoshkaConfig fields of the imported architecture (the caller adds the
@@ -244,6 +255,12 @@ def bert_config_fields(family: Family, cfg: dict, pooling: str, max_len: int | N
     d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     max_len = text_length(family, cfg, max_len)
     dropout = cfg.get("hidden_dropout_prob", 0.1)
+    modern = {}
+    if family.modern:
+        from matryoshka.model.modernbert import modernbert_fields
+
+        modern = modernbert_fields(cfg, family.name)
+        dropout = modern.pop("dropout")
     return dict(d_model=d, levels=(d,), n_layers=cfg["num_hidden_layers"],
                 head_dim=d // heads, d_mid=cfg["intermediate_size"], ffn_nesting="fixed",
                 norm="shared", pos_encoding="learned", input_kind="text",
@@ -252,7 +269,7 @@ def bert_config_fields(family: Family, cfg: dict, pooling: str, max_len: int | N
                 activation="gelu", ln_eps=float(cfg.get("layer_norm_eps", 1e-12)),
                 embed_norm="layer_norm", pooling=pooling, head_act=head_act,
                 embed_dim=embed_width(family, cfg),
-                dropout=float(dropout or 0.0))
+                dropout=float(dropout or 0.0)) | modern
 
 
 def bert_state(w: dict[str, np.ndarray], n_layers: int, max_len: int,
@@ -334,7 +351,11 @@ def import_encoder(folder: str | Path, n_classes: int | None = None,
     if labels is None and n_classes is None:
         raise ConfigError(f"{folder} is a base model without a classifier head: say how many "
                           "classes its new head has")
-    pooling = "cls" if labels else read_pooling(folder)
+    pooling = (cfg.get("classifier_pooling", "cls") if family.modern else "cls") if labels \
+        else read_pooling(folder)
+    if pooling not in ("cls", "mean"):
+        raise ConfigError(f"{folder}: classifier_pooling {pooling!r} is not supported (cls or "
+                          "mean)")
     weights = read_hf_weights(folder, family, cfg, classifier=labels is not None)
     max_len = text_length(family, cfg, max_len)
     tokenizer = read_tokenizer(folder, max_len, family)
@@ -343,13 +364,22 @@ def import_encoder(folder: str | Path, n_classes: int | None = None,
                           f"but the embedding {cfg['vocab_size']}")
     fields = bert_config_fields(family, cfg, pooling, max_len,
                                 head_act=family.head_act if labels else "none")
+    if family.modern and labels:
+        fields["head_norm"] = "layer_norm"
+        if cfg.get("classifier_activation", "gelu") != "gelu":
+            raise ConfigError(f"{folder}: classifier_activation "
+                              f"{cfg['classifier_activation']!r} is not supported (gelu is)")
     config = MatryoshkaConfig(**fields, n_classes=len(labels) if labels else n_classes,
                               name=name or Path(folder).name)
     torch.manual_seed(seed)
     model = MatryoshkaTransformer(config)
-    state = {k: torch.from_numpy(np.ascontiguousarray(v))
-             for k, v in bert_state(weights, config.n_layers, max_len,
-                                    family.position_offset(cfg)).items()}
+    if family.modern:
+        from matryoshka.model.modernbert import modernbert_state
+
+        mapped = modernbert_state(weights, cfg, labels is not None)
+    else:
+        mapped = bert_state(weights, config.n_layers, max_len, family.position_offset(cfg))
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in mapped.items()}
     missing = set(model.state_dict()) - set(state)
     if missing - (set() if labels else {"head.weight", "head.bias"}):
         raise ArtifactError(f"internal: the import maps no weight to {sorted(missing)[:3]}")

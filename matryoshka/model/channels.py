@@ -40,7 +40,7 @@ def check_full_width(c, action: str) -> None:
 def _check_permutable(model: MatryoshkaTransformer) -> None:
     c = model.config
     check_full_width(c, "can have its residual channels reordered")
-    if c.pos_encoding != "learned":
+    if c.pos_encoding == "sinusoidal_per_level":
         raise ConfigError("a model with sinusoidal positions cannot have its residual channels "
                           "reordered (the positions are not weights); pass --no-rewire")
 
@@ -52,7 +52,9 @@ def channel_importance(model: MatryoshkaTransformer,
     (Minitron's aggregation: mean |a| over real tokens, L2 over the samples, summed over every
     LayerNorm)."""
     _check_permutable(model)
-    norms = [m for m in model.modules() if isinstance(m, NestedLayerNorm)]
+    # every LayerNorm of the residual stream (a classifier's head norm reads no tokens)
+    norms = [m for name, m in model.named_modules() if isinstance(m, NestedLayerNorm)
+             and name != "head_norm"]
     squares = np.zeros((len(norms), model.config.d_model))
     mask: list[torch.Tensor | None] = [None]
 
@@ -107,15 +109,16 @@ def permute_channels(model: MatryoshkaTransformer, channel_order: np.ndarray
         rows(proj.bias)
     else:
         cols(model.embed.weight)
-    if not c.embed_dim:  # ELECTRA's table is embed_dim wide: not a residual axis
+    if c.pos_encoding == "learned" and not c.embed_dim:  # ELECTRA's: embed_dim wide
         cols(model.pos)
     for norm in (m for m in model.modules() if isinstance(m, NestedLayerNorm)):
         for t in (*norm.weight, *norm.bias):
             rows(t)
     for block in model.blocks:
         attn, ffn = block.attn, block.ffn
-        for lin in (attn.q, attn.k, attn.v, ffn.w1):
-            cols(lin.weight)
+        for lin in (attn.q, attn.k, attn.v, ffn.w1, getattr(ffn, "gate", None)):
+            if lin is not None:
+                cols(lin.weight)
         for lin in (attn.o, ffn.w2):
             rows(lin.weight)
             rows(lin.bias)

@@ -24,7 +24,9 @@ class MatryoshkaConfig:
     d_mid: int = 1024  # FFN width at full level (fixed: every level; proportional: scaled by d_i/d)
     ffn_nesting: str = "proportional"  # "fixed" (seed: m_i = d_mid) | "proportional" (MatFormer)
     norm: str = "per_level"  # "per_level": own gamma_i, beta_i | "shared": one prefixed
-    pos_encoding: str = "sinusoidal_per_level"  # PE^(i) computed with d_i | "learned" prefix table
+    # PE^(i) computed with d_i | "learned" prefix table | "rotary" (ModernBERT: q and k of each
+    # head rotated by position, theta rope_theta in global layers, local_rope_theta in local)
+    pos_encoding: str = "sinusoidal_per_level"
     # "image" (float pixels, patchified) | "tokens" (int64 ids, every position real) |
     # "text" (int64 ids right-padded with pad_id: masked attention and masked mean pooling)
     input_kind: str = "image"
@@ -57,6 +59,15 @@ class MatryoshkaConfig:
     # the tables and the embedding LayerNorm are E wide, and a dense E -> d (its
     # embeddings_project), nested by its output rows, feeds the blocks
     embed_dim: int = 0
+    # ModernBERT: "pre_ln_bare_first" is pre_ln whose first block has no attention LayerNorm
+    # (the embedding's precedes it); activation "geglu": gelu(x W1) * (x W_gate); head_norm
+    # "layer_norm": a LayerNorm after the classifier's hidden layer; rotary thetas; every
+    # global_every-th layer (from 0) attends globally, the others within local_window tokens
+    head_norm: str = "none"
+    rope_theta: float = 10000.0
+    local_rope_theta: float = 10000.0
+    global_every: int = 1
+    local_window: int = 0
     # What a level nests: "width" (d_1 < ... < d_k, this project's design) | "heads" (an
     # imported encoder, DynaBERT: the residual width stays d_model, and level h runs the first
     # h heads and the first d_mid * h / n_heads FFN neurons of every layer; levels are head
@@ -76,7 +87,14 @@ class MatryoshkaConfig:
             validate_levels(self.levels, self.head_dim, self.d_model, trained=True)
         _check_choice("ffn_nesting", self.ffn_nesting, ("fixed", "proportional"))
         _check_choice("norm", self.norm, ("per_level", "shared"))
-        _check_choice("pos_encoding", self.pos_encoding, ("sinusoidal_per_level", "learned"))
+        _check_choice("pos_encoding", self.pos_encoding,
+                      ("sinusoidal_per_level", "learned", "rotary"))
+        if self.pos_encoding == "rotary" and (self.input_kind == "image" or self.head_dim % 2):
+            raise ConfigError("rotary positions need token input and an even head_dim")
+        if self.global_every < 1 or self.local_window < 0 or not (
+                self.rope_theta > 0 and self.local_rope_theta > 0):
+            raise ConfigError("global_every must be at least 1, local_window 0 or more and the "
+                              "rotary thetas positive")
         _check_choice("input_kind", self.input_kind, INPUT_KINDS)
         for name, choices in ARCH_CHOICES.items():
             _check_choice(name, getattr(self, name), choices)
@@ -263,11 +281,14 @@ class MatryoshkaConfig:
 
 
 INPUT_KINDS = ("image", "tokens", "text")
-ARCH_CHOICES = {"block": ("pre_ln", "post_ln"), "activation": ("relu", "gelu"),
+ARCH_CHOICES = {"block": ("pre_ln", "post_ln", "pre_ln_bare_first"),
+                "activation": ("relu", "gelu", "geglu"), "head_norm": ("none", "layer_norm"),
                 "embed_norm": ("none", "layer_norm"), "pooling": ("mean", "cls"),
                 "head_act": ("none", "tanh", "relu", "gelu"), "nesting": ("width", "heads")}
 ARCH_DEFAULTS = {"block": "pre_ln", "activation": "relu", "ln_eps": 1e-5, "embed_norm": "none",
-                 "pooling": "mean", "head_act": "none", "embed_dim": 0, "nesting": "width"}
+                 "pooling": "mean", "head_act": "none", "embed_dim": 0, "nesting": "width",
+                 "head_norm": "none", "rope_theta": 10000.0, "local_rope_theta": 10000.0,
+                 "global_every": 1, "local_window": 0}
 # Fields that belong to some input kinds only: written to config.json for those alone.
 KIND_FIELDS = {"image_size": ("image",), "patch_size": ("image",), "pixel_scale": ("image",),
                "vocab_size": ("tokens", "text"), "max_len": ("tokens", "text"),

@@ -10,6 +10,8 @@ and the RoBERTa family (RoBERTa, XLM-R, CamemBERT) are that architecture under o
 - roberta, xlm-roberta, camembert: BERT's tensor names under `roberta.`, a one-row token-type
   table, positions counted from padding_idx + 1 (its position ids are
   cumsum(ids != pad) + pad, so a right-padded text's token j reads row pad + 1 + j), pad id 1;
+- modernbert (ModernBERT, the Ettin encoders): its own architecture, under `model.`
+  (model/modernbert.py: pre-LN, rotary, GeGLU, alternating global and local attention);
 - electra (a discriminator): BERT's names under `electra.`, but the token, position and type
   tables and the embedding LayerNorm are embedding_size wide, and embeddings_project (a dense
   embedding_size -> hidden_size) feeds the blocks (config.embed_dim).
@@ -48,6 +50,7 @@ class Family:
     offset_positions: bool = False  # position ids start at pad_token_id + 1
     default_pad: int = 0
     factorised: bool = False  # ELECTRA: tables embedding_size wide, then embeddings_project
+    modern: bool = False  # ModernBERT: its own architecture (model/modernbert.py)
 
     def config(self, raw: dict) -> dict:
         """raw config.json under BERT's keys (the family's own keys renamed)."""
@@ -101,6 +104,9 @@ FAMILIES = {
         ln_eps=1e-12),
     "electra": Family("ELECTRA", "electra", {}, (), _ROBERTA_HEAD, "gelu", ("WordPiece",),
                       factorised=True),
+    "modernbert": Family(
+        "ModernBERT", "model", {"layer_norm_eps": "norm_eps", "hidden_act": "hidden_activation"},
+        (), {"pre_head": "head.dense", "head": "classifier"}, "gelu", ("BPE",), modern=True),
     "roberta": Family("RoBERTa", "roberta", {}, (), _ROBERTA_HEAD, "tanh", ("BPE",),
                       offset_positions=True, default_pad=1),
     "xlm-roberta": Family("XLM-RoBERTa", "roberta", {}, (), _ROBERTA_HEAD, "tanh",

@@ -8,7 +8,8 @@ matters most.
 - A neuron's importance is the first-order Taylor score of its weights over the whole split,
   I_j = |sum W1[j, :] dL/dW1[j, :] + b1_j dL/db1_j| + |sum W2[:, j] dL/dW2[:, j]|: the first
   term is sum pre_j dL/dpre_j of its pre-activation, the second sum a_j dL/da_j of its
-  activation.
+  activation (a GeGLU neuron adds |sum g_j dL/dg_j| of its gate's pre-activation, and its
+  gate row moves with it).
 
 Reordering permutes the rows of q, k, v (by whole heads) and the columns of o, and the rows of
 the FFN's first matrix and the columns of its second: the model computes the same function
@@ -37,7 +38,7 @@ def importance(model: MatryoshkaTransformer, batches: Iterable[tuple[torch.Tenso
     heads = np.zeros((c.n_layers, n_heads))
     # sum pre dL/dpre and sum a dL/da of every neuron, over the split (signed, then |.|)
     pre_sum = np.zeros((c.n_layers, model.blocks[0].ffn.w1.weight.shape[0]))
-    act_sum = np.zeros_like(pre_sum)
+    act_sum, gate_sum = np.zeros_like(pre_sum), np.zeros_like(pre_sum)
     seen: dict[str, torch.Tensor] = {}
 
     def keep(name):
@@ -53,6 +54,9 @@ def importance(model: MatryoshkaTransformer, batches: Iterable[tuple[torch.Tenso
         handles.append(block.ffn.w2.register_forward_pre_hook(keep(f"act{i}")))
         handles.append(block.ffn.w1.register_forward_hook(
             lambda module, inputs, out, i=i: keep(f"pre{i}")(module, (out,))))
+        if hasattr(block.ffn, "gate"):  # GeGLU: the gate's pre-activation counts too
+            handles.append(block.ffn.gate.register_forward_hook(
+                lambda module, inputs, out, i=i: keep(f"gate{i}")(module, (out,))))
     was_training = model.training
     model.eval()  # no dropout: the scores of the function that is deployed
     try:
@@ -65,7 +69,9 @@ def importance(model: MatryoshkaTransformer, batches: Iterable[tuple[torch.Tenso
                 per_sample = (a * a.grad).detach().float().sum(dim=1)  # bf16 under autocast
                 heads[i] += per_sample.reshape(len(a), n_heads, c.head_dim).sum(2).abs(
                     ).sum(0).numpy()
-                for name, acc in (("pre", pre_sum), ("act", act_sum)):
+                for name, acc in (("pre", pre_sum), ("act", act_sum), ("gate", gate_sum)):
+                    if f"{name}{i}" not in seen:
+                        continue
                     t = seen[f"{name}{i}"]
                     acc[i] += (t * t.grad).detach().float().sum(
                         dim=tuple(range(t.ndim - 1))).numpy()
@@ -74,7 +80,7 @@ def importance(model: MatryoshkaTransformer, batches: Iterable[tuple[torch.Tenso
             h.remove()
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    return heads, np.abs(pre_sum) + np.abs(act_sum)
+    return heads, np.abs(pre_sum) + np.abs(act_sum) + np.abs(gate_sum)
 
 
 def order(scores: np.ndarray) -> np.ndarray:
@@ -99,8 +105,10 @@ def reorder(model: MatryoshkaTransformer, head_order: np.ndarray,
         attn.o.weight.copy_(attn.o.weight[:, rows])
         cols = torch.as_tensor(np.asarray(neuron_order[i]))
         ffn = block.ffn
-        ffn.w1.weight.copy_(ffn.w1.weight[cols])
-        ffn.w1.bias.copy_(ffn.w1.bias[cols])
+        for lin in (ffn.w1, getattr(ffn, "gate", None)):  # GeGLU: both halves alike
+            if lin is not None:
+                lin.weight.copy_(lin.weight[cols])
+                lin.bias.copy_(lin.bias[cols])
         ffn.w2.weight.copy_(ffn.w2.weight[:, cols])
     return model
 

@@ -118,9 +118,11 @@ class NestedAttention(nn.Module):
         self.o = NestedLinear("attn", "d", width, full)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, w: BlockWidths,
-                key_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """key_bias [batch, 1, 1, n]: 0 for a real key, MASKED for padding (text input)."""
+    def forward(self, x: torch.Tensor, w: BlockWidths, key_bias: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """key_bias [batch, 1, 1 or n, n]: 0 for a key a query sees, MASKED for padding (text
+        input) or one outside a local window; rope (cos, sin) [n, head_dim]: rotary positions,
+        the same for every head, so any prefix of the heads keeps them."""
         b, n, _ = x.shape
         heads = w.attn // self.head_dim
 
@@ -128,6 +130,8 @@ class NestedAttention(nn.Module):
             return t.reshape(b, n, heads, self.head_dim).transpose(1, 2)
 
         q, k, v = split(self.q(x, w)), split(self.k(x, w)), split(self.v(x, w))
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
         scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
         if key_bias is not None:
             scores = scores + key_bias
@@ -141,21 +145,28 @@ class NestedAttention(nn.Module):
 
 class NestedFFN(nn.Module):
     """FFN^(i)(x) = act(x W1^(i) + b1^(i)) W2^(i) + b2^(i) (seed layer-wise section 1), act
-    max(0, .) or BERT's exact GELU."""
+    max(0, .) or BERT's exact GELU; or ModernBERT's GeGLU, gelu(x W1^(i)) * (x W_gate^(i)):
+    neuron j is row j of W1 and of W_gate together, so a prefix cuts both halves alike."""
 
     def __init__(self, width: AxisSize, full: BlockWidths, dropout: float,
                  activation: str = "relu"):
         super().__init__()
         self.w1 = NestedLinear("d", "ffn", width, full)
+        if activation == "geglu":
+            self.gate = NestedLinear("d", "ffn", width, full)
         self.w2 = NestedLinear("ffn", "d", width, full)
         self.drop = nn.Dropout(dropout)
-        self.act = F.gelu if activation == "gelu" else torch.relu
+        self.act = F.gelu if activation in ("gelu", "geglu") else torch.relu
 
     def forward(self, x: torch.Tensor, w: BlockWidths) -> torch.Tensor:
-        return self.drop(self.w2(self.act(self.w1(x, w)), w))
+        a = self.act(self.w1(x, w))
+        if hasattr(self, "gate"):
+            a = a * self.gate(x, w)
+        return self.drop(self.w2(a, w))
 
     def view(self, w: BlockWidths) -> View:
-        return _merge(w, w1=self.w1, w2=self.w2)
+        parts = {"gate": self.gate} if hasattr(self, "gate") else {}
+        return _merge(w, w1=self.w1, w2=self.w2, **parts)
 
 
 class NestedBlock(nn.Module):
@@ -164,24 +175,27 @@ class NestedBlock(nn.Module):
 
     def __init__(self, full: BlockWidths, levels: tuple[int, ...], head_dim: int,
                  per_level_norm: bool, dropout: float, post_ln: bool = False,
-                 activation: str = "relu", eps: float = 1e-5):
+                 activation: str = "relu", eps: float = 1e-5, attn_norm: bool = True):
         super().__init__()
         self.post_ln = post_ln
-        self.ln1 = NestedLayerNorm(levels, per_level_norm, eps)
+        if attn_norm:  # ModernBERT's first block has none: the embedding's LayerNorm precedes it
+            self.ln1 = NestedLayerNorm(levels, per_level_norm, eps)
         self.attn = NestedAttention(axis_size, full, head_dim, dropout)
         self.ln2 = NestedLayerNorm(levels, per_level_norm, eps)
         self.ffn = NestedFFN(axis_size, full, dropout, activation)
 
-    def forward(self, h: torch.Tensor, w: BlockWidths,
-                key_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, w: BlockWidths, key_bias: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if self.post_ln:
-            h = self.ln1(h + self.attn(h, w, key_bias), w.dim)
+            h = self.ln1(h + self.attn(h, w, key_bias, rope), w.dim)
             return self.ln2(h + self.ffn(h, w), w.dim)
-        h = h + self.attn(self.ln1(h, w.dim), w, key_bias)
+        x = self.ln1(h, w.dim) if hasattr(self, "ln1") else h
+        h = h + self.attn(x, w, key_bias, rope)
         return h + self.ffn(self.ln2(h, w.dim), w)
 
     def view(self, w: BlockWidths) -> View:
-        return _merge(w, ln1=self.ln1, attn=self.attn, ln2=self.ln2, ffn=self.ffn)
+        norm = {"ln1": self.ln1} if hasattr(self, "ln1") else {}
+        return _merge(w, **norm, attn=self.attn, ln2=self.ln2, ffn=self.ffn)
 
 
 # Added to the attention score of a padded key. Finite (not -inf), so that even a row of
@@ -197,6 +211,22 @@ def sinusoid(n: int, dim: int) -> torch.Tensor:
     # interleave sin (even features) and cos (odd) without in-place writes, which would
     # export as ScatterND instead of folding into one constant
     return torch.stack([torch.sin(pos * freq), torch.cos(pos * freq)], dim=-1).reshape(n, dim)
+
+
+def rotary(n: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) [n, head_dim] of rotary positions 0 .. n-1 (RoFormer; ModernBERT's layout:
+    the frequencies theta^(-2j/head_dim) repeated over both halves of a head)."""
+    freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angle = torch.arange(n, dtype=torch.float32)[:, None] * freq
+    angle = torch.cat([angle, angle], dim=-1)
+    return torch.cos(angle), torch.sin(angle)
+
+
+def rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """t [..., n, head_dim] rotated by position: t cos + rotate_half(t) sin, where
+    rotate_half(t) = (-t2, t1) for t's halves t1, t2."""
+    half = t.shape[-1] // 2
+    return t * cos + torch.cat([-t[..., half:], t[..., :half]], dim=-1) * sin
 
 
 def _merge(w: BlockWidths, **children: nn.Module) -> View:

@@ -20,6 +20,7 @@ from matryoshka.model.layers import (
     _merge,
     axis_size,
     prefix,
+    rotary,
     sinusoid,
 )
 from matryoshka.model.spec import Spec
@@ -62,12 +63,16 @@ class MatryoshkaTransformer(nn.Module):
             self.ln_e = NestedLayerNorm(c.dims(), per_level, c.ln_eps)
         self.blocks = nn.ModuleList(
             NestedBlock(w, c.dims(), c.head_dim, per_level, c.dropout, c.block == "post_ln",
-                        c.activation, c.ln_eps) for w in full
+                        c.activation, c.ln_eps,
+                        attn_norm=not (i == 0 and c.block == "pre_ln_bare_first"))
+            for i, w in enumerate(full)
         )
-        if c.block == "pre_ln":  # a post-norm block's output is normalized already
+        if c.block != "post_ln":  # a post-norm block's output is normalized already
             self.ln_f = NestedLayerNorm(c.dims(), per_level, c.ln_eps)
         if c.head_act != "none":  # an imported classifier's hidden layer, nested as d x d
             self.pre_head = NestedLinear("d", "d", axis_size, full[0])
+        if c.head_norm == "layer_norm":  # ModernBERT's head: a LayerNorm after its activation
+            self.head_norm = NestedLayerNorm(c.dims(), per_level, c.ln_eps)
         self.head = NestedLinear("d", None, lambda k, w: c.n_classes if k is None else
                                  axis_size(k, w), full[0])
 
@@ -99,8 +104,8 @@ class MatryoshkaTransformer(nn.Module):
         n = h.shape[1]
         if c.pos_encoding == "learned":
             h = h + prefix(self.pos, c.n_tokens, dim)[:n]
-        else:
-            h = h + sinusoid(c.n_tokens, dim)[:n]
+        elif c.pos_encoding == "sinusoidal_per_level":
+            h = h + sinusoid(c.n_tokens, dim)[:n]  # rotary: the positions act in attention
         return self.ln_e(h, dim) if c.embed_norm == "layer_norm" else h
 
     def forward(self, x: torch.Tensor, level: Level = None, return_hidden: bool = False):
@@ -116,6 +121,8 @@ class MatryoshkaTransformer(nn.Module):
         top = BlockWidths(spec.dim, spec.dim, spec.dim)
         if self.config.head_act != "none":
             pooled = HEAD_ACTS[self.config.head_act](self.pre_head(pooled, top))
+        if self.config.head_norm == "layer_norm":
+            pooled = self.head_norm(pooled, spec.dim)
         logits = self.head(pooled, top)
         return (logits, hidden) if return_hidden else logits
 
@@ -129,10 +136,11 @@ class MatryoshkaTransformer(nn.Module):
         mask = self.mask(x)
         key_bias = None if mask is None else ((~mask)[:, None, None, :]).to(h.dtype) * MASKED
         hidden = []
-        for block, w in zip(self.blocks, self.layer_widths(spec)):
-            h = block(h, w, key_bias)
+        for i, (block, w) in enumerate(zip(self.blocks, self.layer_widths(spec))):
+            bias, rope = self.layer_attention(i, h.shape[1], key_bias)
+            h = block(h, w, bias, rope)
             hidden.append(h)
-        if self.config.block == "pre_ln":
+        if self.config.block != "post_ln":
             h = self.ln_f(h, dim)
         if self.config.pooling == "cls":
             return h[:, 0], hidden
@@ -140,6 +148,23 @@ class MatryoshkaTransformer(nn.Module):
             return h.mean(dim=1), hidden
         m = mask.unsqueeze(-1).to(h.dtype)
         return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0), hidden
+
+    def layer_attention(self, layer: int, n: int, key_bias: torch.Tensor | None):
+        """(key_bias, rope) of a layer on n tokens: a local layer (ModernBERT: all but every
+        global_every-th) also masks the keys more than local_window tokens away; rotary
+        positions with the layer's theta. Both are tables of positions alone, the same at
+        every width."""
+        c = self.config
+        local = c.local_window > 0 and layer % c.global_every != 0
+        if local:
+            pos = torch.arange(c.n_tokens)
+            far = ((pos[:, None] - pos[None, :]).abs() > c.local_window)[:n, :n]
+            window = far.to(torch.float32)[None, None] * MASKED
+            key_bias = window if key_bias is None else key_bias + window.to(key_bias.dtype)
+        if c.pos_encoding != "rotary":
+            return key_bias, None
+        cos, sin = rotary(c.n_tokens, c.head_dim, c.local_rope_theta if local else c.rope_theta)
+        return key_bias, (cos[:n], sin[:n])
 
     def mask(self, x: torch.Tensor) -> torch.Tensor | None:
         """[batch, n] True at real tokens, for text input; None for every other kind."""
@@ -167,6 +192,8 @@ class MatryoshkaTransformer(nn.Module):
             norms["embed_proj"] = self.embed_proj
         if c.head_act != "none":
             norms["pre_head"] = self.pre_head
+        if c.head_norm == "layer_norm":
+            norms["head_norm"] = self.head_norm
         out = _merge(top, head=self.head, **norms)
         for i, (block, w) in enumerate(zip(self.blocks, self.layer_widths(spec))):
             out.update(_merge(w, **{f"blocks.{i}": block}))
@@ -230,7 +257,8 @@ def flops_terms(config: MatryoshkaConfig, level: Level) -> dict[str, int]:
     dim, c, hd = spec.dim, config.n_classes, config.head_dim
     embed = (config.patch_size**2 * dim if config.input_kind == "image"
              else config.embed_dim * dim)
-    layers = sum(4 * dim * h * hd + 2 * dim * m for m, h in zip(spec.ffn, spec.heads))
+    ffn_mats = 3 if config.activation == "geglu" else 2  # GeGLU: W1, the gate and W2
+    layers = sum(4 * dim * h * hd + ffn_mats * dim * m for m, h in zip(spec.ffn, spec.heads))
     return {"per_token": 2 * (embed + layers) + dim,
             "per_pair": 2 * 2 * hd * sum(spec.heads),
             "per_sample": 2 * dim * c + (2 * dim * dim if config.head_act != "none" else 0)}

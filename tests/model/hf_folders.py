@@ -31,13 +31,15 @@ import numpy as np
 
 from tests.model.tiny_bert import WORDS, wordpiece
 
-FAMILIES = ("bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra")
+FAMILIES = ("bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra", "modernbert")
+# ModernBERT's specials follow the BPE vocabulary (its real pad id is 50283 of 50368)
 PAD_ID = {"bert": 0, "distilbert": 0, "electra": 0, "roberta": 1, "xlm-roberta": 1,
-          "camembert": 1}
+          "camembert": 1, "modernbert": 403}
 LABEL_WORDS = ("negative", "positive", "neutral", "question", "spam", "other", "urgent",
                "later")
 _CLASSES = {"bert": "Bert", "distilbert": "DistilBert", "roberta": "Roberta",
-            "xlm-roberta": "XLMRoberta", "camembert": "Camembert", "electra": "Electra"}
+            "xlm-roberta": "XLMRoberta", "camembert": "Camembert", "electra": "Electra",
+            "modernbert": "ModernBert"}
 _EXTRA = ("café naïve über señor déjà vu garçon Zürich crème brûlée façade São Paulo "
           "🙂 🚀 ❤️ 👍 — «quoted» ¿qué? ¡hola!").split()
 
@@ -123,10 +125,23 @@ def _unigram():
     return tok
 
 
+def _modern_bpe():
+    """RoBERTa's byte-level BPE (401 tokens), then ModernBERT's specials at the end: [CLS] 401,
+    [SEP] 402, [PAD] 403, [MASK] 404, and "[CLS] $A [SEP]"."""
+    from tokenizers import processors
+
+    tok = _byte_bpe()
+    tok.add_special_tokens(["[CLS]", "[SEP]", "[PAD]", "[MASK]"])
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 401), ("[SEP]", 402)])
+    assert tok.token_to_id("[PAD]") == PAD_ID["modernbert"]
+    return tok
+
+
 def make_tokenizer(family: str):
     """The family's tokenizers.Tokenizer, without truncation or padding."""
-    tok = {"roberta": _byte_bpe, "xlm-roberta": _unigram, "camembert": _unigram}.get(
-        family, _wordpiece)()
+    tok = {"roberta": _byte_bpe, "xlm-roberta": _unigram, "camembert": _unigram,
+           "modernbert": _modern_bpe}.get(family, _wordpiece)()
     tok.no_truncation()
     tok.no_padding()
     return tok
@@ -139,6 +154,13 @@ def make_config(family: str, vocab_size: int, hidden: int = 32, layers: int = 2,
     import transformers
 
     cls = getattr(transformers, _CLASSES[family] + "Config")
+    if family == "modernbert":  # two layers: 0 global, 1 local, with a window of 4 tokens
+        return cls(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                   num_attention_heads=heads, intermediate_size=ffn,
+                   max_position_embeddings=positions, pad_token_id=403, cls_token_id=401,
+                   sep_token_id=402, bos_token_id=401, eos_token_id=402,
+                   global_attn_every_n_layers=2, local_attention=8, global_rope_theta=160000.0,
+                   local_rope_theta=10000.0, classifier_pooling="mean", initializer_range=0.2)
     if family == "distilbert":
         return cls(vocab_size=vocab_size, dim=hidden, n_layers=layers, n_heads=heads,
                    hidden_dim=ffn, max_position_embeddings=positions, pad_token_id=0,
@@ -164,7 +186,7 @@ def _randomise(model, seed: int) -> None:
             noise = 0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype)
             if name.endswith("bias"):
                 p.copy_(noise)
-            elif "LayerNorm" in name or "layer_norm" in name:
+            elif "LayerNorm" in name or "layer_norm" in name or name.endswith("norm.weight"):
                 p.copy_(1 + noise)
 
 
@@ -247,3 +269,59 @@ def reference_outputs(folder: str | Path, ids: np.ndarray, pad_id: int) -> dict:
         if classifier:
             out["logits"] = model(input_ids=x, attention_mask=mask).logits
     return {k: v.float().numpy() for k, v in out.items()}
+
+
+def modernbert_level_logits(state: dict, config, dim: int, ids: np.ndarray) -> np.ndarray:
+    """transformers' own ModernBertForSequenceClassification built at width `dim` from the
+    prefixes of a nested ModernBERT state cut by hand (the level's LayerNorms, the first dim
+    rows and columns, the first m neurons of both GeGLU halves, biases kept), run on ids: the
+    reference that a level's graph must equal."""
+    import torch
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification
+
+    s = {k: (v.detach() if hasattr(v, "detach") else torch.as_tensor(v)).float()
+         for k, v in state.items()}
+    i, m = config.dims().index(dim), config.ffn_width(dim)
+    cfg = ModernBertConfig(
+        vocab_size=config.vocab_size, hidden_size=dim, num_hidden_layers=config.n_layers,
+        num_attention_heads=dim // config.head_dim, intermediate_size=m,
+        max_position_embeddings=config.max_len, pad_token_id=config.pad_id, cls_token_id=401,
+        sep_token_id=402, bos_token_id=401, eos_token_id=402,
+        global_attn_every_n_layers=config.global_every, local_attention=2 * config.local_window,
+        global_rope_theta=config.rope_theta, local_rope_theta=config.local_rope_theta,
+        classifier_pooling=config.pooling, norm_eps=config.ln_eps, norm_bias=True,
+        attention_bias=True, mlp_bias=True, classifier_bias=True,
+        num_labels=config.n_classes)
+    model = ModernBertForSequenceClassification(cfg).eval()
+
+    def ln(name):
+        return s[f"{name}.weight.{i}"][:dim], s[f"{name}.bias.{i}"][:dim]
+
+    w = {"model.embeddings.tok_embeddings.weight": s["embed.weight"][:, :dim]}
+    w["model.embeddings.norm.weight"], w["model.embeddings.norm.bias"] = ln("ln_e")
+    w["model.final_norm.weight"], w["model.final_norm.bias"] = ln("ln_f")
+    for layer in range(config.n_layers):
+        p, b = f"model.layers.{layer}.", f"blocks.{layer}."
+        if layer:
+            w[p + "attn_norm.weight"], w[p + "attn_norm.bias"] = ln(b + "ln1")
+        w[p + "mlp_norm.weight"], w[p + "mlp_norm.bias"] = ln(b + "ln2")
+        w[p + "attn.Wqkv.weight"] = torch.cat([s[f"{b}attn.{x}.weight"][:dim, :dim]
+                                               for x in "qkv"])
+        w[p + "attn.Wqkv.bias"] = torch.cat([s[f"{b}attn.q.bias"][:dim], torch.zeros(dim),
+                                             s[f"{b}attn.v.bias"][:dim]])
+        w[p + "attn.Wo.weight"] = s[f"{b}attn.o.weight"][:dim, :dim]
+        w[p + "attn.Wo.bias"] = s[f"{b}attn.o.bias"][:dim]
+        w[p + "mlp.Wi.weight"] = torch.cat([s[f"{b}ffn.w1.weight"][:m, :dim],
+                                            s[f"{b}ffn.gate.weight"][:m, :dim]])
+        w[p + "mlp.Wi.bias"] = torch.cat([s[f"{b}ffn.w1.bias"][:m], s[f"{b}ffn.gate.bias"][:m]])
+        w[p + "mlp.Wo.weight"] = s[f"{b}ffn.w2.weight"][:dim, :m]
+        w[p + "mlp.Wo.bias"] = s[f"{b}ffn.w2.bias"][:dim]
+    w["head.dense.weight"] = s["pre_head.weight"][:dim, :dim]
+    w["head.dense.bias"] = s["pre_head.bias"][:dim]
+    w["head.norm.weight"], w["head.norm.bias"] = ln("head_norm")
+    w["classifier.weight"], w["classifier.bias"] = s["head.weight"][:, :dim], s["head.bias"]
+    missing, unexpected = model.load_state_dict(w, strict=False)
+    assert not unexpected and not [k for k in missing if "rotary" not in k], (missing, unexpected)
+    x = torch.as_tensor(np.asarray(ids, np.int64))
+    with torch.no_grad():
+        return model(input_ids=x, attention_mask=(x != config.pad_id).long()).logits.numpy()

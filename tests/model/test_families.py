@@ -5,7 +5,8 @@ within 1e-5 on a padded batch of texts of different lengths (RoBERTa's pad id 1 
 channel permutation leaves them unchanged; pytorch_model.bin imports as model.safetensors does;
 `matryoshka import` then `mexport` gives ONNX logits within 1e-4 of transformers'; a classifier
 nested by width exports every level within the export's own check, and its narrowest level's
-graph equals a numpy forward of the prefixes cut by hand; bad folders are one line."""
+graph equals a forward of the prefixes cut by hand (numpy's BERT; transformers' ModernBERT at
+that width); bad folders are one line."""
 
 import json
 
@@ -31,10 +32,12 @@ from tests.model.hf_folders import (  # noqa: E402  (after the importorskip that
     encode_texts,
     label_names,
     make_hf_folder,
+    modernbert_level_logits,
     reference_outputs,
 )
 
-SUPPORTED = ("bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra")
+SUPPORTED = ("bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra",
+             "modernbert")
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +142,7 @@ def test_import_then_mexport_gives_transformers_logits(folders, tmp_path, family
     assert np.abs(out.probs - probs / probs.sum(-1, keepdims=True)).max() <= 1e-4
 
 
-@pytest.mark.parametrize("family", ["roberta", "electra"])
+@pytest.mark.parametrize("family", ["roberta", "electra", "modernbert"])
 def test_a_classifier_nested_by_width_exports_every_level(folders, tmp_path, family):
     """RoBERTa (pad id 1), imported first, and ELECTRA (its embedding projection nested by
     its output rows), its folder given to --init-from as it is, are nested and trained one
@@ -163,7 +166,7 @@ def test_a_classifier_nested_by_width_exports_every_level(folders, tmp_path, fam
     assert metrics["labels"] == [n.upper() for n in label_names(3)]  # id2label's order
     assert metrics["train_config"]["teacher"] == str(start)
     # INT8 too: each graph checked against exact integer arithmetic by the export itself
-    quantize = "dynamic-pc" if family == "roberta" else "weight8"
+    quantize = {"roberta": "dynamic-pc", "electra": "weight8"}.get(family, "dynamic")
     r = run(mexport, ["--checkpoint", str(tmp_path / "ck"), "--out", str(tmp_path / "exp"),
                       "--quantize", quantize, "--no-progress"])
     assert r.exit_code == 0, r.output
@@ -179,9 +182,13 @@ def test_a_classifier_nested_by_width_exports_every_level(folders, tmp_path, fam
     model, _ = load_checkpoint(tmp_path / "ck")
     ids = encode_texts(folder, texts(20, seed=8), max_len=48)
     state, dim = model.state_dict(), 16
-    pooled = bert_pooled(as_bert(state, model.config, dim, model.config.ffn_width(dim)),
-                         bert_cfg(model.config, dim), ids, pad_id=PAD_ID[family], pooling="cls")
-    ref = head_logits(state, model.config, pooled)
+    if family == "modernbert":  # transformers' own ModernBERT, built at width 16 by hand
+        ref = modernbert_level_logits(state, model.config, dim, ids)
+    else:
+        pooled = bert_pooled(as_bert(state, model.config, dim, model.config.ffn_width(dim)),
+                             bert_cfg(model.config, dim), ids, pad_id=PAD_ID[family],
+                             pooling="cls")
+        ref = head_logits(state, model.config, pooled)
     assert np.abs(rt.run_level(rt.levels[0], ids) - ref).max() <= 1e-4
     sample = texts(6, seed=7)
     both = rt.predict(sample, level=rt.levels[0])
@@ -234,7 +241,7 @@ def test_label_map_pairs_other_names(folders, tmp_path):
     ("not-a-state-dict", "is not a state dict"),
     ("bin-code", "cannot be read as weights only"),
     ("base-no-data", "is a base model without a classifier head: give --data"),
-    ("head", "lacks the classifier's head (classifier)"),
+    ("head", "lacks the classifier's classifier, which DistilBertForSequenceClassification has"),
 ])
 def test_bad_folders_are_one_error_and_write_nothing(tmp_path, case, fragment):
     family = "distilbert" if case in ("missing-key", "head") else "bert"
