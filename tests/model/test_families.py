@@ -108,7 +108,7 @@ def _write_csv(path, names, n=700):
     return path
 
 
-@pytest.mark.parametrize("family", ["distilbert", "roberta"])
+@pytest.mark.parametrize("family", SUPPORTED)
 def test_import_then_mexport_gives_transformers_logits(folders, tmp_path, family):
     """The acceptance path: a user's classifier exported as it is, at full width."""
     folder = folders[family][1]
@@ -204,8 +204,10 @@ def test_a_base_encoder_is_not_an_init_from(folders, tmp_path):
     assert not (tmp_path / "ck").exists()
 
 
-def test_class_names_must_match(folders, tmp_path):
-    data = _write_csv(tmp_path / "data.csv", ["negative", "positive", "sarcastic"])
+@pytest.mark.parametrize("names", [["negative", "positive", "sarcastic"],  # one unknown
+                                   ["negative", "positive"]])  # a head with more labels
+def test_class_names_must_match(folders, tmp_path, names):
+    data = _write_csv(tmp_path / "data.csv", names)
     r = CliRunner().invoke(cli, ["import", str(folders["bert"][1]), "--out",
                                  str(tmp_path / "ck"), "--data", str(data)])
     assert r.exit_code == 2 and "error:" in r.output and "the names must be the same" in r.output
