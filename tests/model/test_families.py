@@ -9,6 +9,7 @@ graph equals a forward of the prefixes cut by hand (numpy's BERT; transformers' 
 that width); bad folders are one line."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -283,3 +284,24 @@ def test_match_errors_are_data_errors():
     with pytest.raises(DataError, match="the names must be the same"):
         match_classes(["a", "b"], ["a", "c"], "m")
     assert match_classes(["b", "a"], ["B", "A"], "m") == ["b", "a"]
+
+
+def test_the_user_side_fine_tuning_script_writes_an_importable_classifier(folders, tmp_path):
+    """scripts/hf_finetune.py (transformers' own *ForSequenceClassification) saves a folder
+    that imports as a classifier of the data's classes, with transformers' logits."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "hf_finetune", Path(__file__).resolve().parents[2] / "scripts" / "hf_finetune.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    data = _write_csv(tmp_path / "data.csv", ["ham", "spam"])
+    out = tmp_path / "classifier"
+    assert script.main([str(folders["bert"][0]), str(data), "--out", str(out), "--epochs", "1",
+                        "--max-len", "48"]) == 0
+    model, _, classes = import_encoder(out, max_len=48)
+    assert classes == ["ham", "spam"]
+    ids = encode_texts(out, texts(8, seed=4))
+    with torch.no_grad():
+        ours = model(torch.from_numpy(ids)).numpy()
+    assert np.abs(ours - reference_outputs(out, ids, 0)["logits"]).max() <= 1e-5
