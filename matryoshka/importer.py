@@ -62,15 +62,12 @@ def import_checkpoint(folder: str | Path, out: str | Path, data: str | None = No
         folder, n_classes=len(text.labels) if text else None, max_len=max_len,
         name=name or folder.name, seed=seed)
     weights = folder / WEIGHTS_FILE if (folder / WEIGHTS_FILE).is_file() else folder / BIN_FILE
-    import json
-
-    raw = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     if label_map and (classes is None or text is None):
         raise ConfigError("--label-map pairs --data's classes with a fine-tuned classifier's; "
                           + ("give --data" if classes else f"{folder} is a base encoder"))
     metrics: dict = {"imported_from": {
-        "path": str(folder.resolve()), "model_type": raw.get("model_type"),
-        "architecture": (raw.get("architectures") or [None])[0],
+        "path": str(folder.resolve()), "model_type": cfg.get("model_type"),
+        "architecture": (cfg.get("architectures") or [None])[0],
         "weights": weights.name, "sha256": sha256_file(weights)},
         "labels": list(classes) if classes else None}
     if text is not None:
