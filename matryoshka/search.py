@@ -341,7 +341,7 @@ def val_split(checkpoint: str | Path, model: MatryoshkaTransformer, metrics: dic
     if tokenizer_json is not None:
         from matryoshka.runtime.text import load_tokenizer
 
-        tokenizer = load_tokenizer(tokenizer_json)
+        tokenizer = load_tokenizer(tokenizer_json, cfg.long_texts())
     dataset, record = resolve(data, metrics.get("data") or "demo", tokenizer, cfg.pad_id)
     x, y = dataset["val"]
     _check_fits(cfg, x, y)

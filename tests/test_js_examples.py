@@ -66,19 +66,28 @@ def digits_export(tiny_export_dir, tmp_path_factory):
 def text_export(tmp_path_factory):
     """A small model trained briefly on the text demo's own data (the spam corpus), exported
     and calibrated: its test split is the text demo's 590 mails."""
+    return _spam_export(tmp_path_factory.mktemp("js-text"))
+
+
+def _spam_export(d: Path, *extra: str) -> Path:
     if not SPAM.is_file():
         pytest.skip(f"{SPAM} is missing: scripts/fetch_text_demo.sh fetches it (test.sh runs "
                     "it)")
-    d = tmp_path_factory.mktemp("js-text")
     r = CliRunner().invoke(cli, ["train", "--data", str(SPAM), "--preset", "tiny-text",
                                  "--vocab-size", "1000", "--max-len", "40", "--epochs", "1",
-                                 "--out", str(d / "ck"), "--no-progress"])
+                                 "--out", str(d / "ck"), "--no-progress", *extra])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(mexport, ["--checkpoint", str(d / "ck"), "--out", str(d / "exp"),
                                      "--no-progress"])
     assert r.exit_code == 0, r.output
     calibrate(d / "exp", epsilon=0.05, delta=0.2, progress=False)
     return d / "exp"
+
+
+@pytest.fixture(scope="module")
+def head_tail_export(tmp_path_factory):
+    """text_export's recipe, its mails read by their head (a quarter) and their tail."""
+    return _spam_export(tmp_path_factory.mktemp("js-text-ht"), "--long", "head-tail")
 
 
 def _parity(folder, runtime, variant="fp32", tmp_path=None):
@@ -104,9 +113,12 @@ def test_digits_int8_cascade_in_node(digits_export, tmp_path):
 
 
 @pytest.mark.parametrize("runtime", ["node", "chromium"])
+@pytest.mark.parametrize("export", ["text_export", "head_tail_export"])
 def test_text_is_tokenized_in_js_and_answers_equal_python_on_every_test_row(
-        text_export, runtime, tmp_path):
-    cases, res = _parity(text_export, runtime, tmp_path=tmp_path)
+        export, runtime, request, tmp_path):
+    """Every test mail, read by its first tokens or by its head and tail."""
+    folder = request.getfixturevalue(export)
+    cases, res = _parity(folder, runtime, tmp_path=tmp_path)
     assert res["rows"] == 590 and res["equal"], res
     assert res["ids_differ"] == 0 and len(res["levels"]) >= 2, res
 
@@ -138,11 +150,13 @@ def test_a_weight8_int8_cascade_answers_as_python_to_the_last_digit(weight8_expo
 @pytest.mark.parametrize("export,specials", [
     ("text_export", None),  # BPE, no special tokens
     ("bert_export", (2, 3)),  # a pretrained WordPiece tokenizer: [CLS] text [SEP]
+    ("head_tail_export", None),  # BPE, long texts read by their head and tail
+    ("bert_head_tail_export", (2, 3)),
 ])
 def test_unicode_edge_cases_and_truncation_tokenize_as_in_python(export, specials, request,
                                                                  tmp_path):
-    """The ids, truncated to max_len (around the special tokens), in Node as in Python; and
-    the answers equal."""
+    """The ids, cut to max_len (around the special tokens) as the export reads long texts,
+    in Node as in Python; and the answers equal."""
     run = _runner("node")
     folder = request.getfixturevalue(export)
     rt = Runtime.open(folder, device="cpu")
@@ -273,3 +287,13 @@ def bert_export(tmp_path_factory):
     d = tmp_path_factory.mktemp("js-bert")
     return fine_tune_and_export(d, make_tiny_bert(d / "bert"), labelled_csv(d / "data.csv"),
                                 max_len=16)
+
+
+@pytest.fixture(scope="module")
+def bert_head_tail_export(tmp_path_factory):
+    """bert_export's model reading long texts by their head (a third) and tail."""
+    from tests.model.tiny_bert import fine_tune_and_export, labelled_csv, make_tiny_bert
+
+    d = tmp_path_factory.mktemp("js-bert-ht")
+    return fine_tune_and_export(d, make_tiny_bert(d / "bert"), labelled_csv(d / "data.csv"),
+                                16, "--long", "head-tail", "--head-share", "0.34")

@@ -51,7 +51,7 @@ export async function openCascade({ ort, Tokenizer, read, sha256, variant = "fp3
   const spec = manifest.input;
   const tokenizer = manifest.tokenizer
     ? await textTokenizer(Tokenizer, await load(manifest.tokenizer.file,
-                                                manifest.tokenizer.sha256))
+                                                manifest.tokenizer.sha256), spec)
     : null;
   return new Cascade(ort, session, manifest, entry, spec, tokenizer);
 }
@@ -193,17 +193,26 @@ class Cascade {
  * A function text -> ids that gives the ids of the Python `tokenizers` library for the same
  * tokenizer.json. @huggingface/tokenizers 0.2.0 differs from it in two places, handled here:
  * - it ignores the file's truncation, which is applied below (around any special tokens that
- *   the post-processor adds);
+ *   the post-processor adds) as the export reads long texts (`input.reading` of its manifest:
+ *   "truncate", its first tokens, the default; or "head-tail", the first
+ *   floor(keep * head_share) and the last of the tokens that the specials leave, as
+ *   matryoshka/runtime/reading.py cuts them);
  * - its lowercasing maps a word-final capital sigma to ς, where Rust lowercases one character
  *   at a time (Σ to σ always). A lowercasing normalizer's step is therefore applied here
  *   first, character by character; the library's own lowercasing then changes nothing.
  */
-export async function textTokenizer(Tokenizer, bytes) {
+export async function textTokenizer(Tokenizer, bytes, input = {}) {
   if (!Tokenizer) throw new CascadeError("a text export needs @huggingface/tokenizers");
   const json = JSON.parse(new TextDecoder().decode(bytes));
   const tok = new Tokenizer(json, {});
   const max = json.truncation ? json.truncation.max_length : Infinity;
   const fromLeft = Boolean(json.truncation) && json.truncation.direction === "Left";
+  const reading = input.reading ?? "truncate";
+  if (reading !== "truncate" && reading !== "head-tail") {
+    throw new CascadeError(`this export reads long texts by ${reading}, which this ` +
+                           "example does not know");
+  }
+  const headShare = reading === "head-tail" ? input.head_share : null;
   const lowercase = lowercases(json.normalizer);
   return (text) => {
     const t = lowercase ? Array.from(text, (c) => c.toLowerCase()).join("") : text;
@@ -215,6 +224,11 @@ export async function textTokenizer(Tokenizer, bytes) {
     const pre = ids.slice(0, start);
     const post = ids.slice(start + plain.length);
     const keep = Math.max(0, max - pre.length - post.length);
+    if (headShare !== null) {
+      const head = Math.floor(keep * headShare);
+      return [...pre, ...plain.slice(0, head), ...plain.slice(plain.length - (keep - head)),
+              ...post];
+    }
     const body = fromLeft ? plain.slice(plain.length - keep) : plain.slice(0, keep);
     return [...pre, ...body, ...post];
   };

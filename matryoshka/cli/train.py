@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from matryoshka.cli.core import DEMO_CHECKPOINT, cli, parse_floats, parse_label_map
+from matryoshka.runtime.reading import READINGS
 
 POSITIVE = click.IntRange(min=1)
 
@@ -40,7 +41,14 @@ POSITIVE = click.IntRange(min=1)
 @click.option("--ffn-mult", type=click.FloatRange(min=0, min_open=True), default=None,
               help="FFN width as a multiple of d_model [the preset's ratio].")
 @click.option("--max-len", type=POSITIVE, default=None,
-              help="Text: tokens kept per text (longer ones are truncated) [preset's: 128].")
+              help="Text: tokens read per text (see --long) [preset's: 128].")
+@click.option("--long", "reading", type=click.Choice(list(READINGS)), default=None,
+              help="Text: how a text longer than --max-len is read: truncate (its first "
+              "tokens) or head-tail (its first and last; see --head-share); recorded in the "
+              "checkpoint and its exports [--init-from's, else truncate].")
+@click.option("--head-share", type=click.FloatRange(0, 1), default=None,
+              help="--long head-tail: the share of the tokens read that come from the text's "
+              "head, the rest from its tail [--init-from's, else 0.25].")
 @click.option("--vocab-size", type=click.IntRange(min=3), default=8000, show_default=True,
               help="Text: tokenizer vocabulary.")
 @click.option("--tokenizer", "tokenizer_model", type=click.Choice(["bpe", "wordpiece"]),
@@ -117,10 +125,11 @@ POSITIVE = click.IntRange(min=1)
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train(preset_name, data, text_column, label_column, split_seed, out, levels, d_model,
-          layers, head_dim, d_mid, ffn_mult, max_len, vocab_size, tokenizer_model,
-          no_lowercase, name, epochs, batch_size, schedule, alpha, beta, gamma, mu, temperature,
-          distill_direction, lr, lr_scale, seed, init_from, nesting, pretrained, rewire,
-          teacher, precision, train_rows, label_map, force, no_progress) -> None:
+          layers, head_dim, d_mid, ffn_mult, max_len, reading, head_share, vocab_size,
+          tokenizer_model, no_lowercase, name, epochs, batch_size, schedule, alpha, beta,
+          gamma, mu, temperature, distill_direction, lr, lr_scale, seed, init_from, nesting,
+          pretrained, rewire, teacher, precision, train_rows, label_map, force,
+          no_progress) -> None:
     """Train a Matryoshka Transformer and write its checkpoint folder.
 
     Examples:
@@ -153,7 +162,8 @@ def train(preset_name, data, text_column, label_column, split_seed, out, levels,
         out=out, data=data, text_column=text_column, label_column=label_column,
         split_seed=split_seed, preset=preset_name, levels=levels, d_model=d_model,
         layers=layers, head_dim=head_dim, d_mid=d_mid, ffn_mult=ffn_mult, max_len=max_len,
-        vocab_size=vocab_size, tokenizer=tokenizer_model, lowercase=not no_lowercase,
+        reading=reading, head_share=head_share, vocab_size=vocab_size,
+        tokenizer=tokenizer_model, lowercase=not no_lowercase,
         name=name, recipe=recipe, schedule=schedule, seed=seed, init_from=init_from,
         nesting=nesting, pretrained=pretrained, rewire=rewire, teacher=teacher,
         precision=precision, train_rows=train_rows, label_map=parse_label_map(label_map),

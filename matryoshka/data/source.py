@@ -91,9 +91,11 @@ def for_export(folder: str | Path, manifest: dict, data: str | None) -> tuple[Da
     tokenizer = None
     if manifest.get("tokenizer"):
         from matryoshka.runtime.manifest import read_named
+        from matryoshka.runtime.reading import Reading
         from matryoshka.runtime.text import load_tokenizer
 
-        tokenizer = load_tokenizer(read_named(Path(folder), manifest["tokenizer"]))
+        tokenizer = load_tokenizer(read_named(Path(folder), manifest["tokenizer"]),
+                                   Reading.of(manifest["input"]))
     return resolve(data, manifest.get("data"), tokenizer,
                    manifest.get("input", {}).get("pad_id", 0))
 

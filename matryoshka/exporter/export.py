@@ -127,7 +127,8 @@ def export(checkpoint: str | Path, out: str | Path, levels: tuple[int, ...] | No
                     d, ",".join(map(str, cfg.levels)))
     items = plan_levels(cfg, levels, list(mixes or []))
     tokenizer_json = checkpoint_tokenizer(checkpoint, cfg)
-    tokenizer = load_tokenizer(tokenizer_json) if tokenizer_json is not None else None
+    tokenizer = (None if tokenizer_json is None
+                 else load_tokenizer(tokenizer_json, cfg.long_texts()))
     dataset, record = resolve(data, metrics.get("data") or "demo", tokenizer, cfg.pad_id)
     x_test, y_test = dataset["test"]
     x_test = as_input(x_test, cfg.input_kind)

@@ -17,6 +17,7 @@ from onnx import numpy_helper
 from matryoshka.errors import MatryoshkaError
 from matryoshka.io import writing
 from matryoshka.model import MatryoshkaTransformer
+from matryoshka.runtime.reading import Reading
 
 INPUT, OUTPUT = "x", "logits"
 # onnxsim can fuse attention into com.microsoft::Attention, an onnxruntime-only contrib op.
@@ -54,6 +55,7 @@ def input_spec(model: MatryoshkaTransformer) -> dict:
         return {
             "name": INPUT, "dtype": "int64", "shape": ["batch", "seq"], "kind": "text",
             "vocab_size": c.vocab_size, "max_len": c.max_len, "pad_id": c.pad_id,
+            **Reading(c.reading, c.head_share).to_spec(),
             "preprocessing": f"inside the graph: mask = x != {c.pad_id}, token embedding, "
                              "positional encoding, masked attention and masked mean pooling",
         }

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from matryoshka.errors import ConfigError
 from matryoshka.model.spec import Spec, check_spec
+from matryoshka.runtime.reading import HEAD_SHARE, Reading, check_reading
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ class MatryoshkaConfig:
     # h heads and the first d_mid * h / n_heads FFN neurons of every layer; levels are head
     # counts and are named h3, h6, ...)
     nesting: str = "width"
+    # How a text longer than max_len is read (runtime/reading.py): "truncate" (its first
+    # tokens) | "head-tail" (its first head_share of the tokens the specials leave, and its last)
+    reading: str = "truncate"
+    head_share: float = HEAD_SHARE
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -101,6 +106,10 @@ class MatryoshkaConfig:
         if self.embed_dim < 0 or (self.embed_dim and self.input_kind != "text"):
             raise ConfigError(f"embed_dim (a factorised token table) is 0 or positive, for "
                               f"text; got {self.embed_dim}")
+        check_reading(self.reading, self.head_share)
+        if self.reading != "truncate" and self.input_kind != "text":
+            raise ConfigError(f"reading {self.reading!r} reads long texts; this model takes "
+                              f"{self.input_kind}")
         if not self.ln_eps > 0:
             raise ConfigError(f"ln_eps must be positive, got {self.ln_eps}")
         if self.pooling == "cls" and self.input_kind == "image":
@@ -138,6 +147,10 @@ class MatryoshkaConfig:
     def n_heads(self) -> int:
         """Attention heads at the full width."""
         return self.d_model // self.head_dim
+
+    def long_texts(self) -> Reading:
+        """How this model reads a text longer than max_len tokens."""
+        return Reading(self.reading, self.head_share)
 
     def dims(self) -> tuple[int, ...]:
         """The residual widths a level or a spec may take (the LayerNorms' sizes)."""
@@ -265,7 +278,7 @@ class MatryoshkaConfig:
                 del d[name]
         for name in KIND_FIELDS:
             if self.input_kind not in KIND_FIELDS[name]:
-                del d[name]
+                d.pop(name, None)  # a field at its default may be gone already
         return d
 
     def to_json(self) -> str:
@@ -288,11 +301,12 @@ ARCH_CHOICES = {"block": ("pre_ln", "post_ln", "pre_ln_bare_first"),
 ARCH_DEFAULTS = {"block": "pre_ln", "activation": "relu", "ln_eps": 1e-5, "embed_norm": "none",
                  "pooling": "mean", "head_act": "none", "embed_dim": 0, "nesting": "width",
                  "head_norm": "none", "rope_theta": 10000.0, "local_rope_theta": 10000.0,
-                 "global_every": 1, "local_window": 0}
+                 "global_every": 1, "local_window": 0, "reading": "truncate",
+                 "head_share": HEAD_SHARE}
 # Fields that belong to some input kinds only: written to config.json for those alone.
 KIND_FIELDS = {"image_size": ("image",), "patch_size": ("image",), "pixel_scale": ("image",),
                "vocab_size": ("tokens", "text"), "max_len": ("tokens", "text"),
-               "pad_id": ("text",)}
+               "pad_id": ("text",), "reading": ("text",), "head_share": ("text",)}
 
 
 def _is_int(v) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 from matryoshka.errors import ArtifactError, ConfigError
 from matryoshka.runtime.manifest import level_name, read_named
 from matryoshka.runtime.providers import folds_dequantize
+from matryoshka.runtime.reading import Reading
 from matryoshka.runtime.text import load_tokenizer
 
 
@@ -94,7 +95,8 @@ class ExportView:
         """The export's tokenizer (text exports; needs matryoshka[text]), loaded on first use
         from bytes checked against the manifest's sha256; None for other exports."""
         if self._tokenizer is None and self.manifest.get("tokenizer"):
-            self._tokenizer = load_tokenizer(read_named(self.folder, self.manifest["tokenizer"]))
+            self._tokenizer = load_tokenizer(read_named(self.folder, self.manifest["tokenizer"]),
+                                             Reading.of(self.manifest["input"]))
         return self._tokenizer
 
     @property

@@ -9,11 +9,13 @@ never torch or onnx.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from matryoshka.errors import ConfigError, DataError, MatryoshkaError
 from matryoshka.runtime.cascade import Prediction
+from matryoshka.runtime.reading import Reading, head_tail
 
 PAD_ID, UNK_ID = 0, 1
 PAD, UNK = "[PAD]", "[UNK]"
@@ -29,8 +31,9 @@ class TextInputError(DataError):
     """A list of texts that cannot be predicted (an empty string, a non-string)."""
 
 
-def load_tokenizer(data: bytes):
-    """A `tokenizers.Tokenizer` from the bytes of tokenizer.json (already sha256-checked)."""
+def load_tokenizer(data: bytes, reading: Reading = Reading()):
+    """A `tokenizers.Tokenizer` from the bytes of tokenizer.json (already sha256-checked),
+    reading long texts as `reading` says (see `reader`)."""
     try:
         from tokenizers import Tokenizer
     except ImportError:
@@ -41,7 +44,7 @@ def load_tokenizer(data: bytes):
     except Exception as e:  # tokenizers raises its own exception types
         raise ConfigError(f"tokenizer.json cannot be loaded ({e})") from None
     tokenizer.no_padding()  # `pad` pads, per batch: a file's fixed padding would cost time
-    return tokenizer
+    return reader(tokenizer, reading)
 
 
 def check_texts(texts, start: int = 0) -> list[str]:
@@ -62,12 +65,53 @@ def check_texts(texts, start: int = 0) -> list[str]:
     return items
 
 
+class HeadTail:
+    """A tokenizer that reads a text longer than max_len by its head and its tail
+    (reading.head_tail) instead of its first tokens. It stands in for the `tokenizers`
+    Tokenizer it wraps, whose methods it passes on (`to_str` gives the file as saved); only
+    `encode_batch` differs, and gives objects with the `ids` alone."""
+
+    def __init__(self, tokenizer, head_share: float):
+        trunc = tokenizer.truncation
+        if not trunc:
+            raise ConfigError("tokenizer.json has no truncation, so no max_len to read a "
+                              "long text's head and tail within")
+        self.tokenizer, self.max_len, self.head_share = tokenizer, trunc["max_length"], head_share
+        self.whole = type(tokenizer).from_str(tokenizer.to_str())  # reads every token
+        self.whole.no_truncation()
+        self.whole.no_padding()
+
+    def encode_batch(self, texts: list[str]) -> list[Ids]:
+        full = [e.ids for e in self.whole.encode_batch(texts)]
+        long = [i for i, ids in enumerate(full) if len(ids) > self.max_len]
+        plain = self.whole.encode_batch([texts[i] for i in long], add_special_tokens=False)
+        for i, e in zip(long, plain):
+            full[i] = head_tail(full[i], e.ids, self.max_len, self.head_share)
+        return [Ids(ids) for ids in full]
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+class Ids(NamedTuple):
+    ids: list[int]
+
+
+def reader(tokenizer, reading: Reading):
+    """The tokenizer that reads long texts as `reading` says: itself for truncate (its
+    tokenizer.json truncates), else a HeadTail over it."""
+    if reading.mode == "truncate" or isinstance(tokenizer, HeadTail):
+        return tokenizer
+    return HeadTail(tokenizer, reading.head_share)
+
+
 ENCODE_CHUNK = 256  # texts per encode_batch: its Encodings (tokens, offsets, and the
 # overflowing pieces a truncation keeps) weigh far more than the ids, so few live at once
 
 
 def encode(tokenizer, texts: Sequence[str], start: int = 0) -> list[np.ndarray]:
-    """One int64 id array per text, truncated as tokenizer.json says (no padding)."""
+    """One int64 id array per text, cut to max_len as the tokenizer reads long texts
+    (tokenizer.json's truncation, or a HeadTail's cut), with no padding."""
     rows = [np.asarray(e.ids, dtype=np.int64)
             for i in range(0, len(texts), ENCODE_CHUNK)
             for e in tokenizer.encode_batch(list(texts[i:i + ENCODE_CHUNK]))]

@@ -38,6 +38,8 @@ from matryoshka.data.text import is_text_source
 from matryoshka.errors import ConfigError, DataError
 from matryoshka.io import check_out_dir
 from matryoshka.model import MatryoshkaConfig, parse_levels, preset, resize
+from matryoshka.runtime.reading import Reading
+from matryoshka.runtime.text import reader
 from matryoshka.training.config import RECIPES, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ class TrainPlan:
     d_mid: int | None = None
     ffn_mult: float | None = None
     max_len: int | None = None
+    reading: str | None = None  # truncate | head-tail [the starting model's, else truncate]
+    head_share: float | None = None  # head-tail: the head's share [the starting model's, 0.25]
     vocab_size: int = 8000  # a tokenizer trained here
     tokenizer: str = "bpe"  # bpe | wordpiece
     lowercase: bool = True
@@ -143,6 +147,9 @@ def prepare(plan: TrainPlan, say: Say | None = None) -> Prepared:
             from matryoshka.model.bert import check_nesting
 
             check_nesting(plan.pretrained, plan.nesting, levels, plan.max_len)
+    if (plan.reading is not None or plan.head_share is not None) and not text:
+        raise ConfigError("--long and --head-share say how raw text longer than --max-len is "
+                          "read; --data is not raw text")
     preset_name = preset_name or ("text" if text else "demo")
     # pretrained: the encoder's, once the classes are known
     init = cfg = init_metrics = init_tokenizer = None
@@ -160,8 +167,9 @@ def prepare(plan: TrainPlan, say: Say | None = None) -> Prepared:
     recipe = dict(RECIPES.get(preset_name, {})) if plan.init_from is None else {}
     if plan.nests:
         recipe = dict(RECIPES["nested" if plan.nesting == "heads" else "nested_width"])
+    long = _long_texts(plan, cfg)
     if plan.pretrained is not None:
-        dataset, record, labels, files, init = _pretrained_data(plan)
+        dataset, record, labels, files, init = _pretrained_data(plan, long)
         cfg = init.config
         if plan.nests:
             init, cfg = _nest_config(init, plan.nesting, levels)
@@ -175,7 +183,7 @@ def prepare(plan: TrainPlan, say: Say | None = None) -> Prepared:
                           f"{len(tcfg.lr_scale)}")
     if plan.pretrained is None:  # the pretrained start read its data above, with the model
         dataset, record, labels, files, cfg = (
-            _text_data(plan, cfg, init, init_metrics.get("labels") if init else None,
+            _text_data(plan, cfg, init, long, init_metrics.get("labels") if init else None,
                        init_tokenizer) if text
             else _array_data(plan.data, cfg, init))
     precision = choose_precision(plan.precision, cfg, say)
@@ -196,6 +204,8 @@ def prepare(plan: TrainPlan, say: Say | None = None) -> Prepared:
     tcfg = dataclasses.replace(tcfg, teacher=None if taught is None else teacher,
                                precision=precision,
                                train_rows=plan.train_rows and len(rows))
+    if text:
+        cfg = dataclasses.replace(cfg, reading=long.mode, head_share=long.head_share)
     if init is None:
         stem = "digits" if plan.data == "demo" else Path(plan.data).stem
         cfg = dataclasses.replace(cfg, name=plan.name or f"{stem}-{preset_name}")
@@ -254,9 +264,21 @@ def choose_precision(choice: str, cfg: MatryoshkaConfig, say: Say) -> str:
 
 
 # -- the data ---------------------------------------------------------------------------------
-def _pretrained_data(plan: TrainPlan):
-    """Read the texts, import the encoder with its own tokenizer, encode every split. A
-    fine-tuned classifier keeps its head: the data's classes are put in its order."""
+def _long_texts(plan: TrainPlan, cfg: MatryoshkaConfig | None) -> Reading:
+    """--long and --head-share over the starting model's reading (`cfg`: an --init-from
+    checkpoint's; None or a new model's: truncate)."""
+    base = cfg.long_texts() if cfg is not None else Reading()
+    mode = plan.reading or base.mode
+    if plan.head_share is not None and mode != "head-tail":
+        raise ConfigError("--head-share is the share of a long text's head that head-tail "
+                          f"reads; this model reads long texts by {mode}: add --long head-tail")
+    return Reading(mode, base.head_share if plan.head_share is None else plan.head_share)
+
+
+def _pretrained_data(plan: TrainPlan, long: Reading):
+    """Read the texts, import the encoder with its own tokenizer, encode every split as
+    `long` reads long texts. A fine-tuned classifier keeps its head: the data's classes are
+    put in its order."""
     from matryoshka.data.source import load_text_record
     from matryoshka.data.text import load_text, match_classes, with_classes
     from matryoshka.data.tokenizer import encode_dataset
@@ -276,8 +298,8 @@ def _pretrained_data(plan: TrainPlan):
                           f"classifier's; {plan.pretrained} is a base encoder, whose new head "
                           "takes the data's classes as they are")
     files = {"tokenizer.json": tokenizer.to_str().encode()}
-    return (encode_dataset(tokenizer, text, model.config.pad_id), load_text_record(text),
-            text.labels, files, model)
+    return (encode_dataset(reader(tokenizer, long), text, model.config.pad_id),
+            load_text_record(text), text.labels, files, model)
 
 
 def _array_data(data: str, cfg: MatryoshkaConfig, init):
@@ -291,10 +313,11 @@ def _array_data(data: str, cfg: MatryoshkaConfig, init):
     return dataset, describe(data), labels, None, cfg
 
 
-def _text_data(plan: TrainPlan, cfg: MatryoshkaConfig, init, init_labels=None,
+def _text_data(plan: TrainPlan, cfg: MatryoshkaConfig, init, long: Reading, init_labels=None,
                init_tokenizer: bytes | None = None):
     """Read the texts, take the starting model's tokenizer (`init_tokenizer`) and class order
-    (`init_labels`) or train one on the training split, encode every split."""
+    (`init_labels`) or train one on the training split, encode every split as `long` reads
+    long texts."""
     from matryoshka.data.source import load_text_record
     from matryoshka.data.text import load_text, match_classes, with_classes
     from matryoshka.data.tokenizer import encode_dataset, train_tokenizer
@@ -320,8 +343,8 @@ def _text_data(plan: TrainPlan, cfg: MatryoshkaConfig, init, init_labels=None,
                                     max_len=max_len)
         cfg = config_for_text(cfg, tokenizer, len(text.labels))
     files = {"tokenizer.json": tokenizer.to_str().encode()}
-    return (encode_dataset(tokenizer, text, cfg.pad_id), load_text_record(text), text.labels,
-            files, cfg)
+    return (encode_dataset(reader(tokenizer, long), text, cfg.pad_id), load_text_record(text),
+            text.labels, files, cfg)
 
 
 def draw_train_rows(dataset: dict, n: int | None, seed: int) -> np.ndarray:
@@ -362,7 +385,7 @@ def _teacher_logits(plan: TrainPlan, folder: str, text: bool, dataset: dict,
 
         if not text:
             raise ConfigError(f"--teacher {folder} takes raw text; --data is not raw text")
-        tokenizer = load_tokenizer(tokenizer_json)
+        tokenizer = load_tokenizer(tokenizer_json, model.config.long_texts())
         texts = load_text(plan.data, text_column=plan.text_column,
                           label_column=plan.label_column,
                           seed=plan.split_seed).splits["train"][0]

@@ -108,16 +108,16 @@ def labelled_csv(path: str | Path, classes=("spam", "ham"), n: int = 900, seed: 
     return Path(path)
 
 
-def fine_tune_and_export(d: Path, folder: Path, data: Path, max_len: int) -> Path:
-    """train --pretrained FOLDER for one epoch on `data`, then mexport: the export folder
-    (d/exp; the checkpoint is d/ck)."""
+def fine_tune_and_export(d: Path, folder: Path, data: Path, max_len: int, *extra: str) -> Path:
+    """train --pretrained FOLDER for one epoch on `data` (and the options `extra`), then
+    mexport: the export folder (d/exp; the checkpoint is d/ck)."""
     from click.testing import CliRunner
 
     from matryoshka.cli import cli, mexport
 
     r = CliRunner().invoke(cli, ["train", "--data", str(data), "--pretrained", str(folder),
                                  "--max-len", str(max_len), "--epochs", "1",
-                                 "--out", str(d / "ck"), "--no-progress"])
+                                 "--out", str(d / "ck"), "--no-progress", *extra])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(mexport, ["--checkpoint", str(d / "ck"), "--out", str(d / "exp"),
                                      "--no-progress"])
