@@ -2,6 +2,7 @@
 it; the reading recorded in the config and the manifest, and refused when it is bad."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -139,6 +140,21 @@ def test_a_model_trained_head_tail_exports_and_runs_head_tail(head_tail_export):
     # the runtime answers from those ids: text in, the same as the ids in
     ids = np.asarray([got])
     assert rt.predict([long]).labels.tolist() == rt.predict(ids).labels.tolist()
+
+
+def test_a_bundle_reads_as_its_export_does(head_tail_export, tmp_path):
+    from matryoshka.bundle import bundle
+    from matryoshka.calibration import calibrate
+
+    export = tmp_path / "exp"
+    shutil.copytree(head_tail_export / "exp", export)
+    calibrate(export, epsilon=0.1, delta=0.2, progress=False)
+    out = bundle(export, tmp_path / "phone", variant="fp32", progress=False).folder
+    rt = Runtime.open(out, device="cpu")
+    assert rt.manifest["input"]["reading"] == "head-tail" and isinstance(rt.tokenizer, HeadTail)
+    long = " ".join(["good"] * 30 + ["bad"] * 30)
+    want = Runtime.open(head_tail_export / "exp", device="cpu").tokenizer
+    assert encode(rt.tokenizer, [long])[0].tolist() == encode(want, [long])[0].tolist()
 
 
 def test_continuing_from_a_head_tail_checkpoint_keeps_its_reading(head_tail_export, tmp_path):
