@@ -37,6 +37,7 @@ import onnxruntime as ort
 from matryoshka.quantize import quantize_level
 from matryoshka.runtime.manifest import level_name, read_manifest
 from matryoshka.runtime.providers import CPU, session_options
+from matryoshka.runtime.reading import Reading
 from matryoshka.runtime.text import encode, load_tokenizer, pad
 from matryoshka.runtime.timing import device_name, time_many
 
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     from matryoshka.data.text import load_text
 
     texts, y = load_text(args.data).splits["test"]
-    tokenizer = load_tokenizer((args.export / manifest["tokenizer"]["file"]).read_bytes())
+    tokenizer = load_tokenizer((args.export / manifest["tokenizer"]["file"]).read_bytes(),
+                               Reading.of(manifest["input"]))
     rows, y = encode(tokenizer, list(texts)), np.asarray(y)
     seqs = [int(s) for s in args.seqs.split(",")]
     batches = [int(b) for b in args.batches.split(",")]

@@ -191,7 +191,8 @@ def part_accuracy(checkpoint: Path, methods: list[str], threads: int | None, tmp
     model, metrics = load_checkpoint(checkpoint)
     cfg = model.config
     tokenizer_json = checkpoint_tokenizer(checkpoint, cfg)
-    tokenizer = load_tokenizer(tokenizer_json) if tokenizer_json is not None else None
+    tokenizer = (None if tokenizer_json is None
+                 else load_tokenizer(tokenizer_json, cfg.long_texts()))
     dataset, record = resolve(None, metrics.get("data") or "demo", tokenizer, cfg.pad_id)
     x_val = as_input(dataset["val"][0], cfg.input_kind)
     x_test, y_test = as_input(dataset["test"][0], cfg.input_kind), dataset["test"][1]
