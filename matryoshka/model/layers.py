@@ -8,6 +8,7 @@ from them.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -213,13 +214,23 @@ def sinusoid(n: int, dim: int) -> torch.Tensor:
     return torch.stack([torch.sin(pos * freq), torch.cos(pos * freq)], dim=-1).reshape(n, dim)
 
 
+@functools.lru_cache(maxsize=8)
 def rotary(n: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin) [n, head_dim] of rotary positions 0 .. n-1 (RoFormer; ModernBERT's layout:
-    the frequencies theta^(-2j/head_dim) repeated over both halves of a head)."""
+    the frequencies theta^(-2j/head_dim) repeated over both halves of a head). Computed once
+    per shape and theta, and shared: never change them in place."""
     freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angle = torch.arange(n, dtype=torch.float32)[:, None] * freq
     angle = torch.cat([angle, angle], dim=-1)
     return torch.cos(angle), torch.sin(angle)
+
+
+@functools.lru_cache(maxsize=8)
+def local_window_bias(n: int, window: int) -> torch.Tensor:
+    """[1, 1, n, n] attention bias of a local layer: MASKED on the keys more than `window`
+    positions from the query, else 0. Computed once per n and window, and shared."""
+    pos = torch.arange(n)
+    return ((pos[:, None] - pos[None, :]).abs() > window).to(torch.float32)[None, None] * MASKED
 
 
 def rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

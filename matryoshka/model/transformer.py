@@ -19,6 +19,7 @@ from matryoshka.model.layers import (
     View,
     _merge,
     axis_size,
+    local_window_bias,
     prefix,
     rotary,
     sinusoid,
@@ -157,9 +158,7 @@ class MatryoshkaTransformer(nn.Module):
         c = self.config
         local = c.local_window > 0 and layer % c.global_every != 0
         if local:
-            pos = torch.arange(c.n_tokens)
-            far = ((pos[:, None] - pos[None, :]).abs() > c.local_window)[:n, :n]
-            window = far.to(torch.float32)[None, None] * MASKED
+            window = local_window_bias(c.n_tokens, c.local_window)[..., :n, :n]
             key_bias = window if key_bias is None else key_bias + window.to(key_bias.dtype)
         if c.pos_encoding != "rotary":
             return key_bias, None
