@@ -5,7 +5,7 @@ INT8, and the token table's share of it: counted from the parameters each level'
 
 The configs are the published base sizes (bert-base-uncased, distilbert-base-uncased,
 roberta-base, xlm-roberta-base, electra-small-discriminator, ModernBERT-base), imported as
-model/bert.py
+model/pretrained.py
 imports them (with a classifier head of 2 classes) and nested by width at a quarter, half,
 three quarters and all of the hidden width. The model is built on torch's meta device, so no
 weight is allocated; a level's parameters are the slices of its view (what mexport copies).
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from matryoshka.model.bert import bert_config_fields, width_config
 from matryoshka.model.config import MatryoshkaConfig
 from matryoshka.model.families import FAMILIES
+from matryoshka.model.pretrained import bert_config_fields, width_config
 from matryoshka.model.transformer import MatryoshkaTransformer
 
 # Published base configs (their config.json keys that the import reads).

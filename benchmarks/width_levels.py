@@ -5,7 +5,7 @@
         [--iters 40] [--warmup 3] [--rounds 4] [--threads 1,2] [--export artifacts/minilm/export]
         [--data artifacts/data/spam.csv] [--json OUT]
 
-levels: the encoder is imported (model/bert.py) and nested both ways, by its hidden width
+levels: the encoder is imported (model/pretrained.py) and nested both ways, by its hidden width
   (nest_by_width: width 96 runs h[:96], 3 heads, 384 FFN neurons, a 96-column embedding) and
   by heads (nest_by_heads: h3 runs 3 heads and 384 neurons at the full width 384); the largest
   level is the encoder itself in both, so it is timed once. Every level is exported as
@@ -33,7 +33,7 @@ import numpy as np
 import onnxruntime as ort
 
 from matryoshka.exporter.graph import to_onnx
-from matryoshka.model.bert import import_encoder, nest_by_heads, nest_by_width
+from matryoshka.model.pretrained import import_encoder, nest_by_heads, nest_by_width
 from matryoshka.model.transformer import extract_level, flops_per_sample
 from matryoshka.quantize import quantize_level
 from matryoshka.runtime.plan import PRECISIONS

@@ -1,5 +1,5 @@
 """`matryoshka import`: a Hugging Face model folder written as a checkpoint, exactly as imported,
-with no training (model/bert.py, model/families.py).
+with no training (model/pretrained.py, model/families.py).
 
 A fine-tuned `*ForSequenceClassification` keeps its head and its class names, so that
 `mexport --checkpoint OUT --levels FULL_WIDTH` exports the user's own classifier as it is, and
@@ -35,7 +35,8 @@ def import_checkpoint(folder: str | Path, out: str | Path, data: str | None = No
     """Import `folder` and write it to the checkpoint folder `out` (atomically); returns its
     metrics.json: the class names, the source (path, model_type, architecture, the sha256 of
     its weights) and, with `data`, its record and a classifier's test accuracy."""
-    from matryoshka.model.bert import (
+    from matryoshka.model.checkpoint import save_checkpoint
+    from matryoshka.model.pretrained import (
         BIN_FILE,
         CONFIG_FILE,
         WEIGHTS_FILE,
@@ -43,7 +44,6 @@ def import_checkpoint(folder: str | Path, out: str | Path, data: str | None = No
         import_encoder,
         read_hf_config,
     )
-    from matryoshka.model.checkpoint import save_checkpoint
 
     say = say or log.info
     check_out_dir(out, force)

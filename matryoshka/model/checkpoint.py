@@ -119,12 +119,12 @@ def is_hf_folder(folder: str | Path) -> bool:
 def load_model(folder: str | Path, max_len: int | None = None
                ) -> tuple[MatryoshkaTransformer, dict, bytes | None]:
     """(model, metrics, tokenizer.json bytes or None): a checkpoint, or a fine-tuned Hugging
-    Face `*ForSequenceClassification` folder imported exactly (model/bert.py; its texts cut to
+    Face `*ForSequenceClassification` folder imported exactly (model/pretrained.py; its texts cut to
     max_len tokens), whose metrics name its classes."""
     if not is_hf_folder(folder):
         model, metrics = load_checkpoint(folder)
         return model, metrics, checkpoint_tokenizer(folder, model.config)
-    from matryoshka.model.bert import classifier_labels, import_encoder, read_hf_config
+    from matryoshka.model.pretrained import classifier_labels, import_encoder, read_hf_config
 
     _, cfg = read_hf_config(folder)
     if classifier_labels(cfg, str(folder)) is None:

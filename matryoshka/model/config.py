@@ -44,7 +44,7 @@ class MatryoshkaConfig:
     # for trained models and their levels, whose every layer uses ffn_width and d / head_dim.
     layer_ffn: tuple[int, ...] = ()  # FFN hidden width of each layer
     layer_heads: tuple[int, ...] = ()  # attention heads of each layer
-    # The architecture of an imported BERT-family encoder (model/bert.py); the defaults are
+    # The architecture of an imported BERT-family encoder (model/pretrained.py); the defaults are
     # this project's own from-scratch design, and a config at its defaults leaves them out of
     # config.json, so older checkpoints read the same.
     block: str = "pre_ln"  # "pre_ln": h + f(LN(h)) | "post_ln" (BERT): LN(h + f(h)), no final LN

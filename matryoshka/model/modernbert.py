@@ -1,5 +1,6 @@
 """ModernBERT (Warner et al., 2024; the Ettin encoders) imported exactly into a
-MatryoshkaTransformer: what its folder maps to (model/bert.py reads the folder and calls here).
+MatryoshkaTransformer: what its folder maps to (model/pretrained.py reads the folder and
+calls here).
 
 The architecture, as config fields of this project's model:
 - pre-LN blocks (`block: pre_ln_bare_first`: the first block has no attention LayerNorm, the

@@ -144,7 +144,7 @@ def prepare(plan: TrainPlan, say: Say | None = None) -> Prepared:
         _check_pretrained_options(plan, text)
         preset_name = "pretrained"
         if plan.nests:  # bad levels: refused from config.json, before the texts are tokenized
-            from matryoshka.model.bert import check_nesting
+            from matryoshka.model.pretrained import check_nesting
 
             check_nesting(plan.pretrained, plan.nesting, levels, plan.max_len)
     if (plan.reading is not None or plan.head_share is not None) and not text:
@@ -198,7 +198,7 @@ def prepare(plan: TrainPlan, say: Say | None = None) -> Prepared:
         rewire(init, dataset, tcfg.batch_size, precision, say, plan.progress,
                channels=plan.nesting == "width")
     if plan.nests and plan.nesting == "width":
-        from matryoshka.model.bert import nest_by_width
+        from matryoshka.model.pretrained import nest_by_width
 
         init = nest_by_width(init, cfg.levels)
     tcfg = dataclasses.replace(tcfg, teacher=None if taught is None else teacher,
@@ -237,11 +237,11 @@ def _nest_config(model, nesting: str, levels: tuple[int, ...]):
     neurons (DynaBERT) at once; by the hidden width, the config only (the model is nested
     after the rewiring)."""
     if nesting == "heads":
-        from matryoshka.model.bert import nest_by_heads
+        from matryoshka.model.pretrained import nest_by_heads
 
         model = nest_by_heads(model, levels)
         return model, model.config
-    from matryoshka.model.bert import width_config
+    from matryoshka.model.pretrained import width_config
 
     return model, width_config(model.config, levels)
 
@@ -282,7 +282,7 @@ def _pretrained_data(plan: TrainPlan, long: Reading):
     from matryoshka.data.source import load_text_record
     from matryoshka.data.text import load_text, match_classes, with_classes
     from matryoshka.data.tokenizer import encode_dataset
-    from matryoshka.model.bert import import_encoder
+    from matryoshka.model.pretrained import import_encoder
 
     text = load_text(plan.data, text_column=plan.text_column, label_column=plan.label_column,
                      seed=plan.split_seed)

@@ -8,9 +8,9 @@ import torch
 
 from matryoshka.errors import ConfigError
 from matryoshka.model import MatryoshkaTransformer, preset
-from matryoshka.model.bert import import_encoder, nest_by_width
 from matryoshka.model.channels import channel_importance, permute_channels, rewire_channels
 from matryoshka.model.layers import NestedLayerNorm
+from matryoshka.model.pretrained import import_encoder, nest_by_width
 from matryoshka.runtime.text import encode, pad
 from tests.model.tiny_bert import make_tiny_bert, texts
 

@@ -1,4 +1,4 @@
-"""Importing every supported Hugging Face family (model/families.py, model/bert.py), checked
+"""Importing every supported Hugging Face family (model/families.py, model/pretrained.py), checked
 against `transformers` itself on tiny random folders that it saves (tests/model/hf_folders.py):
 a base model's pooled output and a fine-tuned classifier's logits equal transformers' forward
 within 1e-5 on a padded batch of texts of different lengths (RoBERTa's pad id 1 included); the
@@ -18,9 +18,9 @@ from click.testing import CliRunner
 
 from matryoshka.cli import cli, mexport
 from matryoshka.errors import ConfigError, DataError
-from matryoshka.model.bert import import_encoder
 from matryoshka.model.channels import permute_channels
 from matryoshka.model.checkpoint import load_checkpoint
+from matryoshka.model.pretrained import import_encoder
 from matryoshka.runtime import Runtime
 from tests.model.bert_reference import as_bert, bert_cfg, bert_pooled, head_logits
 from tests.model.tiny_bert import texts

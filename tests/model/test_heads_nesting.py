@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from matryoshka.calibration import calibrate
 from matryoshka.cli import cli, mexport
 from matryoshka.errors import ConfigError
-from matryoshka.model.bert import import_encoder, nest_by_heads
+from matryoshka.model.pretrained import import_encoder, nest_by_heads
 from matryoshka.model.transformer import extract_level
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.text import encode, pad

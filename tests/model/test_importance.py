@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from matryoshka.model.bert import import_encoder
 from matryoshka.model.importance import importance, order, reorder, rewire
+from matryoshka.model.pretrained import import_encoder
 from matryoshka.runtime.text import encode, pad
 from tests.model.tiny_bert import make_tiny_bert, texts
 

@@ -20,8 +20,8 @@ from onnx import numpy_helper
 from matryoshka.calibration import calibrate
 from matryoshka.cli import cli, mexport
 from matryoshka.errors import ConfigError
-from matryoshka.model.bert import import_encoder, nest_by_width
 from matryoshka.model.checkpoint import load_checkpoint
+from matryoshka.model.pretrained import import_encoder, nest_by_width
 from matryoshka.model.transformer import extract_level
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.manifest import read_manifest

@@ -2,7 +2,7 @@
 DistilBERT, RoBERTa, XLM-R, CamemBERT, ELECTRA: model/families.py; and ModernBERT,
 model/modernbert.py) into a MatryoshkaTransformer,
 exactly: before any training, the imported model's pooled output, and a fine-tuned
-classifier's logits, are the original's (tests/model/test_bert.py checks BERT against an
+classifier's logits, are the original's (tests/model/test_pretrained.py checks BERT against an
 independent numpy forward, tests/model/test_families.py every family against `transformers`).
 
 The folder is a standard model folder: config.json, model.safetensors (or only

@@ -1,5 +1,5 @@
-"""Importing a pretrained BERT-family encoder (model/bert.py, train --pretrained): the imported
-model's pooled output equals an independent numpy BertModel forward (tests/model/
+"""Importing a pretrained BERT-family encoder (model/pretrained.py, train --pretrained): the
+imported model's pooled output equals an independent numpy BertModel forward (tests/model/
 bert_reference.py) on texts of varied length, padding included, for mean and CLS pooling, in
 torch and in the exported ONNX graph; the pretrained tokenizer ships and runs as Python's; a
 folder that is not one, or whose files disagree, is one `error:` line with exit 2 and nothing
@@ -19,7 +19,7 @@ from safetensors.numpy import load_file, save_file
 from matryoshka.cli import cli
 from matryoshka.errors import ConfigError
 from matryoshka.model import preset
-from matryoshka.model.bert import import_encoder
+from matryoshka.model.pretrained import import_encoder
 from matryoshka.runtime import Runtime
 from matryoshka.runtime.text import encode, pad
 from tests.model.bert_reference import as_bert, bert_cfg, bert_pooled
