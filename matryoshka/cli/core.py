@@ -118,6 +118,22 @@ def cli(verbose: bool) -> None:
     _setup_logging(verbose)
 
 
+def text_columns(f):
+    """The options that say how raw text data is read: --text-column, --label-column and
+    --split-seed (train and import take the same)."""
+    options = [
+        click.option("--text-column", default="text", show_default=True,
+                     help="Raw text: the column holding the text."),
+        click.option("--label-column", default="label", show_default=True,
+                     help="Raw text: the column holding the label."),
+        click.option("--split-seed", type=int, default=0, show_default=True,
+                     help="Raw text in one file: seed of its 80/10/10 train/val/test split."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
     if text is None:
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from matryoshka.cli.core import cli, parse_label_map
+from matryoshka.cli.core import cli, parse_label_map, text_columns
 
 
 @cli.command("import")
@@ -16,12 +16,7 @@ from matryoshka.cli.core import cli, parse_label_map
               "checkpoint, as train does: its classes are matched to a classifier's (or "
               "size a base model's new head), and a classifier's test accuracy is measured "
               "[none: mexport and calibrate then need --data].")
-@click.option("--text-column", default="text", show_default=True,
-              help="The column holding the text.")
-@click.option("--label-column", default="label", show_default=True,
-              help="The column holding the label.")
-@click.option("--split-seed", type=int, default=0, show_default=True,
-              help="Raw text in one file: seed of its 80/10/10 train/val/test split.")
+@text_columns
 @click.option("--max-len", type=click.IntRange(min=1), default=None,
               help="Tokens kept per text (longer ones are truncated) [128, or the model's "
               "positions if fewer].")

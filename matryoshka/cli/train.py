@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import click
 
-from matryoshka.cli.core import DEMO_CHECKPOINT, cli, parse_floats, parse_label_map
+from matryoshka.cli.core import (
+    DEMO_CHECKPOINT,
+    cli,
+    parse_floats,
+    parse_label_map,
+    text_columns,
+)
 from matryoshka.runtime.reading import READINGS
 
 POSITIVE = click.IntRange(min=1)
@@ -22,12 +28,7 @@ POSITIVE = click.IntRange(min=1)
               help="'demo' (bundled digits), a .npz with x_/y_ train, val and test, or raw "
               "text: a .csv or .jsonl file (split by --split-seed) or a folder with "
               "train/val/test files.")
-@click.option("--text-column", default="text", show_default=True, help="Raw text: the column "
-              "holding the text.")
-@click.option("--label-column", default="label", show_default=True,
-              help="Raw text: the column holding the label.")
-@click.option("--split-seed", type=int, default=0, show_default=True,
-              help="Raw text in one file: seed of its 80/10/10 train/val/test split.")
+@text_columns
 @click.option("--out", default=DEMO_CHECKPOINT, show_default=True,
               help="Checkpoint folder to write.")
 @click.option("--levels", default=None, help="Nested widths, e.g. 64,128,256,512 [the "
