@@ -2,7 +2,7 @@
 and the TF-IDF baseline, timed side by side on this machine.
 
     python benchmarks/frontier.py --export width=artifacts/minilm/width-export \\
-        --export heads=artifacts/minilm/heads-export [--data artifacts/data/spam.csv]
+        --export heads=artifacts/minilm/heads-export [--data artifacts/data/spam.csv or a folder]
         [--batches 1,32] [--mails 128] [--passes 5] [--threads 2]
         [--plot docs/frontier.png] [--json OUT]
 
@@ -203,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give at least one --export NAME=DIR", file=sys.stderr)
         return 2
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
-    if not args.data.is_file():
-        print(f"error: no data at {args.data}: run `bash scripts/fetch_text_demo.sh`",
-              file=sys.stderr)
+    if not args.data.exists():  # a .csv/.jsonl file, or a folder of train/val/test files
+        print(f"error: no data at {args.data}: run `bash scripts/fetch_text_demo.sh` (spam) "
+              "or `bash scripts/fetch_reviews.sh` (the reviews)", file=sys.stderr)
         return 2
     from matryoshka.data.text import load_text
 
