@@ -8,7 +8,8 @@ and the TF-IDF baseline, timed side by side on this machine.
 
 Every item answers the same test mails, raw text in, labels out, tokenization included: each
 level of each export in fp32 and INT8 (where the export has INT8 graphs), each calibrated
-cascade (Runtime, one session per level, only the undecided rows escalate), and TF-IDF +
+cascade (Runtime through cascade.onnx, as it answers by default: only the undecided rows
+escalate), and TF-IDF +
 logistic regression (benchmarks/text_baseline.py, fitted on the same training split). The
 latency of an item at batch b is one pass over the first --mails test mails in batches of b,
 divided by the mails; the passes of all items are timed in one round-robin
@@ -54,8 +55,13 @@ def open_items(exports: dict[str, Path], threads: int | None) -> list[dict]:
                               "name": level, "rt": rt, "level": level,
                               "flops": flops.get(level)})
             if rt.calibration() and rt.calibration().get("thresholds") is not None:
+                # as Runtime.predict answers by default: cascade.onnx, one session (the
+                # levels engine alternates one session per level, whose spinning thread pools
+                # take the cores from each other: docs/small-levels.md)
+                graph = Runtime.open(folder, device="cpu", threads=threads, variant=variant,
+                                     engine="graph")
                 items.append({"export": name, "variant": variant, "kind": "cascade",
-                              "name": "cascade", "rt": rt, "level": None, "flops": None,
+                              "name": "cascade", "rt": graph, "level": None, "flops": None,
                               "level_flops": flops})
             else:
                 print(f"{name}: no {variant} calibration, so no {variant} cascade "
