@@ -212,7 +212,7 @@ export async function textTokenizer(Tokenizer, bytes, input = {}) {
     throw new CascadeError(`this export reads long texts by ${reading}, which this ` +
                            "example does not know");
   }
-  const headShare = reading === "head-tail" ? input.head_share : null;
+  const headShare = reading === "head-tail" ? (input.head_share ?? 0.25) : null;  // reading.py's
   const lowercase = lowercases(json.normalizer);
   return (text) => {
     const t = lowercase ? Array.from(text, (c) => c.toLowerCase()).join("") : text;
