@@ -116,9 +116,8 @@ def permute_channels(model: MatryoshkaTransformer, channel_order: np.ndarray
             rows(t)
     for block in model.blocks:
         attn, ffn = block.attn, block.ffn
-        for lin in (attn.q, attn.k, attn.v, ffn.w1, getattr(ffn, "gate", None)):
-            if lin is not None:
-                cols(lin.weight)
+        for lin in (attn.q, attn.k, attn.v, *ffn.inputs):
+            cols(lin.weight)
         for lin in (attn.o, ffn.w2):
             rows(lin.weight)
             rows(lin.bias)

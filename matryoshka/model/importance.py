@@ -105,10 +105,9 @@ def reorder(model: MatryoshkaTransformer, head_order: np.ndarray,
         attn.o.weight.copy_(attn.o.weight[:, rows])
         cols = torch.as_tensor(np.asarray(neuron_order[i]))
         ffn = block.ffn
-        for lin in (ffn.w1, getattr(ffn, "gate", None)):  # GeGLU: both halves alike
-            if lin is not None:
-                lin.weight.copy_(lin.weight[cols])
-                lin.bias.copy_(lin.bias[cols])
+        for lin in ffn.inputs:  # GeGLU: both halves alike
+            lin.weight.copy_(lin.weight[cols])
+            lin.bias.copy_(lin.bias[cols])
         ffn.w2.weight.copy_(ffn.w2.weight[:, cols])
     return model
 

@@ -159,6 +159,11 @@ class NestedFFN(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.act = F.gelu if activation in ("gelu", "geglu") else torch.relu
 
+    @property
+    def inputs(self) -> tuple[NestedLinear, ...]:
+        """The linears that read x, whose row j belongs to neuron j: W1, and a GeGLU's gate."""
+        return (self.w1, self.gate) if hasattr(self, "gate") else (self.w1,)
+
     def forward(self, x: torch.Tensor, w: BlockWidths) -> torch.Tensor:
         a = self.act(self.w1(x, w))
         if hasattr(self, "gate"):
