@@ -57,10 +57,8 @@ BASE = {
 def nested_config(family: str, raw: dict, max_len: int = 128) -> MatryoshkaConfig:
     fam = FAMILIES[family]
     cfg = fam.config({**raw, "model_type": family})
-    fields = bert_config_fields(fam, cfg, "cls", max_len, fam.head_act)
-    if fam.modern:  # its classifier's head ends in a LayerNorm
-        fields["head_norm"] = "layer_norm"
-    full = MatryoshkaConfig(**fields, n_classes=2, name=family)
+    full = MatryoshkaConfig(**bert_config_fields(fam, cfg, "cls", max_len, fam.head_act),
+                            n_classes=2, name=family)
     d = full.d_model
     return width_config(full, tuple(d * k // 4 for k in (1, 2, 3, 4)))
 

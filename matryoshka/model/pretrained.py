@@ -251,7 +251,8 @@ def _check_shapes(path: Path, w: dict, want: dict[str, tuple], cfg: dict) -> Non
 def bert_config_fields(family: Family, cfg: dict, pooling: str, max_len: int | None,
                        head_act: str = "none") -> dict:
     """The MatryoshkaConfig fields of the imported architecture (the caller adds the
-    classes, the levels and the name)."""
+    classes, the levels and the name); `head_act` other than "none" keeps a classifier's
+    hidden layer, and ModernBERT's LayerNorm after it."""
     d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     max_len = text_length(family, cfg, max_len)
     dropout = cfg.get("hidden_dropout_prob", 0.1)
@@ -261,6 +262,8 @@ def bert_config_fields(family: Family, cfg: dict, pooling: str, max_len: int | N
 
         modern = modernbert_fields(cfg, family.name)
         dropout = modern.pop("dropout")
+        if head_act != "none":  # its classifier's head ends in a LayerNorm
+            modern["head_norm"] = "layer_norm"
     return dict(d_model=d, levels=(d,), n_layers=cfg["num_hidden_layers"],
                 head_dim=d // heads, d_mid=cfg["intermediate_size"], ffn_nesting="fixed",
                 norm="shared", pos_encoding="learned", input_kind="text",
@@ -364,11 +367,9 @@ def import_encoder(folder: str | Path, n_classes: int | None = None,
                           f"but the embedding {cfg['vocab_size']}")
     fields = bert_config_fields(family, cfg, pooling, max_len,
                                 head_act=family.head_act if labels else "none")
-    if family.modern and labels:
-        fields["head_norm"] = "layer_norm"
-        if cfg.get("classifier_activation", "gelu") != "gelu":
-            raise ConfigError(f"{folder}: classifier_activation "
-                              f"{cfg['classifier_activation']!r} is not supported (gelu is)")
+    if family.modern and labels and cfg.get("classifier_activation", "gelu") != "gelu":
+        raise ConfigError(f"{folder}: classifier_activation "
+                          f"{cfg['classifier_activation']!r} is not supported (gelu is)")
     config = MatryoshkaConfig(**fields, n_classes=len(labels) if labels else n_classes,
                               name=name or Path(folder).name)
     torch.manual_seed(seed)
